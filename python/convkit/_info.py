@@ -1,0 +1,52 @@
+"""convkit.info(): what this build is and what it found on this machine."""
+from __future__ import annotations
+
+import platform
+import sys
+
+import numpy as np
+
+from . import _cpu, _registry
+from ._version import __version__
+
+
+def _cuda_status() -> tuple:
+    try:
+        import numba
+    except ImportError:
+        return "not installed (pip install 'convkit[cuda]')", "unavailable: Numba is not installed"
+    try:
+        from numba import cuda
+
+        if cuda.is_available():
+            return numba.__version__, f"yes: {cuda.get_current_device().name.decode()}"
+        return numba.__version__, "no CUDA device found"
+    except Exception as exc:  # a broken driver must not break info()
+        return numba.__version__, f"no ({exc})"
+
+
+def info_dict() -> dict:
+    numba_version, cuda_device = _cuda_status()
+    return {
+        "convkit": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "build": f"{_cpu.build_type}, {_cpu.compiler}, portable core + per-file ISA kernels (no -march=native)",
+        "cpu features": _cpu.cpu_features() or "(none of the x86 SIMD features)",
+        "isa detected": _cpu.detected_isa(),
+        "isa in use": _cpu.active_isa(),
+        "threads": _cpu.get_num_threads(),
+        "numba": numba_version,
+        "cuda device": cuda_device,
+        "cpu algorithms": ", ".join(sorted({i.algo for i in _registry.implementations("cpu")})),
+        "unavailable": "; ".join(f"{m}: {r}" for m, r in _registry.unavailable("cpu").items()) or "nothing",
+    }
+
+
+def info(file=None) -> None:
+    """Print the version, build flags, CPU features, ISA in use, threads and CUDA status."""
+    d = info_dict()
+    width = max(len(k) for k in d)
+    for key, value in d.items():
+        print(f"{key:<{width}} : {value}", file=file or sys.stdout)

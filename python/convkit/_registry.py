@@ -1,0 +1,127 @@
+"""One registry maps (primitive, algo, device) to an implementation.
+
+Adding an algorithm is adding rows here (an ``_impl_<algo>.py`` module calls
+``register``); the public API, the tests and the benchmarks all iterate over this table.
+
+Every public op is composed from a handful of primitives, so one kernel serves many ops
+(conv_transpose2d's forward *is* conv2d's grad-input, depthwise is conv2d with
+groups == C, separable is depthwise then a 1x1 conv):
+
+==========================  ==================================================  =========
+primitive                   call                                                returns
+==========================  ==================================================  =========
+conv2d_forward              fn(x, w, bias, geom, activation, layout)            y
+conv2d_grad_input           fn(grad_y, w, geom, layout)                         grad_x
+conv2d_grad_weight          fn(grad_y, x, geom, layout)                         grad_w
+max_pool2d                  fn(x, geom, layout)                                 (y, indices)
+max_pool2d_backward         fn(grad_y, indices, geom, layout)                   grad_x
+avg_pool2d                  fn(x, geom, layout)                                 y
+avg_pool2d_backward         fn(grad_y, geom, layout)                            grad_x
+==========================  ==================================================  =========
+
+Contract: ``geom`` is a checked ``_args.ConvGeom``/``PoolGeom`` (sizes in NCHW terms);
+arrays share one float dtype and arrive in ``layout``, which is always one the
+implementation declared (the API transposes otherwise); on the CPU they are
+C-contiguous NumPy arrays. ``bias`` may be None; ``activation`` is None or "relu";
+indices are int64 flat offsets within each H*W plane. Results are new arrays of the
+input dtype, owned by the caller; nothing aliases an input.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+PRIMITIVES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight",
+              "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward")
+DEVICES = ("cpu", "cuda")
+
+# Modules that register implementations when imported, by device. A module that cannot
+# be imported (its extension not built, Numba missing) leaves its rows out and says why.
+_PROVIDERS = {
+    "cpu": ("convkit._impl_reference", "convkit._impl_direct", "convkit._impl_im2col"),
+    "cuda": ("convkit.cuda",),
+}
+
+
+@dataclass(frozen=True)
+class Impl:
+    primitive: str
+    algo: str
+    device: str
+    fn: Callable
+    layouts: tuple = ("NCHW",)
+
+
+_table: dict = {}
+_missing: dict = {}  # device -> {module: reason it is unavailable}
+_loaded: set = set()
+
+
+def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",)):
+    """Decorator: ``@register("conv2d_forward", "direct")`` adds a row."""
+    if primitive not in PRIMITIVES:
+        raise ValueError(f"unknown primitive {primitive!r}; known: {PRIMITIVES}")
+
+    def add(fn):
+        _table[(primitive, algo, device)] = Impl(primitive, algo, device, fn, tuple(layouts))
+        return fn
+
+    return add
+
+
+def load(device: str) -> None:
+    """Import the provider modules of a device once; remember why any failed."""
+    if device in _loaded:
+        return
+    _loaded.add(device)
+    for module in _PROVIDERS[device]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            _missing.setdefault(device, {})[module] = str(exc)
+
+
+def unavailable(device: str) -> dict:
+    load(device)
+    return dict(_missing.get(device, {}))
+
+
+def check_device(device) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    load(device)
+    if not any(d == device for (_, _, d) in _table):
+        reasons = "; ".join(f"{m}: {r}" for m, r in _missing.get(device, {}).items()) or "no kernels registered"
+        raise RuntimeError(f"device={device!r} is not available: {reasons}")
+    return device
+
+
+def algos(primitive: str, device: str = "cpu") -> list:
+    """Algorithms registered for a primitive on a device, in registration order."""
+    load(device)
+    return [a for (p, a, d) in _table if p == primitive and d == device]
+
+
+def implementations(device: str | None = None) -> list:
+    """Every registered row (for tests, benchmarks and `convkit check`)."""
+    for dev in DEVICES if device is None else (device,):
+        load(dev)
+    return [impl for impl in _table.values() if device is None or impl.device == device]
+
+
+def lookup(primitive: str, algo: str, device: str, geom=None) -> Impl:
+    """The implementation to run; algo="auto" asks the chooser (convkit._auto)."""
+    check_device(device)
+    valid = algos(primitive, device)
+    if not isinstance(algo, str):
+        raise ValueError(f"algo must be a string, one of {['auto', *valid]}, got {algo!r}")
+    if algo == "auto":
+        from . import _auto
+
+        algo = _auto.choose(primitive, geom, device, valid).algo
+    impl = _table.get((primitive, algo, device))
+    if impl is None:
+        raise ValueError(f"algo={algo!r} is not available for {primitive.split('_backward')[0]} on "
+                         f"device={device!r}; valid: {['auto', *valid]}")
+    return impl
