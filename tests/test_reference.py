@@ -375,7 +375,7 @@ def test_output_size_helpers():
     assert ref.conv2d_output_size(7, 9, (3, 5), (2, 1), (1, 0), (1, 2)) == (4, 1)
     assert ref.conv_transpose2d_output_size(4, 5, 3, 2, 1, 1) == (8, 10)
     assert ref.conv_transpose2d_output_size(2, 2, 3) == (4, 4)
-    assert ref.conv_transpose2d_output_size(3, 3, (3, 2), (1, 2), (0, 1), (0, 1), (2, 1)) == (7, 4)
+    assert ref.conv_transpose2d_output_size(3, 3, (3, 2), (1, 2), (0, 1), (0, 1), (2, 1)) == (7, 5)
     assert ref.pool2d_output_size(4, 4, 2, 2) == (2, 2)
     assert ref.pool2d_output_size(5, 5, 2, 2, 0, 1, False) == (2, 2)
     assert ref.pool2d_output_size(5, 5, 2, 2, 0, 1, True) == (3, 3)
