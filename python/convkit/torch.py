@@ -19,9 +19,11 @@ asking for one raises PyTorch's "autograd not registered" error for the backward
 Memory: a contiguous CPU tensor reaches the kernels as a NumPy view of its own storage
 (``Tensor.numpy()``) and the kernel's new result array becomes the output tensor as it is
 (``torch.from_numpy``): no copy either way. A non-contiguous tensor is made contiguous
-once. CUDA tensors go as they are to convkit's Numba CUDA backend (``device="cuda"``),
-which reads them through ``__cuda_array_interface__``; its device arrays come back the same
-way (``torch.as_tensor``). Both sides use the legacy default CUDA stream.
+once. CUDA tensors go to convkit's Numba CUDA backend (``device="cuda"``) as Numba views of
+their memory (``__cuda_array_interface__``), and its device arrays come back the same way
+(``torch.as_tensor``). The kernels run on Numba's default stream, the legacy default stream
+that PyTorch also uses unless told otherwise: code that switches PyTorch to another stream
+must synchronise around these ops.
 
 The public functions below have torch.nn.functional's signatures; depthwise, separable and
 global pooling are compositions of the custom ops, so autograd chains through them.
@@ -55,11 +57,15 @@ def _backend_device(device: torch.device) -> str:
 
 
 def _array(t: Optional[Tensor]):
-    """What the kernels read: a NumPy view of the tensor's memory (CPU) or the tensor (CUDA)."""
+    """What the kernels read: a NumPy (CPU) or Numba (CUDA) array viewing the tensor's memory."""
     if t is None:
         return None
     t = t.detach().contiguous()  # returns t itself when it already is contiguous
-    return t.numpy() if t.device.type == "cpu" else t
+    if t.device.type == "cpu":
+        return t.numpy()
+    from numba import cuda  # the CUDA backend's own dependency (convkit[cuda])
+
+    return cuda.as_cuda_array(t)  # reads __cuda_array_interface__, keeps t alive
 
 
 def _tensor(arr, device: torch.device) -> Tensor:
