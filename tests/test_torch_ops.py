@@ -50,7 +50,7 @@ CONV_CASES = [
     ((2, 2, 2, 2), (3, 2, 3, 3), dict(padding=1)),
     ((1, 2, 1, 1), (3, 2, 1, 1), dict()),
 ]
-# convkit-only paddings (no torch twin): gradcheck only.
+# convkit-only paddings (no torch twin): checked against convkit.reference.
 CONV_ONLY_CASES = [
     ((1, 2, 7, 6), (3, 2, 3, 3), dict(stride=2, padding="same")),
     ((1, 2, 5, 5), (2, 2, 3, 2), dict(padding=(0, 2, 1, 0))),
@@ -101,6 +101,8 @@ def test_conv2d_forward_matches_torch(x_shape, w_shape, kw, bias):
 def test_conv2d_gradcheck(x_shape, w_shape, kw, bias):
     x, w, b = _conv_inputs(x_shape, w_shape, bias, torch.float64)
     _gradcheck(lambda x, w, b: ct.conv2d(x, w, b, **kw), x, w, b)
+    want = convkit.reference.conv2d(*(None if t is None else t.detach().numpy() for t in (x, w, b)), **kw)
+    np.testing.assert_allclose(ct.conv2d(x, w, b, **kw).detach().numpy(), want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("grads", [(True, False, False), (False, True, False), (False, False, True)])
