@@ -352,17 +352,18 @@ def pool_geometry(draw, kind):
     return g
 
 
-def _pool_params(g):
-    return {k: v for k, v in g.items() if k not in ("N", "C", "H", "W")}
+def _pool_input(draw, kind, fill):
+    """(pool keyword arguments, rng, dtype, input) of a random pooling call."""
+    g = draw(pool_geometry(kind))
+    seed, dtype = draw(_common())
+    rng = np.random.default_rng(seed)
+    x = fill(rng, (g["N"], g["C"], g["H"], g["W"]), dtype)
+    return {k: v for k, v in g.items() if k not in ("N", "C", "H", "W")}, rng, dtype, x
 
 
 @st.composite
 def max_pool_case(draw, op="max_pool2d"):
-    g = draw(pool_geometry("max"))
-    seed, dtype = draw(_common())
-    rng = np.random.default_rng(seed)
-    x = distinct(rng, (g["N"], g["C"], g["H"], g["W"]), dtype)
-    p = _pool_params(g)
+    p, rng, dtype, x = _pool_input(draw, "max", distinct)
     if op == "max_pool2d":
         return Case(op, dict(input=x), dict(p, return_indices=True), ("input",), ("act", "index"),
                     lambda: ref.max_pool2d(x, **p, return_indices=True), dtype)
@@ -380,11 +381,7 @@ def max_pool_case(draw, op="max_pool2d"):
 
 @st.composite
 def avg_pool_case(draw, op="avg_pool2d"):
-    g = draw(pool_geometry("avg"))
-    seed, dtype = draw(_common())
-    rng = np.random.default_rng(seed)
-    x = uniform(rng, (g["N"], g["C"], g["H"], g["W"]), dtype)
-    p = _pool_params(g)
+    p, rng, dtype, x = _pool_input(draw, "avg", uniform)
     if op == "avg_pool2d":
         return Case(op, dict(input=x), p, ("input",), ("act",), lambda: (ref.avg_pool2d(x, **p),), dtype)
     gy = uniform(rng, ref.avg_pool2d(x, **p).shape, dtype)
