@@ -38,7 +38,8 @@ def add_commands(sub) -> None:
     b.add_argument("--suite", metavar="FILE", help="a suite JSON file (default: the packaged suite.json)")
     b.add_argument("--layers", type=_names, metavar="A,B", help="only these layers (by name)")
     b.add_argument("--ops", type=_names, default=DIRECTIONS, metavar="fwd,bwd", help="directions (default both)")
-    b.add_argument("--algo", type=_names, metavar="A,B", help="only these convkit algorithms (default: every one)")
+    b.add_argument("--algo", type=_names, metavar="A,B",
+                   help='only these convkit algorithms, "auto" included (default: every registered one)')
     b.add_argument("--against", choices=["torch"], help="also time torch.nn.functional")
     b.add_argument("--repeat", type=_positive, metavar="N",
                    help=f"timed blocks per implementation (default 10, --quick {MIN_BLOCKS})")

@@ -40,6 +40,11 @@ def _check(row, width=None) -> str:
     return text if width is None or len(text) <= width else text[:width - 3] + "..."
 
 
+def _columns(report) -> list:
+    """Column indices to show: "x torch" only when PyTorch took part."""
+    return [i for i, c in enumerate(COLUMNS) if c != "x torch" or report.machine["torch"]]
+
+
 def cells(row, check_width=None) -> list:
     return [row.layer, row.direction, row.impl, _seconds(row.seconds),
             "-" if row.rate is None else f"{row.rate:.3g} {row.unit}", _ratio(row.vs_reference),
@@ -68,10 +73,11 @@ def _failure_banner(report) -> list:
 
 def table(report) -> str:
     """The plain-text table printed on stdout."""
-    body = [list(COLUMNS)] + [cells(r, check_width=60) for r in report.rows]
-    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
-    numeric = {3, 4, 5, 6, 7, 8}
-    fmt = [lambda s, w=w, i=i: s.rjust(w) if i in numeric else s.ljust(w) for i, w in enumerate(widths)]
+    keep = _columns(report)
+    body = [[line[i] for i in keep] for line in [list(COLUMNS)] + [cells(r, check_width=60) for r in report.rows]]
+    widths = [max(len(line[i]) for line in body) for i in range(len(keep))]
+    numeric = {3, 4, 5, 6, 7, 8}  # right-aligned: time, speed, ratios, % peak, memory
+    fmt = [lambda s, w=w, i=i: s.rjust(w) if i in numeric else s.ljust(w) for i, w in zip(keep, widths)]
     out = _header(report) + [""]
     for n, line in enumerate(body):
         out.append("  ".join(f(c) for f, c in zip(fmt, line)).rstrip())
@@ -103,7 +109,9 @@ def to_markdown(report) -> str:
         return "| " + " | ".join(str(i).replace("|", "\\|") for i in items) + " |"
 
     out = ["# convkit bench", ""] + [f"- {line}" for line in _header(report)] + [""]
-    out += [md_row(COLUMNS), md_row(["---"] * len(COLUMNS))] + [md_row(cells(r)) for r in report.rows]
+    keep = _columns(report)
+    out += [md_row([COLUMNS[i] for i in keep]), md_row(["---"] * len(keep))]
+    out += [md_row([c[i] for i in keep]) for c in (cells(r) for r in report.rows)]
     out += [""] + [f"- {note}" for note in report.notes]
     banner = _failure_banner(report)
     if banner:

@@ -83,9 +83,12 @@ class Report:
         return [r for r in self.rows if r.failed]
 
 
+AUTO = "auto"  # what a user gets by default: whichever algorithm convkit._auto picks per call
+
+
 def check_algos(requested) -> tuple:
-    """--algo names, each registered for at least one CPU primitive."""
-    known = sorted({impl.algo for impl in convkit.implementations("cpu")} - {REFERENCE})
+    """--algo names, each registered for at least one CPU primitive (or "auto")."""
+    known = sorted({impl.algo for impl in convkit.implementations("cpu")} - {REFERENCE}) + [AUTO]
     unknown = [a for a in requested if a not in known]
     if unknown:
         raise ValueError(f"--algo: {unknown} not registered on the CPU; available: {known}")
@@ -97,6 +100,7 @@ def case_algos(case, requested) -> tuple:
     have = [a for a in ops.algorithms(case.layer.op, case.direction) if a != REFERENCE]
     if requested is None:
         return have, []
+    have.append(AUTO)  # runs every case: at worst it picks the reference
     return [a for a in requested if a in have], [a for a in requested if a not in have]
 
 

@@ -180,3 +180,25 @@ def test_check_fails_on_a_wrong_implementation(monkeypatch, capsys):
     assert main(["check", "--count", "2", "--device", "cpu"]) == 1
     out = capsys.readouterr().out
     assert "avg_pool2d           broken" in out and "FAIL" in out and "off by" in out
+
+
+@pytest.mark.parametrize("layer", suite.parse_suite(TINY), ids=lambda layer: layer.name)
+def test_torch_runs_every_op_and_agrees(layer):
+    """The PyTorch member of each op (forward, and the aten backward autograd calls)."""
+    pytest.importorskip("torch")
+    settings = runner.Settings(against_torch=True, repeat=1, reference_blocks=1)
+    for direction in ops.DIRECTIONS:
+        rows, _ = runner.run_case(ops.make_case(layer, direction), settings)
+        torch_row = next(r for r in rows if r.impl == "torch")
+        assert torch_row.check == "ok", torch_row.detail
+        assert all(r.vs_torch is not None for r in rows)
+
+
+def test_algo_filter_takes_auto_and_notes_what_a_case_lacks():
+    layer = suite.parse_suite(TINY)[3]  # max pooling
+    settings = runner.Settings(algos=("direct", "auto"), repeat=1, reference_blocks=1)
+    rows, notes = runner.run_case(ops.make_case(layer, "fwd"), settings)
+    has_direct = "direct" in ops.algorithms("max_pool2d", "fwd")
+    assert {r.impl for r in rows} == {"reference", "auto"} | ({"direct"} if has_direct else set())
+    assert any("'direct' does not provide max_pool2d" in n for n in notes) != has_direct
+    assert all(r.check in ("ok", "truth") for r in rows)
