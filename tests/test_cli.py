@@ -202,3 +202,14 @@ def test_algo_filter_takes_auto_and_notes_what_a_case_lacks():
     assert {r.impl for r in rows} == {"reference", "auto"} | ({"direct"} if has_direct else set())
     assert any("'direct' does not provide max_pool2d" in n for n in notes) != has_direct
     assert all(r.check in ("ok", "truth") for r in rows)
+
+
+def test_check_names_a_primitive_it_has_no_case_for(monkeypatch, capsys):
+    convkit.implementations("cpu")
+    monkeypatch.setattr(_registry, "PRIMITIVES", _registry.PRIMITIVES + ("new_primitive",))
+    monkeypatch.setitem(_registry._table, ("new_primitive", "direct", "cpu"),
+                        _registry.Impl("new_primitive", "direct", "cpu", lambda *a: None))
+    assert main(["check", "--count", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert ["new_primitive", "direct", "cpu", "0", "0", "-", "SKIP"] in [line.split() for line in out.splitlines()]
+    assert "new_primitive: NOT CHECKED" in out
