@@ -42,9 +42,11 @@ def add_commands(sub) -> None:
                    help='only these convkit algorithms, "auto" included (default: every registered one)')
     b.add_argument("--against", choices=["torch"], help="also time torch.nn.functional")
     b.add_argument("--repeat", type=_positive, metavar="N",
-                   help=f"timed blocks per implementation (default 10, --quick {MIN_BLOCKS})")
+                   help=f"timed blocks per implementation (default 10, --quick {MIN_BLOCKS}; "
+                        f"{MIN_BLOCKS} or more for a trustworthy median)")
     b.add_argument("--threads", type=_positive, metavar="N",
-                   help="threads for convkit, torch and NumPy's BLAS alike (default: the cores available)")
+                   help="threads for convkit, torch and NumPy's BLAS alike (BLAS through threadpoolctl, when "
+                        "installed; default: the cores available)")
     b.add_argument("--quick", action="store_true",
                    help=f"representative layers ({', '.join(suite.QUICK_LAYERS)}), fewer repeats: about a minute")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
