@@ -83,16 +83,16 @@ def _data(rng, shape, dtype):
 
 
 # ------------------------------------------- one public call per registry primitive
-def _conv_call(c, x, kw):
-    return convkit.conv2d(x["x"], x["w"], x["b"], *c["args"], activation=c["activation"], **kw),
+def _conv_call(c, a, kw):
+    return convkit.conv2d(a["x"], a["w"], a["b"], *c["args"], activation=c["activation"], **kw),
 
 
-def _grad_input_call(c, x, kw):
-    return convkit.conv2d_backward(x["gy"], x["x"], x["w"], *c["args"], need_weight=False, need_bias=False, **kw)[0],
+def _grad_input_call(c, a, kw):
+    return convkit.conv2d_backward(a["gy"], a["x"], a["w"], *c["args"], need_weight=False, need_bias=False, **kw)[0],
 
 
-def _grad_weight_call(c, x, kw):
-    return convkit.conv2d_backward(x["gy"], x["x"], x["w"], *c["args"], need_input=False, need_bias=False, **kw)[1],
+def _grad_weight_call(c, a, kw):
+    return convkit.conv2d_backward(a["gy"], a["x"], a["w"], *c["args"], need_input=False, need_bias=False, **kw)[1],
 
 
 def _max_args(c):
@@ -103,20 +103,20 @@ def _avg_args(c):
     return c["kernel"], c["stride"], c["padding"], c["ceil_mode"], c["count_include_pad"], c["divisor_override"]
 
 
-def _max_pool_call(c, x, kw):
-    return convkit.max_pool2d(x["x"], *_max_args(c), return_indices=True, **kw)
+def _max_pool_call(c, a, kw):
+    return convkit.max_pool2d(a["x"], *_max_args(c), return_indices=True, **kw)
 
 
-def _max_pool_backward_call(c, x, kw):
-    return convkit.max_pool2d_backward(x["gy"], x["x"], *_max_args(c), indices=c["indices"], **kw),
+def _max_pool_backward_call(c, a, kw):
+    return convkit.max_pool2d_backward(a["gy"], a["x"], *_max_args(c), indices=c["indices"], **kw),
 
 
-def _avg_pool_call(c, x, kw):
-    return convkit.avg_pool2d(x["x"], *_avg_args(c), **kw),
+def _avg_pool_call(c, a, kw):
+    return convkit.avg_pool2d(a["x"], *_avg_args(c), **kw),
 
 
-def _avg_pool_backward_call(c, x, kw):
-    return convkit.avg_pool2d_backward(x["gy"], x["x"], *_avg_args(c), **kw),
+def _avg_pool_backward_call(c, a, kw):
+    return convkit.avg_pool2d_backward(a["gy"], a["x"], *_avg_args(c), **kw),
 
 
 CONV, MAX, AVG = "conv", "max", "avg"
