@@ -46,7 +46,7 @@ def device_error() -> str | None:
     try:
         cuda.current_context()
     except Exception as exc:  # CudaSupportError, a driver error: report, never crash
-        return " ".join(str(exc).split()) or type(exc).__name__
+        return " ".join(str(exc).split()).rstrip(" :") or type(exc).__name__
     return None
 
 

@@ -33,7 +33,7 @@ def build(dtype, KH: int, KW: int, T: int):
     def grad_weight(gy, x, partial, geo):
         N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
         zero = dt(0)
-        red = cuda.shared.array(T, dt)
+        red = cuda.shared.array((T, TAPS), dt)
         acc = cuda.local.array(TAPS, dt)
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.x
@@ -50,9 +50,10 @@ def build(dtype, KH: int, KW: int, T: int):
                 for j in range(KW):
                     acc[i * KW + j] += v * im2col(x, geo, g, c, i, j, n, oh, ow, zero)
         for t in range(TAPS):
-            total = reduce.block_sum(red, tid, acc[t], T)
-            if tid == 0:
-                partial[s, k, c * TAPS + t] = total
+            red[tid, t] = acc[t]
+        reduce.tree_sum(red, tid, T)
+        for t in range(tid, TAPS, T):
+            partial[s, k, c * TAPS + t] = red[0, t]
 
     return dev.kernel(grad_weight, f"{dev.dtype_tag(dtype)}_conv_grad_weight_direct_{T}_k{KH}x{KW}")
 
@@ -61,7 +62,9 @@ def launch(gy, x, gw, geom) -> None:
     """gw (K, C/groups, kh, kw) = conv2d's grad-weight of device arrays gy and x."""
     Cg = geom.C // geom.groups
     pixels = geom.N * geom.OH * geom.OW
-    T = dev.pow2_at_most(pixels, dev.current_tiles().reduce_threads)
+    # the block's kh*kw partial sums per thread must fit in shared memory
+    fits = dev.SHARED_BYTES // (geom.kh * geom.kw * gw.dtype.itemsize)
+    T = dev.pow2_at_most(pixels, min(dev.current_tiles().reduce_threads, 1 << (fits.bit_length() - 1)))
     splits, chunk = dev.split_reduction(pixels, geom.K * Cg, 4 * T)
     flat = gw.reshape(geom.K, Cg * geom.kh * geom.kw)
     partial = reduce.split_target(flat, splits)

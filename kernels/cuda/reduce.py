@@ -13,22 +13,20 @@ from . import _device as dev
 
 
 @cuda.jit(device=True)
-def block_sum(red, tid, v, threads):
-    """Sum of v over the block's `threads` threads (a power of two), via shared `red`.
+def tree_sum(red, tid, threads):
+    """red[0, :] = the sum of rows 0..threads-1 of the shared (threads x n) array red.
 
-    Every thread gets the sum; all threads of the block must call it (it synchronises).
+    Each thread has written its row; log2(threads) barriers for all n sums at once.
+    Every thread of the block must call it (it synchronises).
     """
-    red[tid] = v
     cuda.syncthreads()
     half = threads // 2
     while half > 0:
         if tid < half:
-            red[tid] += red[tid + half]
+            for t in range(red.shape[1]):
+                red[tid, t] += red[tid + half, t]
         cuda.syncthreads()
         half //= 2
-    total = red[0]
-    cuda.syncthreads()
-    return total
 
 
 @cuda.jit
@@ -76,7 +74,7 @@ def _build_channel_sum(dtype, T: int):
     dt = dev.numba_type(dtype)
 
     def channel_sum(y, nhwc, chunk, partial):
-        red = cuda.shared.array(T, dt)
+        red = cuda.shared.array((T, 1), dt)
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.x
         s = cuda.blockIdx.y
@@ -95,9 +93,10 @@ def _build_channel_sum(dtype, T: int):
                 acc += y[a, b, q, c]
             else:
                 acc += y[a, c, b, q]
-        acc = block_sum(red, tid, acc, T)
+        red[tid, 0] = acc
+        tree_sum(red, tid, T)
         if tid == 0:
-            partial[s, c] = acc
+            partial[s, c] = red[0, 0]
 
     return dev.kernel(channel_sum, f"{dev.dtype_tag(dtype)}_channel_sum_{T}")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from ._registry import lookup
+from ._registry import check_device, lookup
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
@@ -31,6 +31,7 @@ _ACTIVATIONS = (None, "relu")
 def _prepare(x, name, device, layout, ndim=4, what="(N, C, H, W)"):
     """An input as the device wants it: NumPy on the CPU, as given on CUDA."""
     if device == "cuda":
+        check_device(device)  # a RuntimeError saying what is missing (Numba, a GPU) comes first
         from .cuda import as_device_or_host_array
 
         arr = as_device_or_host_array(x, name)
