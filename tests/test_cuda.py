@@ -56,7 +56,7 @@ def arrays(rng, dtype, *shapes):
 # (x shape, w shape, stride, padding, dilation, groups): each spans several 4x4 blocks with
 # ragged edges, channel counts off the register blocks, and one rule of the geometry.
 CONV_CASES = {
-    "dense_3x3_pad": ((1, 3, 5, 6), (5, 3, 3, 3), 1, 1, 1, 1),
+    "dense_3x3_pad": ((1, 3, 5, 6), (9, 3, 3, 3), 1, 1, 1, 1),
     "grouped_strided_dilated": ((2, 4, 7, 5), (4, 2, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), 2),
     "depthwise_x2_same_s2": ((1, 3, 6, 7), (6, 1, 3, 3), 2, "same", 1, 3),
     "kernel_over_1x1_image": ((1, 2, 1, 1), (3, 2, 3, 3), 1, 1, 1, 1),
@@ -79,6 +79,19 @@ def test_conv2d_forward_backward(case, dtype, algo, rng):
     gx_ref, gw_ref, _ = ref.conv2d_backward(gy, x, w, **geo)
     close(gx, gx_ref, dtype, ws[0] // groups * ws[2] * ws[3])
     close(gw, gw_ref, dtype, gy.size // ws[0])
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_conv2d_grad_weight_and_bias_split_reductions(algo, rng):
+    """A reduction over more pixels than blocks: cut into splits, partials summed on the device."""
+    x, w = arrays(rng, np.float32, (2, 2, 6, 6), (2, 2, 3, 3))
+    gy = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    with ck_cuda.tiles(fill_blocks=16):
+        _, gw, gb = convkit.conv2d_backward(cuda.to_device(gy), cuda.to_device(x), w, padding=1, need_input=False,
+                                            algo=algo, device="cuda")
+    _, gw_ref, gb_ref = ref.conv2d_backward(gy, x, w, padding=1)
+    close(gw, gw_ref, np.float32, 72)
+    close(gb, gb_ref, np.float32, 72)
 
 
 def test_conv2d_fused_bias_without_relu_and_receptive_field_fallback(rng, monkeypatch):
@@ -154,7 +167,8 @@ def test_max_pool2d_nan_and_device_indices(rng):
 @pytest.mark.parametrize("kw", [
     dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
     dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1), divisor_override=5),
-], ids=["ceil_exclude_pad", "divisor_override"])
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+], ids=["ceil_exclude_pad", "divisor_override", "ceil_include_pad"])
 def test_avg_pool2d(kw, dtype, rng):
     x = rng.standard_normal((1, 2, 6, 7)).astype(dtype)
     want = ref.avg_pool2d(x, **kw)
@@ -174,6 +188,8 @@ def test_global_pools(rng):
     gy = rng.standard_normal((2, 3, 1, 1)).astype(np.float32)
     close(convkit.global_avg_pool2d_backward(gy, x, device="cuda"), ref.global_avg_pool2d_backward(gy, x.shape),
           np.float32)
+    close(convkit.global_max_pool2d_backward(gy, x, device="cuda"), ref.global_max_pool2d_backward(gy, x),
+          np.float32)  # indices recomputed on the device
 
 
 # ------------------------------------------------------------------ where arrays live
@@ -195,6 +211,9 @@ def test_device_input_gives_device_output_without_copying(rng):
     y = convkit.conv2d(CudaArrayInterface(x), cuda.to_device(w), padding=1, device="cuda")
     assert _device.is_device_array(y)
     close(y, ref.conv2d(x, w, padding=1), np.float32, 18)
+    strided = cuda.to_device(x)[:, :, 1:, ::2]  # a non-contiguous device view: read in place
+    close(convkit.conv2d(strided, w, padding=1, device="cuda"), ref.conv2d(x[:, :, 1:, ::2], w, padding=1),
+          np.float32, 18)
     gx, gw, gb = convkit.conv2d_backward(cuda.to_device(gy), x, w, padding=1, device="cuda")
     want = ref.conv2d_backward(gy, x, w, padding=1)
     for got, expected in zip((gx, gw, gb), want):

@@ -30,6 +30,17 @@ def _patch_len(block: int, k: int, s: int, d: int, transposed: bool) -> int:
     return (block - 1) * s + (k - 1) * d + 1
 
 
+@cuda.jit(device=True)
+def _patch_pos(transposed, local, o, pad, tap, S, D, origin):
+    """Where destination position o (local-th in its block) finds tap `tap` in the patch; -1: nowhere."""
+    if transposed:
+        q = o + pad - tap * D
+        if q % S != 0:
+            return -1
+        return q // S - origin
+    return local * S + tap * D
+
+
 @functools.lru_cache(maxsize=None)
 def build(dtype, transposed: bool, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int,
           BW: int, BH: int, KB: int):
@@ -106,21 +117,13 @@ def build(dtype, transposed: bool, KH: int, KW: int, SH: int, SW: int, DH: int, 
             cuda.syncthreads()
             if oh < DST_H and ow < DST_W:
                 for i in range(KH):
-                    if transposed:
-                        q = oh + pt - i * DH
-                        if q % SH != 0:
-                            continue
-                        pr = q // SH - org_h
-                    else:
-                        pr = ty * SH + i * DH
+                    pr = _patch_pos(transposed, ty, oh, pt, i, SH, DH, org_h)
+                    if pr < 0:
+                        continue
                     for j in range(KW):
-                        if transposed:
-                            q = ow + pl - j * DW
-                            if q % SW != 0:
-                                continue
-                            pc = q // SW - org_w
-                        else:
-                            pc = tx * SW + j * DW
+                        pc = _patch_pos(transposed, tx, ow, pl, j, SW, DW, org_w)
+                        if pc < 0:
+                            continue
                         v = patch[pr, pc]
                         for kb in range(KB):
                             acc[kb] += v * wsh[kb, i, j]

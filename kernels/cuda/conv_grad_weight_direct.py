@@ -15,7 +15,8 @@ from numba import cuda
 
 from . import _device as dev
 from . import reduce
-from .conv_geometry import conv_geo, im2col, split3
+from ._index import imin, split3
+from .conv_geometry import conv_geo, im2col
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,7 +32,6 @@ def build(dtype, KH: int, KW: int, T: int):
     TAPS = KH * KW
 
     def grad_weight(gy, x, partial, geo):
-        N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
         zero = dt(0)
         red = cuda.shared.array((T, TAPS), dt)
         acc = cuda.local.array(TAPS, dt)
@@ -39,12 +39,12 @@ def build(dtype, KH: int, KW: int, T: int):
         c = cuda.blockIdx.x
         k = cuda.blockIdx.y
         s = cuda.blockIdx.z
-        g = k // (K // G)
+        g = k // (geo.K // geo.G)
         for t in range(TAPS):
             acc[t] = zero
-        end = min(N * OH * OW, (s + 1) * chunk)
-        for r in range(s * chunk + tid, end, T):
-            n, oh, ow = split3(r, OH, OW)
+        end = imin(geo.N * geo.OH * geo.OW, (s + 1) * geo.chunk)
+        for r in range(s * geo.chunk + tid, end, T):
+            n, oh, ow = split3(r, geo.OH, geo.OW)
             v = gy[n, k, oh, ow]
             for i in range(KH):
                 for j in range(KW):

@@ -21,110 +21,84 @@ from numba import cuda
 
 from . import _device as dev
 from . import reduce
-from .conv_geometry import conv_geo, im2col, split3
+from ._index import imin, split3
+from .conv_geometry import conv_geo, im2col
 
 DIRECTIONS = ("forward", "grad_input", "grad_weight")
 
 
 # ------------------------------------------------------------------ the three directions
 @cuda.jit(device=True)
-def _fwd_dims(geo):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    return K // G, (C // G) * kh * kw, N * OH * OW
-
-
-@cuda.jit(device=True)
 def _fwd_a(w, geo, g, m, r, zero):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    c, i, j = split3(r, kh, kw)
-    return w[g * (K // G) + m, c, i, j]
+    c, i, j = split3(r, geo.kh, geo.kw)
+    return w[g * (geo.K // geo.G) + m, c, i, j]
 
 
 @cuda.jit(device=True)
 def _fwd_b(x, geo, g, r, p, zero):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    c, i, j = split3(r, kh, kw)
-    n, oh, ow = split3(p, OH, OW)
+    c, i, j = split3(r, geo.kh, geo.kw)
+    n, oh, ow = split3(p, geo.OH, geo.OW)
     return im2col(x, geo, g, c, i, j, n, oh, ow, zero)
 
 
 @cuda.jit(device=True)
 def _fwd_store(y, bias, geo, g, s, m, p, v, zero):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    k = g * (K // G) + m
-    n, oh, ow = split3(p, OH, OW)
-    if has_bias:
+    k = g * (geo.K // geo.G) + m
+    n, oh, ow = split3(p, geo.OH, geo.OW)
+    if geo.has_bias:
         v += bias[k]
-    if relu and v < zero:  # NaN stays NaN, as the reference's relu
+    if geo.relu and v < zero:  # NaN stays NaN, as the reference's relu
         v = zero
     y[n, k, oh, ow] = v
 
 
 @cuda.jit(device=True)
-def _gin_dims(geo):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    return C // G, (K // G) * kh * kw, N * H * W
-
-
-@cuda.jit(device=True)
 def _gin_a(w, geo, g, m, r, zero):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    k, i, j = split3(r, kh, kw)
-    return w[g * (K // G) + k, m, i, j]
+    k, i, j = split3(r, geo.kh, geo.kw)
+    return w[g * (geo.K // geo.G) + k, m, i, j]
 
 
 @cuda.jit(device=True)
 def _gin_b(gy, geo, g, r, p, zero):
     """grad_y at the output pixel whose tap (i, j) lands on input pixel p, if one does."""
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    k, i, j = split3(r, kh, kw)
-    n, h, w = split3(p, H, W)
-    qh = h + pt - i * dh
-    qw = w + pl - j * dw
-    if qh < 0 or qw < 0 or qh % sh != 0 or qw % sw != 0 or qh // sh >= OH or qw // sw >= OW:
+    k, i, j = split3(r, geo.kh, geo.kw)
+    n, h, w = split3(p, geo.H, geo.W)
+    qh = h + geo.pt - i * geo.dh
+    qw = w + geo.pl - j * geo.dw
+    if qh < 0 or qw < 0 or qh % geo.sh != 0 or qw % geo.sw != 0 or qh // geo.sh >= geo.OH or qw // geo.sw >= geo.OW:
         return zero
-    return gy[n, g * (K // G) + k, qh // sh, qw // sw]
+    return gy[n, g * (geo.K // geo.G) + k, qh // geo.sh, qw // geo.sw]
 
 
 @cuda.jit(device=True)
 def _gin_store(gx, bias, geo, g, s, m, p, v, zero):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    n, h, w = split3(p, H, W)
-    gx[n, g * (C // G) + m, h, w] = v
-
-
-@cuda.jit(device=True)
-def _gw_dims(geo):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    return K // G, N * OH * OW, (C // G) * kh * kw
+    n, h, w = split3(p, geo.H, geo.W)
+    gx[n, g * (geo.C // geo.G) + m, h, w] = v
 
 
 @cuda.jit(device=True)
 def _gw_a(gy, geo, g, m, r, zero):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    n, oh, ow = split3(r, OH, OW)
-    return gy[n, g * (K // G) + m, oh, ow]
+    n, oh, ow = split3(r, geo.OH, geo.OW)
+    return gy[n, g * (geo.K // geo.G) + m, oh, ow]
 
 
 @cuda.jit(device=True)
 def _gw_b(x, geo, g, r, p, zero):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    n, oh, ow = split3(r, OH, OW)
-    c, i, j = split3(p, kh, kw)
+    n, oh, ow = split3(r, geo.OH, geo.OW)
+    c, i, j = split3(p, geo.kh, geo.kw)
     return im2col(x, geo, g, c, i, j, n, oh, ow, zero)
 
 
 @cuda.jit(device=True)
 def _gw_store(partial, bias, geo, g, s, m, p, v, zero):
-    N, C, H, W, K, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, G, has_bias, relu, splits, chunk = geo
-    partial[s, g * (K // G) + m, p] = v
+    partial[s, g * (geo.K // geo.G) + m, p] = v
 
 
-# dims, load A, load B, store, and whether B's loads run fastest along r (coalesced there)
+# load A, load B, store, and whether B's loads run fastest along r (coalesced there)
 _MAPS = {
-    "forward": (_fwd_dims, _fwd_a, _fwd_b, _fwd_store, False),
-    "grad_input": (_gin_dims, _gin_a, _gin_b, _gin_store, False),
-    "grad_weight": (_gw_dims, _gw_a, _gw_b, _gw_store, True),
+    "forward": (_fwd_a, _fwd_b, _fwd_store, False),
+    "grad_input": (_gin_a, _gin_b, _gin_store, False),
+    "grad_weight": (_gw_a, _gw_b, _gw_store, True),
 }
 
 
@@ -146,9 +120,10 @@ def build(dtype, direction: str, BM: int, BN: int, BR: int, TM: int, TN: int):
     the FMA units on dense layers, by the index arithmetic of the gathers on small ones.
     """
     dt = dev.numba_type(dtype)
-    dims, load_a, load_b, store, b_r_fastest = _MAPS[direction]
+    load_a, load_b, store, b_r_fastest = _MAPS[direction]
     TX, TY = BN // TN, BM // TM
     NT = TX * TY
+    A_COLS, B_COLS = BM + 1, BN + 1  # shared-array shapes must be constants, not expressions
 
     def gemm(a, b, out, bias, geo):
         zero = dt(0)
@@ -157,14 +132,13 @@ def build(dtype, direction: str, BM: int, BN: int, BR: int, TM: int, TN: int):
         tid = ty * TX + tx
         m0 = cuda.blockIdx.y * BM
         p0 = cuda.blockIdx.x * BN
-        splits = geo[18]
-        g = cuda.blockIdx.z // splits
-        s = cuda.blockIdx.z % splits
-        M, R, P = dims(geo)
-        r_begin = s * geo[19]
-        r_end = min(R, r_begin + geo[19])
-        As = cuda.shared.array((BR, BM + 1), dt)
-        Bs = cuda.shared.array((BR, BN + 1), dt)
+        g = cuda.blockIdx.z // geo.splits
+        s = cuda.blockIdx.z % geo.splits
+        M, P = geo.M, geo.P
+        r_begin = s * geo.chunk
+        r_end = imin(geo.R, r_begin + geo.chunk)
+        As = cuda.shared.array((BR, A_COLS), dt)
+        Bs = cuda.shared.array((BR, B_COLS), dt)
         acc = cuda.local.array((TM, TN), dt)
         av = cuda.local.array(TM, dt)
         bv = cuda.local.array(TN, dt)
@@ -240,7 +214,7 @@ def launch(direction: str, a, b, out, geom, *, bias=None, relu: bool = False) ->
         target = reduce.split_target(out, splits)
     kern = build(out.dtype, direction, BM, BN, BR, TM, TN)
     grid = (dev.ceil_div(P, BN), dev.ceil_div(M, BM), geom.groups * splits)
-    geo = conv_geo(geom, has_bias=bias is not None, relu=relu, splits=splits, chunk=chunk)
+    geo = conv_geo(geom, has_bias=bias is not None, relu=relu, gemm=(M, R, P), splits=splits, chunk=chunk)
     kern[grid, (BN // TN, BM // TM)](a, b, target, dev.optional(bias, out.dtype), geo)
     if direction == "grad_weight":
         reduce.finish(target, out)

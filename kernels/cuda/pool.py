@@ -17,31 +17,37 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import namedtuple
 
 from numba import cuda
 
 from . import _device as dev
+from ._index import imax, imin
 from .elementwise import map_index, map_launch
 
 
-def pool_geo(geom) -> tuple:
-    return (geom.H, geom.W, geom.OH, geom.OW, geom.kh, geom.kw, *geom.stride, *geom.padding, *geom.dilation,
-            int(geom.count_include_pad), geom.divisor_override or 0)
+PoolGeo = namedtuple("PoolGeo", ["H", "W", "OH", "OW", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
+                                 "count_include_pad", "divisor_override"])
+
+
+def pool_geo(geom) -> PoolGeo:
+    """The kernels' argument (ints, by value) of a checked _args.PoolGeom; divisor_override 0 = none."""
+    return PoolGeo(geom.H, geom.W, geom.OH, geom.OW, geom.kh, geom.kw, *geom.stride, *geom.padding,
+                   *geom.dilation, int(geom.count_include_pad), geom.divisor_override or 0)
 
 
 @cuda.jit(device=True)
 def _avg_divisor(pg, oh, ow):
     """torch's avg_pool2d divisor of window (oh, ow), and the window clipped to the input."""
-    H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, count_include_pad, divisor_override = pg
-    h0 = oh * sh - ph
-    w0 = ow * sw - pw
-    h1 = min(h0 + kh, H + ph)
-    w1 = min(w0 + kw, W + pw)
+    h0 = oh * pg.sh - pg.ph
+    w0 = ow * pg.sw - pg.pw
+    h1 = imin(h0 + pg.kh, pg.H + pg.ph)
+    w1 = imin(w0 + pg.kw, pg.W + pg.pw)
     pool = (h1 - h0) * (w1 - w0)
-    h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, H), min(w1, W)
-    if divisor_override > 0:
-        div = divisor_override
-    elif count_include_pad:
+    h0, w0, h1, w1 = imax(h0, 0), imax(w0, 0), imin(h1, pg.H), imin(w1, pg.W)
+    if pg.divisor_override > 0:
+        div = pg.divisor_override
+    elif pg.count_include_pad:
         div = pool
     else:
         div = (h1 - h0) * (w1 - w0)
@@ -64,7 +70,7 @@ def build(dtype):
     tag = dev.dtype_tag(dtype)
 
     def max_pool(x, y, idx, pg):
-        H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, count_include_pad, divisor_override = pg
+        H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw = pg[:12]
         n, c, oh, ow = map_index(OH, OW)
         if oh >= OH or ow >= OW:
             return
@@ -88,7 +94,7 @@ def build(dtype):
         idx[n, c, oh, ow] = arg
 
     def max_pool_backward(gy, idx, gx, pg):
-        H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, count_include_pad, divisor_override = pg
+        H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw = pg[:12]
         n, c, h, w = map_index(H, W)
         if h >= H or w >= W:
             return
@@ -104,8 +110,8 @@ def build(dtype):
         gx[n, c, h, w] = acc
 
     def avg_pool(x, y, pg):
-        n, c, oh, ow = map_index(pg[2], pg[3])
-        if oh >= pg[2] or ow >= pg[3]:
+        n, c, oh, ow = map_index(pg.OH, pg.OW)
+        if oh >= pg.OH or ow >= pg.OW:
             return
         div, h0, w0, h1, w1 = _avg_divisor(pg, oh, ow)
         acc = dt(0)
@@ -115,14 +121,14 @@ def build(dtype):
         y[n, c, oh, ow] = acc / dt(div)
 
     def avg_pool_backward(gy, gx, pg):
-        H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, count_include_pad, divisor_override = pg
+        H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw = pg[:12]
         n, c, h, w = map_index(H, W)
         if h >= H or w >= W:
             return
         acc = dt(0)
         # windows (oh, ow) with oh*sh - ph <= h < oh*sh - ph + kh, likewise for w
-        for oh in range(max(0, -((kh - 1 - h - ph) // sh)), min(OH, (h + ph) // sh + 1)):
-            for ow in range(max(0, -((kw - 1 - w - pw) // sw)), min(OW, (w + pw) // sw + 1)):
+        for oh in range(imax(0, -((kh - 1 - h - ph) // sh)), imin(OH, (h + ph) // sh + 1)):
+            for ow in range(imax(0, -((kw - 1 - w - pw) // sw)), imin(OW, (w + pw) // sw + 1)):
                 div, h0, w0, h1, w1 = _avg_divisor(pg, oh, ow)
                 acc += gy[n, c, oh, ow] / dt(div)
         gx[n, c, h, w] = acc

@@ -10,6 +10,7 @@ import functools
 from numba import cuda
 
 from . import _device as dev
+from ._index import imin
 
 
 @cuda.jit(device=True)
@@ -83,7 +84,7 @@ def _build_channel_sum(dtype, T: int):
         else:
             A, B, Q = y.shape[0], y.shape[2], y.shape[3]
         total = A * B * Q
-        end = min(total, (s + 1) * chunk)
+        end = imin(total, (s + 1) * chunk)
         acc = dt(0)
         for e in range(s * chunk + tid, end, T):
             q = e % Q
