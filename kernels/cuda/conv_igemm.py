@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 
-from numba import cuda
+from numba import cuda, int64
 
 from . import _device as dev
 from . import reduce
@@ -42,9 +42,13 @@ def _fwd_b(x, geo, g, r, p, zero):
 
 
 @cuda.jit(device=True)
-def _fwd_store(y, bias, geo, g, s, m, p, v, zero):
+def _fwd_column(geo, p):
+    return split3(p, geo.OH, geo.OW)
+
+
+@cuda.jit(device=True)
+def _fwd_store(y, bias, geo, g, s, m, n, oh, ow, v, zero):
     k = g * (geo.K // geo.G) + m
-    n, oh, ow = split3(p, geo.OH, geo.OW)
     if geo.has_bias:
         v += bias[k]
     if geo.relu and v < zero:  # NaN stays NaN, as the reference's relu
@@ -71,8 +75,12 @@ def _gin_b(gy, geo, g, r, p, zero):
 
 
 @cuda.jit(device=True)
-def _gin_store(gx, bias, geo, g, s, m, p, v, zero):
-    n, h, w = split3(p, geo.H, geo.W)
+def _gin_column(geo, p):
+    return split3(p, geo.H, geo.W)
+
+
+@cuda.jit(device=True)
+def _gin_store(gx, bias, geo, g, s, m, n, h, w, v, zero):
     gx[n, g * (geo.C // geo.G) + m, h, w] = v
 
 
@@ -90,15 +98,21 @@ def _gw_b(x, geo, g, r, p, zero):
 
 
 @cuda.jit(device=True)
-def _gw_store(partial, bias, geo, g, s, m, p, v, zero):
+def _gw_column(geo, p):
+    return 0, 0, p
+
+
+@cuda.jit(device=True)
+def _gw_store(partial, bias, geo, g, s, m, zero0, zero1, p, v, zero):
     partial[s, g * (geo.K // geo.G) + m, p] = v
 
 
-# load A, load B, store, and whether B's loads run fastest along r (coalesced there)
+# load A, load B, decode a column p of C into 3 indices, store, and whether B's loads
+# run fastest along r (coalesced there)
 _MAPS = {
-    "forward": (_fwd_a, _fwd_b, _fwd_store, False),
-    "grad_input": (_gin_a, _gin_b, _gin_store, False),
-    "grad_weight": (_gw_a, _gw_b, _gw_store, True),
+    "forward": (_fwd_a, _fwd_b, _fwd_column, _fwd_store, False),
+    "grad_input": (_gin_a, _gin_b, _gin_column, _gin_store, False),
+    "grad_weight": (_gw_a, _gw_b, _gw_column, _gw_store, True),
 }
 
 
@@ -120,7 +134,7 @@ def build(dtype, direction: str, BM: int, BN: int, BR: int, TM: int, TN: int):
     the FMA units on dense layers, by the index arithmetic of the gathers on small ones.
     """
     dt = dev.numba_type(dtype)
-    load_a, load_b, store, b_r_fastest = _MAPS[direction]
+    load_a, load_b, column, store, b_r_fastest = _MAPS[direction]
     TX, TY = BN // TN, BM // TM
     NT = TX * TY
     A_COLS, B_COLS = BM + 1, BN + 1  # shared-array shapes must be constants, not expressions
@@ -174,12 +188,16 @@ def build(dtype, direction: str, BM: int, BN: int, BR: int, TM: int, TN: int):
                     for j in range(TN):
                         acc[i, j] += av[i] * bv[j]
             cuda.syncthreads()
+        # Decode the thread's columns first: with the divisions out of the store loop,
+        # the compiler unrolls it and acc stays in registers (ptxas: no stack frame).
+        cols = cuda.local.array((TN, 3), int64)
+        for j in range(TN):
+            cols[j, 0], cols[j, 1], cols[j, 2] = column(geo, p0 + tx + j * TX)
         for i in range(TM):
             for j in range(TN):
                 m = m0 + ty + i * TY
-                p = p0 + tx + j * TX
-                if m < M and p < P:
-                    store(out, bias, geo, g, s, m, p, acc[i, j], zero)
+                if m < M and p0 + tx + j * TX < P:
+                    store(out, bias, geo, g, s, m, cols[j, 0], cols[j, 1], cols[j, 2], acc[i, j], zero)
 
     return dev.kernel(gemm, f"{dev.dtype_tag(dtype)}_conv_{direction}_igemm_{BM}x{BN}x{BR}_{TM}x{TN}")
 
