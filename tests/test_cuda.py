@@ -94,6 +94,17 @@ def test_conv2d_grad_weight_and_bias_split_reductions(algo, rng):
     close(gb, gb_ref, np.float32, 72)
 
 
+@pytest.mark.parametrize("algo", ALGOS)
+def test_empty_batch(algo):
+    """N == 0: no launch for empty outputs (CUDA refuses a zero grid); weight and bias gradients are zeros."""
+    x, w = np.zeros((0, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    assert convkit.conv2d(x, w, algo=algo, device="cuda").shape == (0, 3, 3, 3)
+    gy = cuda.to_device(np.zeros((0, 3, 3, 3), np.float32))
+    gx, gw, gb = (a.copy_to_host() for a in convkit.conv2d_backward(gy, x, w, algo=algo, device="cuda"))
+    assert gx.shape == (0, 2, 5, 5) and not gw.any() and not gb.any()
+    assert convkit.max_pool2d(x, 2, device="cuda").shape == (0, 2, 2, 2)
+
+
 def test_conv2d_fused_bias_without_relu_and_receptive_field_fallback(rng, monkeypatch):
     """algo="direct" runs the GEMM when no tile of the receptive field fits in shared memory."""
     x, w, b = arrays(rng, np.float32, (1, 2, 5, 5), (3, 2, 3, 3), (3,))

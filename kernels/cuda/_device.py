@@ -208,12 +208,19 @@ def split_reduction(length: int, blocks: int, min_chunk: int, align: int = 1, ma
     """
     want = current_tiles().fill_blocks or 4 * sm_count()
     splits = max(1, min(ceil_div(want, blocks), ceil_div(length, min_chunk), max_splits))
-    chunk = ceil_div(ceil_div(length, splits), align) * align
-    return ceil_div(length, chunk), chunk
+    chunk = max(1, ceil_div(ceil_div(length, splits), align)) * align
+    return max(1, ceil_div(length, chunk)), chunk  # an empty reduction: one split writes zeros
 
 
 def numba_type(dtype):
     return numba.from_dtype(np.dtype(dtype))
+
+
+def launch(kern, grid, block, *args) -> None:
+    """kern[grid, block](*args), or nothing for empty work (CUDA refuses a zero grid size)."""
+    grid = grid if isinstance(grid, tuple) else (grid,)
+    if all(grid):
+        kern[grid, block](*args)
 
 
 def kernel(fn, name: str):

@@ -188,5 +188,5 @@ def launch(src, w, bias, dst, geom, *, transposed: bool, relu: bool = False) -> 
     grid = (dev.ceil_div(dst_hw[1], BW) * dev.ceil_div(dst_hw[0], BH), G * dev.ceil_div(dst_c // G, KB), geom.N)
     geo = (src_c // G, *src_hw, dst_c // G, *dst_hw, geom.padding[0], geom.padding[2], int(bias is not None),
            int(relu))
-    kern[grid, (BW, BH)](src, w, dev.optional(bias, dst.dtype), dst, geo)
+    dev.launch(kern, grid, (BW, BH), src, w, dev.optional(bias, dst.dtype), dst, geo)
     return True

@@ -68,6 +68,6 @@ def launch(gy, x, gw, geom) -> None:
     splits, chunk = dev.split_reduction(pixels, geom.K * Cg, 4 * T)
     flat = gw.reshape(geom.K, Cg * geom.kh * geom.kw)
     partial = reduce.split_target(flat, splits)
-    build(gw.dtype, geom.kh, geom.kw, T)[(Cg, geom.K, splits), T](gy, x, partial, conv_geo(
-        geom, splits=splits, chunk=chunk))
+    dev.launch(build(gw.dtype, geom.kh, geom.kw, T), (Cg, geom.K, splits), T, gy, x, partial,
+               conv_geo(geom, splits=splits, chunk=chunk))
     reduce.finish(partial, flat)

@@ -233,6 +233,6 @@ def launch(direction: str, a, b, out, geom, *, bias=None, relu: bool = False) ->
     kern = build(out.dtype, direction, BM, BN, BR, TM, TN)
     grid = (dev.ceil_div(P, BN), dev.ceil_div(M, BM), geom.groups * splits)
     geo = conv_geo(geom, has_bias=bias is not None, relu=relu, gemm=(M, R, P), splits=splits, chunk=chunk)
-    kern[grid, (BN // TN, BM // TM)](a, b, target, dev.optional(bias, out.dtype), geo)
+    dev.launch(kern, grid, (BN // TN, BM // TM), a, b, target, dev.optional(bias, out.dtype), geo)
     if direction == "grad_weight":
         reduce.finish(target, out)

@@ -54,10 +54,10 @@ def copy_window(src, shape):
     """A new device array of `shape`: src's overlapping corner, zeros elsewhere (pad or crop)."""
     out = dev.empty(shape, src.dtype)
     grid, block = map_launch(shape)
-    _copy_window[grid, block](src, out)
+    dev.launch(_copy_window, grid, block, src, out)
     return out
 
 
 def add_channel_bias(y, bias, layout: str) -> None:
     grid, block = map_launch(y.shape)
-    _add_channel_bias[grid, block](y, bias, 3 if layout == "NHWC" else 1)
+    dev.launch(_add_channel_bias, grid, block, y, bias, 3 if layout == "NHWC" else 1)

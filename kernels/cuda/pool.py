@@ -140,7 +140,7 @@ def build(dtype):
 
 def _run(name, out_shape, *arrays, geom):
     grid, block = map_launch(out_shape)
-    build(arrays[0].dtype)[name][grid, block](*arrays, pool_geo(geom))
+    dev.launch(build(arrays[0].dtype)[name], grid, block, *arrays, pool_geo(geom))
 
 
 def max_pool2d(x, geom) -> tuple:

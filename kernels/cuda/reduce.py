@@ -60,7 +60,7 @@ def sum_splits(partial, out) -> None:
     flat_out = out.reshape(out.size)
     flat_partial = partial.reshape(partial.shape[0], out.size)
     threads = dev.pow2_at_most(out.size, dev.current_tiles().reduce_threads)
-    _sum_splits[dev.ceil_div(out.size, threads), threads](flat_partial, flat_out)
+    dev.launch(_sum_splits, dev.ceil_div(out.size, threads), threads, flat_partial, flat_out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,6 +111,6 @@ def channel_sum(y, layout: str):
     splits, chunk = dev.split_reduction(total, C, 4 * T)
     out = dev.empty((C,), y.dtype)
     partial = split_target(out, splits)
-    _build_channel_sum(y.dtype, T)[(C, splits), T](y, int(nhwc), chunk, partial)
+    dev.launch(_build_channel_sum(y.dtype, T), (C, splits), T, y, int(nhwc), chunk, partial)
     finish(partial, out)
     return out
