@@ -220,8 +220,9 @@ def launch(kern, grid, block, *args) -> None:
     """kern[grid, block](*args), or nothing for empty work (CUDA refuses a zero grid size)."""
     grid = grid if isinstance(grid, tuple) else (grid,)
     if any(g > 65535 for g in grid[1:]):  # grid x may reach 2**31 - 1; y and z may not
-        raise ValueError(f"{getattr(kern, '__name__', 'a kernel')}: grid {grid} exceeds CUDA's 65535 blocks in y or z (batch, channels "
-                         f"or groups*splits too large for one launch)")
+        name = getattr(kern, "__name__", "a kernel")
+        raise ValueError(f"{name}: grid {grid} exceeds CUDA's 65535 blocks in y or z (batch, channels or "
+                         f"groups*splits too large for one launch)")
     if all(grid):
         kern[grid, block](*args)
 
