@@ -247,9 +247,3 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, *,
                          f"NCHW shape {tuple(x_shape)}, padding {pad}, output would be {OH}x{OW}")
     return PoolGeom(N, C, H, W, kernel[0], kernel[1], stride, pad, dilation, bool(ceil_mode), OH, OW,
                     bool(count_include_pad), divisor_override)
-
-
-def check_device_name(device) -> str:
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return device

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from ._registry import lookup
+from ._registry import check_device, lookup
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
@@ -119,7 +119,7 @@ def _conv_grad_weight(gy, x, geom, layout, algo, device):
 
 def _conv_inputs(input, weight, bias, layout, device, names=("input", "weight")):
     layout = _args.check_layout(layout)
-    _args.check_device_name(device)
+    check_device(device)
     x = _prepare(input, names[0], device, layout)
     w = _weight(weight, names[1], device)
     b = _bias(bias, w.shape[0], device) if bias is not None else None
@@ -271,7 +271,7 @@ def separable_conv2d_backward(grad_output, input, depthwise_weight, pointwise_we
 # ----------------------------------------------------------------------------- pooling
 def _pool_input(input, layout, device):
     layout = _args.check_layout(layout)
-    _args.check_device_name(device)
+    check_device(device)
     return _prepare(input, "input", device, layout), layout
 
 
