@@ -249,9 +249,21 @@ def depthwise_conv2d_backward(grad_output, input, weight, stride=1, padding=0, d
                            algo=algo, device=device)
 
 
+def _separable_weights(depthwise_weight, pointwise_weight, device):
+    """The pointwise weight is a 1x1 conv over the depthwise output: (K, C*m, 1, 1)."""
+    check_device(device)
+    dw = _weight(depthwise_weight, "depthwise_weight", device)
+    pw = _weight(pointwise_weight, "pointwise_weight", device)
+    if pw.shape[1] != dw.shape[0] or tuple(pw.shape[2:]) != (1, 1):
+        raise ValueError(f"pointwise_weight must have shape (K, {dw.shape[0]}, 1, 1) to follow depthwise_weight "
+                         f"{_args.shape_of(dw)}, got {_args.shape_of(pw)}")
+    return dw, pw
+
+
 def separable_conv2d(input, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0, dilation=1, *,
                      activation=None, layout="NCHW", algo="auto", device="cpu"):
     """Depthwise (C*m, 1, kh, kw) then pointwise (K, C*m, 1, 1) convolution; bias after the pointwise."""
+    depthwise_weight, pointwise_weight = _separable_weights(depthwise_weight, pointwise_weight, device)
     kw = dict(layout=layout, algo=algo, device=device)
     mid = depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation, **kw)
     return conv2d(mid, pointwise_weight, bias, activation=activation, **kw)
@@ -260,6 +272,7 @@ def separable_conv2d(input, depthwise_weight, pointwise_weight, bias=None, strid
 def separable_conv2d_backward(grad_output, input, depthwise_weight, pointwise_weight, stride=1, padding=0,
                               dilation=1, *, layout="NCHW", algo="auto", device="cpu"):
     """Gradients of separable_conv2d: (grad_input, grad_depthwise_weight, grad_pointwise_weight, grad_bias)."""
+    depthwise_weight, pointwise_weight = _separable_weights(depthwise_weight, pointwise_weight, device)
     kw = dict(layout=layout, algo=algo, device=device)
     mid = depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation, **kw)
     g_mid, g_pw, gb = conv2d_backward(grad_output, mid, pointwise_weight, **kw)
