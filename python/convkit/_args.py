@@ -110,10 +110,10 @@ def require_ndim(arr, name: str, ndim: int, what: str) -> None:
 
 def same_dtype(named: dict) -> np.dtype:
     """All given arrays share one float dtype; returns it."""
-    dtypes = {n: a.dtype for n, a in named.items() if a is not None}
-    first = next(iter(dtypes.values()))
-    if any(d != first for d in dtypes.values()):
-        desc = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+    arrays = {n: a for n, a in named.items() if a is not None}
+    first = next(iter(arrays.values())).dtype
+    if any(a.dtype != first for a in arrays.values()):
+        desc = ", ".join(f"{n} {a.dtype} {shape_of(a)}" for n, a in arrays.items())
         raise TypeError(f"dtypes must match: {desc}")
     return first
 
