@@ -92,6 +92,8 @@ def as_array(x, name: str) -> np.ndarray:
             arr = np.asarray(memoryview(x))
         except TypeError:
             raise TypeError(f"{name} must be an array (NumPy array, buffer or DLPack), got {type(x).__name__}") from None
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # e.g. big-endian data read from a file
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {arr.dtype} with shape {shape_of(arr)}")
     return arr
