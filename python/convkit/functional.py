@@ -249,35 +249,40 @@ def depthwise_conv2d_backward(grad_output, input, weight, stride=1, padding=0, d
                            algo=algo, device=device)
 
 
-def _separable_weights(depthwise_weight, pointwise_weight, device):
-    """The pointwise weight is a 1x1 conv over the depthwise output: (K, C*m, 1, 1)."""
-    check_device(device)
-    dw = _weight(depthwise_weight, "depthwise_weight", device)
+def _separable_inputs(input, depthwise_weight, pointwise_weight, bias, layout, device, grad_output=None):
+    """Checked arrays of separable_conv2d(_backward), each error under its own argument's name.
+
+    The pointwise weight is a 1x1 conv over the depthwise output: (K, C*m, 1, 1).
+    """
+    x, dw, _, layout = _conv_inputs(input, depthwise_weight, None, layout, device, ("input", "depthwise_weight"))
     pw = _weight(pointwise_weight, "pointwise_weight", device)
     if pw.shape[1] != dw.shape[0] or tuple(pw.shape[2:]) != (1, 1):
         raise ValueError(f"pointwise_weight must have shape (K, {dw.shape[0]}, 1, 1) to follow depthwise_weight "
                          f"{_args.shape_of(dw)}, got {_args.shape_of(pw)}")
-    return dw, pw
+    b = _bias(bias, pw.shape[0], device)
+    gy = None if grad_output is None else _prepare(grad_output, "grad_output", device, layout)
+    _args.same_dtype({"grad_output": gy, "input": x, "depthwise_weight": dw, "pointwise_weight": pw, "bias": b})
+    return x, dw, pw, b, gy, layout
 
 
 def separable_conv2d(input, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0, dilation=1, *,
                      activation=None, layout="NCHW", algo="auto", device="cpu"):
     """Depthwise (C*m, 1, kh, kw) then pointwise (K, C*m, 1, 1) convolution; bias after the pointwise."""
-    depthwise_weight, pointwise_weight = _separable_weights(depthwise_weight, pointwise_weight, device)
+    x, dw, pw, b, _, layout = _separable_inputs(input, depthwise_weight, pointwise_weight, bias, layout, device)
     kw = dict(layout=layout, algo=algo, device=device)
-    mid = depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation, **kw)
-    return conv2d(mid, pointwise_weight, bias, activation=activation, **kw)
+    mid = depthwise_conv2d(x, dw, None, stride, padding, dilation, **kw)
+    return conv2d(mid, pw, b, activation=activation, **kw)
 
 
 def separable_conv2d_backward(grad_output, input, depthwise_weight, pointwise_weight, stride=1, padding=0,
                               dilation=1, *, layout="NCHW", algo="auto", device="cpu"):
     """Gradients of separable_conv2d: (grad_input, grad_depthwise_weight, grad_pointwise_weight, grad_bias)."""
-    depthwise_weight, pointwise_weight = _separable_weights(depthwise_weight, pointwise_weight, device)
+    x, dw, pw, _, gy, layout = _separable_inputs(input, depthwise_weight, pointwise_weight, None, layout, device,
+                                                 grad_output)
     kw = dict(layout=layout, algo=algo, device=device)
-    mid = depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation, **kw)
-    g_mid, g_pw, gb = conv2d_backward(grad_output, mid, pointwise_weight, **kw)
-    gx, g_dw, _ = depthwise_conv2d_backward(g_mid, input, depthwise_weight, stride, padding, dilation,
-                                            need_bias=False, **kw)
+    mid = depthwise_conv2d(x, dw, None, stride, padding, dilation, **kw)
+    g_mid, g_pw, gb = conv2d_backward(gy, mid, pw, **kw)
+    gx, g_dw, _ = depthwise_conv2d_backward(g_mid, x, dw, stride, padding, dilation, need_bias=False, **kw)
     return gx, g_dw, g_pw, gb
 
 
