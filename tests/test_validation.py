@@ -85,14 +85,6 @@ def test_bad_layout_algo_device(op):
         op.run(arrays, device="gpu")
 
 
-@pytest.mark.parametrize("op", OPS, ids=lambda op: op.id)
-def test_cuda_without_cuda_kernels(op):
-    if convkit.implementations("cuda"):
-        pytest.skip("CUDA kernels are registered here")
-    with pytest.raises(ValueError, match=r"device='cuda' is not available.*valid: \['cpu'\]"):
-        op.run(op.arrays(np.float64), device="cuda")
-
-
 @pytest.mark.parametrize("op", [op for op in OPS if op.name.endswith("_backward")], ids=lambda op: op.id)
 def test_grad_output_of_the_wrong_shape(op):
     arrays = op.arrays(np.float64)

@@ -31,7 +31,6 @@ _ACTIVATIONS = (None, "relu")
 def _prepare(x, name, device, layout, ndim=4, what="(N, C, H, W)"):
     """An input as the device wants it: NumPy on the CPU, as given on CUDA."""
     if device == "cuda":
-        check_device(device)  # a RuntimeError saying what is missing (Numba, a GPU) comes first
         from .cuda import as_device_or_host_array
 
         arr = as_device_or_host_array(x, name)
