@@ -62,6 +62,9 @@ T_OH, T_OW = 14, 12  # conv_transpose2d: (H-1)*2 - 2 + 2 + 1 + 1
 OPS = [
     OpCall("conv2d", "conv2d", ((N, C, H, W), (4, C, 3, 3), (4,)), (True, False, False), CONV_KW, (True,),
            ("conv2d_forward",)),
+    OpCall("conv2d[relu]", "conv2d", ((N, C, H, W), (4, C, 3, 3), (4,)), (True, False, False),
+           dict(CONV_KW, activation="relu"), (True,), ("conv2d_forward",),
+           lambda x, w, b, activation, **kw: np.maximum(ref.conv2d(x, w, b, **kw), 0)),
     OpCall("conv2d_backward", "conv2d_backward", ((N, 4, OH, OW), (N, C, H, W), (4, C, 3, 3)), (True, True, False),
            CONV_KW, (True, False, False), CONV),
     OpCall("conv_transpose2d", "conv_transpose2d", ((N, C, H, W), (C, 2, 3, 3), (2,)), (True, False, False),

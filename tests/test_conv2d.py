@@ -1,6 +1,8 @@
 """conv2d and conv2d_backward through every registered CPU implementation, under every
 available ISA, against the float64 reference on the shape grid of helpers.CONV_CASES
 (plus a seeded random sample)."""
+import concurrent.futures
+
 import numpy as np
 import pytest
 
@@ -108,6 +110,26 @@ def test_results_do_not_depend_on_thread_count(algo, case):
     for other in results[1:]:
         for a, b_ in zip(results[0], other):
             np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("algo", [a for a in cpu_algos("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
+                                  if a != "reference"])
+def test_concurrent_calls_from_python_threads(algo):
+    """The GIL is released around the kernels and the pool serves one job at a time (the
+    others run serially in their caller): calls from several Python threads at once all
+    get their own, correct results."""
+    cases = [CONV_CASES[i] for i in (2, 12, 38, 44, 70, 75)] * 4
+
+    def run(case):
+        x, w, b, gy = conv_inputs(case, np.float64)
+        return (convkit.conv2d(x, w, **case.kwargs, algo=algo),
+                *convkit.conv2d_backward(gy, x, w, **case.kwargs, need_bias=False, algo=algo)[:2])
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, cases))
+    for case, got in zip(cases, results):
+        for g, r in zip(got, conv_reference(case, np.float64)[:3]):
+            assert_close(g, r, np.float64)
 
 
 def test_isa_fixture_covers_the_detected_isa():

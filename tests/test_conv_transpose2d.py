@@ -14,6 +14,7 @@ from helpers import CONV_CASES, DTYPES, algo_fixture, assert_close, conv_inputs,
 forward_algo = algo_fixture("forward_algo", "conv2d_grad_input")
 backward_algo = algo_fixture("backward_algo", "conv2d_forward", "conv2d_grad_weight")
 adjoint_algo = algo_fixture("adjoint_algo", "conv2d_forward", "conv2d_grad_input")
+conv_algo = algo_fixture("conv_algo", "conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
 
 # (N, C, H, W, K, kh, kw, stride, padding, output_padding, groups, dilation): weight (C, K/groups, kh, kw)
 CASES = [
@@ -30,6 +31,7 @@ CASES = [
     (1, 2, 3, 4, 2, 2, 3, 2, 0, 2, 1, 3),
     (2, 3, 4, 5, 2, 3, 2, (1, 2), (1, 0), (1, 1), 1, 2),
     (1, 6, 3, 3, 4, 3, 3, 2, 1, 1, 2, 2),
+    (1, 4, 3, 3, 6, 3, 3, 1, 1, 1, 2, 2),              # groups and output_padding >= stride
     (1, 2, 1, 1, 3, 3, 3, 1, 0, 0, 1, 1),              # 1x1 input
     (1, 2, 1, 1, 3, 4, 4, 2, 1, 1, 1, 1),
     (1, 3, 2, 7, 4, 1, 1, 2, 0, 1, 1, 1),              # 1x1 kernel
@@ -85,6 +87,18 @@ def test_backward(backward_algo, case, dtype):
     gx, gw, gb = convkit.conv_transpose2d_backward(gy, x, w, **kw, need_input=False, need_bias=False,
                                                    algo=backward_algo)
     assert gx is None and gb is None and gw.shape == w.shape
+
+
+def test_nhwc(conv_algo, case):
+    """NHWC through forward and backward, including the zero rows/columns that
+    output_padding >= stride adds and crops (laid out per layout)."""
+    x, w, b, gy, y_ref, *grads_ref = _inputs(case, np.float64)
+    kw = dict(_kwargs(case), layout="NHWC", algo=conv_algo)
+    nhwc = lambda a: a.transpose(0, 2, 3, 1)  # noqa: E731
+    assert_close(convkit.conv_transpose2d(nhwc(x), w, b, **kw), nhwc(y_ref), np.float64)
+    got = convkit.conv_transpose2d_backward(nhwc(gy), nhwc(x), w, **kw)
+    for g, r in zip(got, [nhwc(grads_ref[0]), *grads_ref[1:]], strict=True):
+        assert_close(g, r, np.float64)
 
 
 @pytest.mark.parametrize("case", [c for c in CONV_CASES if not isinstance(c.padding, str) and
