@@ -155,6 +155,8 @@ CONV_CASES = [
     _case(1, 64, 4, 9, 64, 3, 3, 1, 1, 1, 64),
     _case(2, 31, 3, 8, 62, 3, 3, 2, 1, 1, 31),
     _case(1, 1, 8, 8, 3, 3, 3, 1, 1),                # one channel: groups == C == 1 is dense
+    _case(2, 5, 6, 7, 1, 3, 3, 1, 1),                # one output channel
+    _case(1, 1, 5, 5, 1, 3, 3),                      # one channel in, one out
     # batch
     _case(3, 2, 7, 7, 3, 3, 3, 1, 1),
     _case(4, 4, 5, 6, 4, 3, 3, 2, 1, 1, 2),

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 import convkit
-from helpers import (CONV_CASES, DTYPES, ISAS, algo_fixture, assert_close, conv_inputs, conv_reference, cpu_algos,
-                     dtype_id, forced_isa, param_fixture, random_conv_cases)
+from helpers import (CONV_CASES, DTYPES, ISAS, ConvCase, algo_fixture, assert_close, conv_inputs, conv_reference,
+                     cpu_algos, dtype_id, forced_isa, param_fixture, random_conv_cases)
 
 CASES = CONV_CASES + random_conv_cases(16, seed=2024)
+# dense, strided, depthwise, and a 1x1 with channel counts off the SIMD widths
+THREAD_CASES = [ConvCase(2, 4, 10, 11, 5, 3, 3, 1, 1), ConvCase(2, 3, 11, 11, 4, 3, 3, 2, 1),
+                ConvCase(1, 16, 13, 13, 16, 3, 3, 2, 1, 1, 16), ConvCase(1, 31, 2, 31, 33, 1, 1)]
 
 forward_algo = algo_fixture("forward_algo", "conv2d_forward")
 grad_input_algo = algo_fixture("grad_input_algo", "conv2d_grad_input")
@@ -48,13 +51,25 @@ def test_grad_weight_and_bias(grad_weight_algo, case, dtype):
 
 @pytest.mark.parametrize("algo", cpu_algos("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"))
 def test_backward_default_returns_all_three(algo):
-    case = CONV_CASES[12]
+    case = THREAD_CASES[1]
     x, w, _, gy = conv_inputs(case, np.float64)
     got = convkit.conv2d_backward(gy, x, w, **case.kwargs, algo=algo)
     for g, g_ref in zip(got, conv_reference(case, np.float64)[1:]):
         assert_close(g, g_ref, np.float64)
     assert convkit.conv2d_backward(gy, x, w, **case.kwargs, need_input=False, need_weight=False,
                                    need_bias=False, algo=algo) == (None, None, None)
+
+
+@pytest.mark.parametrize("algo", cpu_algos("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"))
+def test_empty_batch(algo):
+    """N == 0 is a valid (empty) call: empty outputs and input gradients, zero weight and
+    bias gradients."""
+    x, w, gy = np.zeros((0, 4, 6, 5)), np.ones((6, 2, 3, 3)), np.zeros((0, 6, 2, 2))
+    assert convkit.conv2d(x, w, np.ones(6), stride=2, groups=2, algo=algo).shape == (0, 6, 2, 2)
+    gx, gw, gb = convkit.conv2d_backward(gy, x, w, stride=2, groups=2, algo=algo)
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, np.zeros_like(w))
+    np.testing.assert_array_equal(gb, np.zeros(6))
 
 
 def _out_size(n, k, s, p_before, p_after, d):
@@ -89,9 +104,6 @@ def test_same_padding_puts_the_odd_pixel_bottom_right(H, k, s, d, pads):
     assert_close(convkit.conv2d(x, w, None, s, "same", d), explicit, np.float64)
 
 
-THREAD_CASES = [CONV_CASES[i] for i in (2, 12, 44, 75)]
-
-
 @pytest.mark.parametrize("case", THREAD_CASES, ids=str)
 @pytest.mark.parametrize("algo", [a for a in cpu_algos("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
                                   if a != "reference"])
@@ -118,7 +130,7 @@ def test_concurrent_calls_from_python_threads(algo):
     """The GIL is released around the kernels and the pool serves one job at a time (the
     others run serially in their caller): calls from several Python threads at once all
     get their own, correct results."""
-    cases = [CONV_CASES[i] for i in (2, 12, 38, 44, 70, 75)] * 4
+    cases = (THREAD_CASES + [ConvCase(1, 6, 7, 8, 6, 3, 3, 2, 1, 1, 3), ConvCase(1, 17, 3, 17, 15, 3, 3, 1, 1)]) * 4
 
     def run(case):
         x, w, b, gy = conv_inputs(case, np.float64)
