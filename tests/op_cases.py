@@ -195,6 +195,19 @@ def check_matches(case: Case, got, expected=None):
 small = st.integers(1, 3)
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """How big the drawn arrays get: batch range, channels per group, image sizes."""
+
+    batch: tuple
+    channels: int
+    images: tuple  # (lo, hi) of the larger image sizes drawn (small ones come too)
+
+
+SMALL = Sizes(batch=(0, 3), channels=4, images=(13, 41))  # property tests: edges, quick
+LARGE = Sizes(batch=(1, 4), channels=16, images=(24, 64))  # enough work to split over threads
+
+
 @st.composite
 def _padding(draw):
     """Any conv padding form, and the numeric ones as (top, bottom, left, right)."""
@@ -216,25 +229,27 @@ def _extent(k, d):
 
 
 @st.composite
-def _image_size(draw, extent, pad_before_after):
+def _image_size(draw, extent, pad_before_after, sizes):
     """A size the kernel fits in once padded: small ones, and some across vector widths."""
     low = max(1, extent - sum(pad_before_after)) if pad_before_after else 1
-    return draw(st.one_of(st.integers(low, low + 8), st.integers(max(low, 13), max(low, 13) + 28)))
+    lo, hi = sizes.images
+    return draw(st.one_of(st.integers(low, low + 8), st.integers(max(low, lo), max(low, lo) + hi - lo)))
 
 
 @st.composite
-def conv_geometry(draw, depthwise=False):
+def conv_geometry(draw, depthwise=False, sizes=SMALL):
+    per_group = st.integers(1, sizes.channels)
     if depthwise:
-        groups, Cg, Kg = draw(st.integers(1, 6)), 1, draw(small)
+        groups, Cg, Kg = draw(st.integers(1, 2 * sizes.channels)), 1, draw(small)
     else:
-        groups, Cg, Kg = draw(small), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        groups, Cg, Kg = draw(small), draw(per_group), draw(per_group)
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     stride = (draw(small), draw(small))
     dilation = (draw(small), draw(small))
     padding, quad = draw(_padding())
-    H = draw(_image_size(_extent(kh, dilation[0]), quad[:2] if quad else None))
-    W = draw(_image_size(_extent(kw, dilation[1]), quad[2:] if quad else None))
-    return dict(N=draw(st.integers(0, 3)), C=groups * Cg, K=groups * Kg, H=H, W=W, kh=kh, kw=kw, groups=groups,
+    H = draw(_image_size(_extent(kh, dilation[0]), quad[:2] if quad else None, sizes))
+    W = draw(_image_size(_extent(kw, dilation[1]), quad[2:] if quad else None, sizes))
+    return dict(N=draw(st.integers(*sizes.batch)), C=groups * Cg, K=groups * Kg, H=H, W=W, kh=kh, kw=kw, groups=groups,
                 stride=_maybe_int(draw, stride), padding=padding, dilation=_maybe_int(draw, dilation))
 
 
@@ -270,27 +285,27 @@ def _common(draw):
 
 
 @st.composite
-def conv2d_case(draw, op="conv2d"):
-    g = draw(conv_geometry())
+def conv2d_case(draw, op="conv2d", sizes=SMALL):
+    g = draw(conv_geometry(sizes=sizes))
     seed, dtype = draw(_common())
     return _conv_case(op, g, seed, dtype, draw(st.booleans()), draw(st.sampled_from([None, "relu"])))
 
 
 @st.composite
-def depthwise_case(draw, op="depthwise_conv2d"):
-    g = draw(conv_geometry(depthwise=True))
+def depthwise_case(draw, op="depthwise_conv2d", sizes=SMALL):
+    g = draw(conv_geometry(depthwise=True, sizes=sizes))
     seed, dtype = draw(_common())
     return _conv_case(op, g, seed, dtype, draw(st.booleans()), draw(st.sampled_from([None, "relu"])), depthwise=True)
 
 
 @st.composite
-def separable_case(draw, op="separable_conv2d"):
-    g = draw(conv_geometry(depthwise=True))
+def separable_case(draw, op="separable_conv2d", sizes=SMALL):
+    g = draw(conv_geometry(depthwise=True, sizes=sizes))
     seed, dtype = draw(_common())
     rng = np.random.default_rng(seed)
     x = uniform(rng, (g["N"], g["C"], g["H"], g["W"]), dtype)
     dw = uniform(rng, (g["K"], 1, g["kh"], g["kw"]), dtype)
-    pw = uniform(rng, (draw(st.integers(1, 5)), g["K"], 1, 1), dtype)
+    pw = uniform(rng, (draw(st.integers(1, sizes.channels + 1)), g["K"], 1, 1), dtype)
     conv = dict(stride=g["stride"], padding=g["padding"], dilation=g["dilation"])
     if op == "separable_conv2d":
         b = uniform(rng, (pw.shape[0],), dtype) if draw(st.booleans()) else None
@@ -308,18 +323,19 @@ def separable_case(draw, op="separable_conv2d"):
 
 
 @st.composite
-def conv_transpose_case(draw, op="conv_transpose2d"):
-    groups, Cg, Kg = draw(small), draw(small), draw(small)
+def conv_transpose_case(draw, op="conv_transpose2d", sizes=SMALL):
+    per_group = st.integers(1, sizes.channels - 1)
+    groups, Cg, Kg = draw(small), draw(per_group), draw(per_group)
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     stride, dilation = (draw(small), draw(small)), (draw(small), draw(small))
-    H, W = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    H, W = (draw(st.integers(1, sizes.images[0] - 4)) for _ in range(2))
     out_pad = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
     # padding at most what keeps the output non-empty: (H-1)*S + D*(k-1) + op >= 2P
     pad = tuple(draw(st.integers(0, min(3, ((n - 1) * s + d * (k - 1) + o) // 2)))
                 for n, s, d, k, o in zip((H, W), stride, dilation, (kh, kw), out_pad))
     seed, dtype = draw(_common())
     rng = np.random.default_rng(seed)
-    C, N = groups * Cg, draw(st.integers(0, 3))
+    C, N = groups * Cg, draw(st.integers(*sizes.batch))
     x = uniform(rng, (N, C, H, W), dtype)
     w = uniform(rng, (C, Kg, kh, kw), dtype)
     conv = dict(stride=_maybe_int(draw, stride), padding=_maybe_int(draw, pad),
@@ -334,14 +350,14 @@ def conv_transpose_case(draw, op="conv_transpose2d"):
 
 
 @st.composite
-def pool_geometry(draw, kind):
+def pool_geometry(draw, kind, sizes=SMALL):
     """kernel, stride (None: the kernel), padding <= k/2, dilation (max only), ceil_mode."""
     k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     stride = draw(st.one_of(st.none(), st.tuples(small, small)))
     pad = tuple(draw(st.integers(0, kk // 2)) for kk in k)
     dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if kind == "max" else (1, 1)
-    H, W = (draw(_image_size(_extent(kk, d), (p, p))) for kk, d, p in zip(k, dil, pad))
-    g = dict(N=draw(st.integers(0, 3)), C=draw(st.integers(1, 5)), H=H, W=W, kernel_size=_maybe_int(draw, k),
+    H, W = (draw(_image_size(_extent(kk, d), (p, p), sizes)) for kk, d, p in zip(k, dil, pad))
+    g = dict(N=draw(st.integers(*sizes.batch)), C=draw(st.integers(1, sizes.channels + 1)), H=H, W=W, kernel_size=_maybe_int(draw, k),
              stride=None if stride is None else _maybe_int(draw, stride), padding=_maybe_int(draw, pad),
              ceil_mode=draw(st.booleans()))
     if kind == "max":
@@ -352,9 +368,9 @@ def pool_geometry(draw, kind):
     return g
 
 
-def _pool_input(draw, kind, fill):
+def _pool_input(draw, kind, fill, sizes):
     """(pool keyword arguments, rng, dtype, input) of a random pooling call."""
-    g = draw(pool_geometry(kind))
+    g = draw(pool_geometry(kind, sizes))
     seed, dtype = draw(_common())
     rng = np.random.default_rng(seed)
     x = fill(rng, (g["N"], g["C"], g["H"], g["W"]), dtype)
@@ -362,8 +378,8 @@ def _pool_input(draw, kind, fill):
 
 
 @st.composite
-def max_pool_case(draw, op="max_pool2d"):
-    p, rng, dtype, x = _pool_input(draw, "max", distinct)
+def max_pool_case(draw, op="max_pool2d", sizes=SMALL):
+    p, rng, dtype, x = _pool_input(draw, "max", distinct, sizes)
     if op == "max_pool2d":
         return Case(op, dict(input=x), dict(p, return_indices=True), ("input",), ("act", "index"),
                     lambda: ref.max_pool2d(x, **p, return_indices=True), dtype)
@@ -380,8 +396,8 @@ def max_pool_case(draw, op="max_pool2d"):
 
 
 @st.composite
-def avg_pool_case(draw, op="avg_pool2d"):
-    p, rng, dtype, x = _pool_input(draw, "avg", uniform)
+def avg_pool_case(draw, op="avg_pool2d", sizes=SMALL):
+    p, rng, dtype, x = _pool_input(draw, "avg", uniform, sizes)
     if op == "avg_pool2d":
         return Case(op, dict(input=x), p, ("input",), ("act",), lambda: (ref.avg_pool2d(x, **p),), dtype)
     gy = uniform(rng, ref.avg_pool2d(x, **p).shape, dtype)
@@ -390,18 +406,18 @@ def avg_pool_case(draw, op="avg_pool2d"):
 
 
 @st.composite
-def _plane(draw, dtype_rng_fill):
-    N, C = draw(st.integers(0, 3)), draw(st.integers(1, 5))
-    H, W = draw(_image_size(1, None)), draw(_image_size(1, None))
+def _plane(draw, dtype_rng_fill, sizes):
+    N, C = draw(st.integers(*sizes.batch)), draw(st.integers(1, sizes.channels + 1))
+    H, W = draw(_image_size(1, None, sizes)), draw(_image_size(1, None, sizes))
     seed, dtype = draw(_common())
     rng = np.random.default_rng(seed)
     return rng, dtype, dtype_rng_fill(rng, (N, C, H, W), dtype)
 
 
 @st.composite
-def global_case(draw, op):
+def global_case(draw, op, sizes=SMALL):
     kind = "max" if "max" in op else "avg"
-    rng, dtype, x = draw(_plane(distinct if kind == "max" else uniform))
+    rng, dtype, x = draw(_plane(distinct if kind == "max" else uniform, sizes))
     backward = op.endswith("_backward")
     if kind == "avg":
         if not backward:
@@ -420,10 +436,10 @@ def global_case(draw, op):
 
 
 @st.composite
-def maxout_case(draw, op="maxout2d"):
+def maxout_case(draw, op="maxout2d", sizes=SMALL):
     k = draw(st.integers(1, 4))
-    N, C = draw(st.integers(0, 3)), k * draw(st.integers(1, 4))
-    H, W = draw(_image_size(1, None)), draw(_image_size(1, None))
+    N, C = draw(st.integers(*sizes.batch)), k * draw(st.integers(1, sizes.channels))
+    H, W = draw(_image_size(1, None, sizes)), draw(_image_size(1, None, sizes))
     seed, dtype = draw(_common())
     rng = np.random.default_rng(seed)
     x = distinct(rng, (N, C, H, W), dtype)
@@ -434,7 +450,7 @@ def maxout_case(draw, op="maxout2d"):
                 lambda: (ref.maxout2d_backward(gy, x, k),), dtype)
 
 
-def case_strategy(op: str):
+def case_strategy(op: str, sizes: Sizes = SMALL):
     """The strategy drawing a valid Case of a public op."""
     base = op.removesuffix("_backward")
     table = {
@@ -443,8 +459,8 @@ def case_strategy(op: str):
         "maxout2d": maxout_case,
     }
     if base in table:
-        return table[base](op)
-    return global_case(op)
+        return table[base](op, sizes)
+    return global_case(op, sizes)
 
 
 # ----------------------------------------------------------------------- memory guard
