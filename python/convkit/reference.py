@@ -239,7 +239,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
         for j in range(kw):
             patch = xp[:, :, :, _tap(i, sh, dh, oh), _tap(j, sw, dw, ow)].reshape(N, G, Cg, oh * ow)
             # y[n,g,k,p] += sum_c w[g,k,c,i,j] * patch[n,g,c,p]
-            y += wg[:, :, :, kh - 1 - i, kw - 1 - j] @ patch
+            y += wg[:, :, :, i, j] @ patch
     y = y.reshape(N, K, oh, ow)
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64).reshape(1, K, 1, 1)
