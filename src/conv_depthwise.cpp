@@ -124,7 +124,7 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
     const std::int64_t nc = task / bl.count, b = task % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t r0 = b * bl.rows, rows = bl.rows_of(b, g.OH);
     float* planes = scratch(plan.pg.channel_size());
-    pack_planes(x + nc * g.H * g.W, g.W, 1, g.H, g.W, plan.block_geom(b, g.sh), planes);
+    pack_planes(x + nc * g.H * g.W, g.W, 1, g.H, g.W, plan.block_geom(b, g.sh), planes, kern.copy_strided);
     const std::vector<DwStore>& map = plan.maps.get(rows, g.OW);
     for (std::int64_t k = c * m; k < (c + 1) * m; ++k)
       kern.conv(planes, plan.off.data(), w + k * taps, taps, static_cast<std::int64_t>(map.size()), map.data(),
@@ -151,7 +151,7 @@ void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* 
     float* sums = partial.data() + task * m * taps;
     const PlaneGeom pg = plan.block_geom(b, g.sh);
     for (std::int64_t n = 0; n < g.N; ++n) {
-      pack_planes(x + (n * g.C + c) * g.H * g.W, g.W, 1, g.H, g.W, pg, planes);
+      pack_planes(x + (n * g.C + c) * g.H * g.W, g.W, 1, g.H, g.W, pg, planes, kern.copy_strided);
       for (std::int64_t j = 0; j < m; ++j) {
         const float* src = gy + ((n * g.K + c * m + j) * g.OH + r0) * g.OW;
         std::fill(gy_rows, gy_rows + nvec * kern.lanes, 0.0f);
@@ -239,7 +239,8 @@ void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* g
     PlaneGeom pgb = pg;
     pgb.pt -= b * bl.rows;
     for (std::int64_t j = 0; j < m; ++j)
-      pack_planes(gy + (n * g.K + c * m + j) * g.OH * g.OW, g.OW, 1, g.OH, g.OW, pgb, planes + j * pg.size);
+      pack_planes(gy + (n * g.K + c * m + j) * g.OH * g.OW, g.OW, 1, g.OH, g.OW, pgb, planes + j * pg.size,
+                  kern.copy_strided);
     float* gx_plane = gx + nc * g.H * g.W;
     for (std::int64_t ph = 0; ph < phases; ++ph) {
       const std::int64_t a = ph / g.sw, bc = ph % g.sw;
@@ -252,11 +253,9 @@ void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* g
       kern.conv(planes + (q.lo - qlo) * Wg + (r.lo - call.lo), off[ph].data(), wt, ntaps,
                 static_cast<std::int64_t>(map.size()), map.data(), 0.0f, false, out);
       if (direct) continue;
-      for (std::int64_t qq = 0; qq < rows; ++qq) {
-        float* dst = gx_plane + ((q.lo + qq) * g.sh + a - g.pt) * g.W + r.lo * g.sw + bc - g.pl;
-        const float* src = phase_out + qq * cols;
-        for (std::int64_t rr = 0; rr < cols; ++rr) dst[rr * g.sw] = src[rr];
-      }
+      for (std::int64_t qq = 0; qq < rows; ++qq)
+        kern.spread_strided(phase_out + qq * cols, g.sw, cols,
+                            gx_plane + ((q.lo + qq) * g.sh + a - g.pt) * g.W + r.lo * g.sw + bc - g.pl);
     }
   });
 }

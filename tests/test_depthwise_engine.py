@@ -37,6 +37,7 @@ CASES = [
     (2, 3, 19, 21, 1, (3, 3), 3, 3, 3),            # stride 3, dilation 3
     (1, 2, 14, 14, 1, (3, 3), 2, 2, 2),            # stride 2, dilation 2: one phase holds every tap
     (1, 2, 10, 11, 1, (2, 2), 3, 0, 1),            # stride 3 > kernel: phases with no taps
+    (1, 2, 6, 67, 1, (3, 3), 2, 1, 1),             # stride-2 rows of 34-35 pixels: SIMD deinterleave + tail
     (2, 2, 1, 129, 1, (1, 3), 1, (0, 1), 1),       # one long row: 129 pixels
     (1, 2, 1, 15, 2, (1, 3), 1, (0, 1), 1),        # one row, under one AVX-512 vector
     (1, 2, 40, 1, 1, (3, 1), 1, (1, 0), 1),        # one column
@@ -99,7 +100,7 @@ def test_float64(case):
     _check_conv(case, np.float64)
 
 
-@pytest.mark.parametrize("case", [CASES[3], CASES[13], CASES[18], CASES[23], CASES[24]], ids=_ids)
+@pytest.mark.parametrize("case", [CASES[3], CASES[13], CASES[19], CASES[24], CASES[25]], ids=_ids)
 def test_one_and_two_threads_bit_identical(case, isa):
     N, C, H, W, m, k, s, p, d = case
     x, w, b, gy = _arrays(case, np.float32, seed=1)

@@ -6,8 +6,8 @@ namespace convkit {
 
 const DwKernels& f32_dwconv_kernels(Isa isa) {
 #ifdef CONVKIT_X86
-  if (isa == Isa::avx512) return f32_dwconv_8x16__avx512;
-  if (isa == Isa::avx2) return f32_dwconv_4x8__avx2;
+  if (isa == Isa::avx512) return f32_dwconv_4x16__avx512;
+  if (isa == Isa::avx2) return f32_dwconv_8x8__avx2;
 #else
   (void)isa;
 #endif
