@@ -1,7 +1,7 @@
 // Depthwise operators: plan the planes, the tap offsets and the store maps once per call,
-// then run one task per (image, channel, block of rows) on the thread pool.
+// then run one unit of work per (image, channel, block of rows) on the thread pool.
 //
-// Each task packs its input into zero-padded flat planes (conv_planes.h) in a per-thread
+// Each unit packs its input into zero-padded flat planes (conv_planes.h) in a per-thread
 // workspace right before using them, so the copy is read back from L1/L2 and memory
 // traffic stays that of the arrays themselves: depthwise convolution does ~2 FLOPs per
 // byte, and is bound by memory, not by arithmetic.
@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -27,8 +26,8 @@ namespace {
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
-// Per-thread scratch, grown when needed and reused across tasks and calls: no allocation
-// in the hot loop. Tasks never read what an earlier task left (they pack first).
+// Per-thread scratch, grown when needed and reused across units and calls: no allocation
+// in the hot loop. Units never read what an earlier unit left (they pack first).
 float* scratch(std::int64_t n) {
   thread_local std::vector<float> buf;
   if (static_cast<std::int64_t>(buf.size()) < n) buf.resize(static_cast<std::size_t>(n));
@@ -55,6 +54,20 @@ Blocks row_blocks(std::int64_t total, std::int64_t planes, std::int64_t bytes_pe
   return {rows, ceil_div(total, rows)};
 }
 
+// Runs fn(unit) for every unit of work in [0, units), in tasks of consecutive units with
+// at least kMinTaskWork multiply-adds each: waking the pool's threads costs a few
+// microseconds, so tiny layers run as one task in the caller. Units, not threads, fix
+// what each fn call computes, so results never depend on the grouping.
+constexpr std::int64_t kMinTaskWork = 1 << 15;
+
+template <typename Fn>
+void parallel_units(std::int64_t units, std::int64_t work_per_unit, const Fn& fn) {
+  const std::int64_t grain = std::max<std::int64_t>(1, kMinTaskWork / std::max<std::int64_t>(1, work_per_unit));
+  parallel_for(ceil_div(units, grain), [&](std::int64_t task) {
+    for (std::int64_t u = task * grain; u < std::min(units, (task + 1) * grain); ++u) fn(u);
+  });
+}
+
 // Store maps (f32_dwconv.h) of compact rows x cols outputs computed as flat pixels
 // p = row * row_width + col, keyed by (rows, cols). Filled before the parallel part,
 // only read inside it.
@@ -63,8 +76,9 @@ class StoreMaps {
   StoreMaps(std::int64_t row_width, int lanes) : row_width_(row_width), lanes_(lanes) {}
 
   void add(std::int64_t rows, std::int64_t cols) {
-    auto& map = maps_[{rows, cols}];
-    if (!map.empty() || rows <= 0 || cols <= 0) return;
+    if (rows <= 0 || cols <= 0 || find(rows, cols)) return;
+    maps_.push_back({rows, cols, {}});
+    std::vector<DwStore>& map = maps_.back().map;
     const std::int64_t end = (rows - 1) * row_width_ + cols;  // one past the last output's flat pixel
     map.resize(static_cast<std::size_t>(ceil_div(end, lanes_)));
     for (std::size_t v = 0; v < map.size(); ++v) {
@@ -79,12 +93,21 @@ class StoreMaps {
       map[v] = s;
     }
   }
-  const std::vector<DwStore>& get(std::int64_t rows, std::int64_t cols) const { return maps_.at({rows, cols}); }
+  const std::vector<DwStore>& get(std::int64_t rows, std::int64_t cols) const { return find(rows, cols)->map; }
 
  private:
+  struct Entry {
+    std::int64_t rows, cols;
+    std::vector<DwStore> map;
+  };
+  const Entry* find(std::int64_t rows, std::int64_t cols) const {  // a handful of entries: a linear search
+    for (const Entry& e : maps_)
+      if (e.rows == rows && e.cols == cols) return &e;
+    return nullptr;
+  }
   std::int64_t row_width_;
   int lanes_;
-  std::map<std::pair<std::int64_t, std::int64_t>, std::vector<DwStore>> maps_;
+  std::vector<Entry> maps_;
 };
 
 // Forward and grad-weight read the input the same way: output rows in blocks, each
@@ -120,8 +143,8 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
   const InputPlan plan = plan_input(g, kern.lanes);
   const Blocks& bl = plan.blocks;
-  parallel_for(g.N * g.C * bl.count, [&](std::int64_t task) {
-    const std::int64_t nc = task / bl.count, b = task % bl.count, n = nc / g.C, c = nc % g.C;
+  parallel_units(g.N * g.C * bl.count, m * bl.rows * g.OW * taps, [&](std::int64_t unit) {
+    const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t r0 = b * bl.rows, rows = bl.rows_of(b, g.OH);
     float* planes = scratch(plan.pg.channel_size());
     pack_planes(x + nc * g.H * g.W, g.W, 1, g.H, g.W, plan.block_geom(b, g.sh), planes, kern.copy_strided);
@@ -133,7 +156,7 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
 }
 
 // Grad-weight: gw[k, t] = sum over n and p of gy[n, k, p] * plane[n, c][p + off[t]], with
-// gy's rows laid out at the planes' row width and zeros in the padding columns. One task
+// gy's rows laid out at the planes' row width and zeros in the padding columns. One unit
 // per (channel, block of rows) sums the batch in a fixed order; blocks are then added in
 // a fixed order: deterministic, no atomics.
 void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* gw) {
@@ -142,13 +165,13 @@ void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* 
   const InputPlan plan = plan_input(g, kern.lanes);
   const Blocks& bl = plan.blocks;
   std::vector<float> partial(static_cast<std::size_t>(g.C * bl.count * m * taps));
-  parallel_for(g.C * bl.count, [&](std::int64_t task) {
-    const std::int64_t c = task / bl.count, b = task % bl.count;
+  parallel_units(g.C * bl.count, g.N * m * bl.rows * g.OW * taps, [&](std::int64_t unit) {
+    const std::int64_t c = unit / bl.count, b = unit % bl.count;
     const std::int64_t r0 = b * bl.rows, rows = bl.rows_of(b, g.OH), width = plan.pg.Wq;
     const std::int64_t nvec = static_cast<std::int64_t>(plan.maps.get(rows, g.OW).size());
     float* planes = scratch(plan.pg.channel_size() + nvec * kern.lanes);
     float* gy_rows = planes + plan.pg.channel_size();
-    float* sums = partial.data() + task * m * taps;
+    float* sums = partial.data() + unit * m * taps;
     const PlaneGeom pg = plan.block_geom(b, g.sh);
     for (std::int64_t n = 0; n < g.N; ++n) {
       pack_planes(x + (n * g.C + c) * g.H * g.W, g.W, 1, g.H, g.W, pg, planes, kern.copy_strided);
@@ -173,7 +196,7 @@ void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* 
 
 // Grad-input. Padded input row ih + pt = q*sh + a receives gy[q - u] * w[i] from every tap
 // row i with i*dh = a + u*sh (u >= 0): for each phase (a, b) of (row, column) that is a
-// stride-1 correlation of gy with that phase's taps. gy is packed once per task with U
+// stride-1 correlation of gy with that phase's taps. gy is packed once per unit with U
 // rows / V columns of zeros in front (U = max u), so every tap reads forward at the
 // offset (U - u) * Wg + (V - v), and the phases' outputs are flat pixels q * Wg + r like
 // the forward's. Stride 1 has one phase, stored straight into gx; otherwise each phase
@@ -230,8 +253,8 @@ void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* g
     }
   const bool direct = phases == 1;
 
-  parallel_for(g.N * g.C * bl.count, [&](std::int64_t task) {
-    const std::int64_t nc = task / bl.count, b = task % bl.count, n = nc / g.C, c = nc % g.C;
+  parallel_units(g.N * g.C * bl.count, m * bl.rows * g.W * taps, [&](std::int64_t unit) {
+    const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t qlo = qall.lo + b * bl.rows;
     float* planes = scratch(m * pg.size + bl.rows * max_cols + m * taps);
     float* phase_out = planes + m * pg.size;
