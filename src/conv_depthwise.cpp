@@ -171,13 +171,13 @@ void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* 
     const std::int64_t nvec = static_cast<std::int64_t>(plan.maps.get(rows, g.OW).size());
     float* planes = scratch(plan.pg.channel_size() + nvec * kern.lanes);
     float* gy_rows = planes + plan.pg.channel_size();
+    std::fill(gy_rows, gy_rows + nvec * kern.lanes, 0.0f);  // the padding columns, never overwritten below
     float* sums = partial.data() + unit * m * taps;
     const PlaneGeom pg = plan.block_geom(b, g.sh);
     for (std::int64_t n = 0; n < g.N; ++n) {
       pack_planes(x + (n * g.C + c) * g.H * g.W, g.W, 1, g.H, g.W, pg, planes, kern.copy_strided);
       for (std::int64_t j = 0; j < m; ++j) {
         const float* src = gy + ((n * g.K + c * m + j) * g.OH + r0) * g.OW;
-        std::fill(gy_rows, gy_rows + nvec * kern.lanes, 0.0f);
         for (std::int64_t r = 0; r < rows; ++r)
           std::memcpy(gy_rows + r * width, src + r * g.OW, sizeof(float) * static_cast<std::size_t>(g.OW));
         kern.grad_weight(planes, plan.off.data(), taps, gy_rows, nvec, sums + j * taps);

@@ -1,10 +1,11 @@
 """The depthwise engine (src/conv_depthwise.cpp, kernels/cpu/f32_dwconv*) against convkit.reference.
 
 Every instruction set the CPU has runs the same grid. The cases aim at the kernels' edges:
-flat pixel counts below, at and above the vector widths (8, 16) and register tiles (32,
-128 pixels); 1x1 images; kernels larger than the image; padding wider than the kernel;
-stride phases with no taps (grad-input must write zeros there); planes split into blocks
-of rows (few channels, or planes too large for L2); channel multipliers 1..3.
+flat pixel counts below, at and above the vector widths (8, 16) and register tiles (64
+pixels for both SIMD kernels); 1x1 images; kernels larger than the image; padding wider
+than the kernel; stride phases with no taps (grad-input must write zeros there); strided
+rows long enough for the SIMD deinterleave and its tail; planes split into blocks of rows
+(few channels, or planes too large for L2); channel multipliers 1..3.
 """
 import numpy as np
 import pytest
@@ -16,40 +17,42 @@ from convkit import reference as ref
 ISAS = ("scalar", "avx2", "avx512")
 AVAILABLE = ISAS[:ISAS.index(_cpu.detected_isa()) + 1]
 
-# (N, C, H, W, multiplier, kernel, stride, padding, dilation)
-CASES = [
-    (1, 2, 1, 1, 1, (1, 1), 1, 0, 1),              # 1x1 image, 1x1 kernel
-    (2, 3, 1, 1, 2, (3, 3), 1, 1, 1),              # 1x1 image, taps in the padding
-    (1, 2, 2, 2, 1, (5, 5), 1, 2, 1),              # kernel larger than the image
-    (2, 2, 3, 2, 3, (7, 7), (2, 1), 3, 1),         # ... strided, multiplier 3
-    (1, 3, 5, 6, 1, (3, 3), 1, 3, 1),              # padding wider than the kernel
-    (1, 2, 9, 7, 1, (3, 3), 2, 4, 1),              # ... strided
-    (1, 3, 8, 8, 1, (3, 3), 1, 1, 1),
-    (2, 4, 7, 9, 2, (3, 3), 2, 1, 1),
-    (1, 2, 16, 15, 1, (3, 3), 1, "same", 1),
-    (1, 2, 17, 17, 1, (3, 3), 2, "same", 1),       # asymmetric padding
-    (1, 3, 9, 33, 1, (2, 4), 3, "same", (2, 1)),
-    (3, 2, 12, 13, 1, (1, 7), 1, (0, 3), 1),
-    (1, 2, 13, 10, 2, (7, 1), 1, (3, 0), 1),
-    (2, 5, 6, 5, 3, (4, 4), (1, 2), (2, 1, 0, 3), 1),
-    (1, 2, 11, 11, 1, (6, 6), 2, (2, 3), 1),       # even kernel
-    (1, 2, 20, 31, 1, (3, 3), 1, 2, 2),            # dilation 2
-    (2, 3, 19, 21, 1, (3, 3), 3, 3, 3),            # stride 3, dilation 3
-    (1, 2, 14, 14, 1, (3, 3), 2, 2, 2),            # stride 2, dilation 2: one phase holds every tap
-    (1, 2, 10, 11, 1, (2, 2), 3, 0, 1),            # stride 3 > kernel: phases with no taps
-    (1, 2, 6, 67, 1, (3, 3), 2, 1, 1),             # stride-2 rows of 34-35 pixels: SIMD deinterleave + tail
-    (2, 2, 1, 129, 1, (1, 3), 1, (0, 1), 1),       # one long row: 129 pixels
-    (1, 2, 1, 15, 2, (1, 3), 1, (0, 1), 1),        # one row, under one AVX-512 vector
-    (1, 2, 40, 1, 1, (3, 1), 1, (1, 0), 1),        # one column
-    (1, 2, 40, 37, 1, (3, 3), 1, 1, 1),            # few planes: blocks of rows
-    (1, 2, 41, 30, 2, (5, 5), 2, 2, 1),            # ... strided
-    (1, 3, 200, 190, 1, (3, 3), 1, 1, 1),          # planes larger than the L2 budget
-]
+# name: (N, C, H, W, multiplier, kernel, stride, padding, dilation)
+CASES = {
+    "1x1 image, 1x1 kernel": (1, 2, 1, 1, 1, (1, 1), 1, 0, 1),
+    "1x1 image, taps in the padding": (2, 3, 1, 1, 2, (3, 3), 1, 1, 1),
+    "kernel larger than the image": (1, 2, 2, 2, 1, (5, 5), 1, 2, 1),
+    "kernel larger, strided, multiplier 3": (2, 2, 3, 2, 3, (7, 7), (2, 1), 3, 1),
+    "padding wider than the kernel": (1, 3, 5, 6, 1, (3, 3), 1, 3, 1),
+    "padding wider, strided": (1, 2, 9, 7, 1, (3, 3), 2, 4, 1),
+    "8x8": (1, 3, 8, 8, 1, (3, 3), 1, 1, 1),
+    "7x9 strided, multiplier 2": (2, 4, 7, 9, 2, (3, 3), 2, 1, 1),
+    "same": (1, 2, 16, 15, 1, (3, 3), 1, "same", 1),
+    "same strided (asymmetric padding)": (1, 2, 17, 17, 1, (3, 3), 2, "same", 1),
+    "same, stride 3, dilation (2, 1)": (1, 3, 9, 33, 1, (2, 4), 3, "same", (2, 1)),
+    "1x7": (3, 2, 12, 13, 1, (1, 7), 1, (0, 3), 1),
+    "7x1, multiplier 2": (1, 2, 13, 10, 2, (7, 1), 1, (3, 0), 1),
+    "4x4, four-sided padding, multiplier 3": (2, 5, 6, 5, 3, (4, 4), (1, 2), (2, 1, 0, 3), 1),
+    "even kernel, strided": (1, 2, 11, 11, 1, (6, 6), 2, (2, 3), 1),
+    "dilation 2": (1, 2, 20, 31, 1, (3, 3), 1, 2, 2),
+    "stride 3, dilation 3": (2, 3, 19, 21, 1, (3, 3), 3, 3, 3),
+    "stride 2, dilation 2 (one phase holds every tap)": (1, 2, 14, 14, 1, (3, 3), 2, 2, 2),
+    "stride 3 > kernel (phases with no taps)": (1, 2, 10, 11, 1, (2, 2), 3, 0, 1),
+    "strided rows of 34-35 pixels": (1, 2, 6, 67, 1, (3, 3), 2, 1, 1),
+    "strided rows of exactly 16 pixels": (1, 2, 4, 32, 1, (3, 3), 2, 0, 1),  # SIMD row ends, for sanitizer runs
+    "one row of 129 pixels": (2, 2, 1, 129, 1, (1, 3), 1, (0, 1), 1),
+    "one row of 64 pixels": (1, 2, 1, 64, 1, (1, 1), 1, 0, 1),
+    "one row of 63 pixels": (1, 2, 1, 63, 2, (1, 1), 1, 0, 1),
+    "one row under one vector": (1, 2, 1, 15, 2, (1, 3), 1, (0, 1), 1),
+    "one column": (1, 2, 40, 1, 1, (3, 1), 1, (1, 0), 1),
+    "few planes: blocks of rows": (1, 2, 40, 37, 1, (3, 3), 1, 1, 1),
+    "few planes, strided, multiplier 2": (1, 2, 41, 30, 2, (5, 5), 2, 2, 1),
+    "planes larger than the L2 budget": (1, 3, 200, 190, 1, (3, 3), 1, 1, 1),
+}
 
 
-def _ids(case):
-    N, C, H, W, m, k, s, p, d = case
-    return f"{N}x{C}x{H}x{W}-m{m}-k{k[0]}x{k[1]}-s{s}-p{p}-d{d}".replace(" ", "")
+def _cases(*names):
+    return pytest.mark.parametrize("case", [CASES[n] for n in names], ids=names)
 
 
 @pytest.fixture(params=AVAILABLE)
@@ -90,17 +93,18 @@ def _check_conv(case, dtype):
     _close(gw, rgw, dtype)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_float32_every_isa(case, isa):
     _check_conv(case, np.float32)
 
 
-@pytest.mark.parametrize("case", CASES[:-1], ids=_ids)
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_float64(case):
     _check_conv(case, np.float64)
 
 
-@pytest.mark.parametrize("case", [CASES[3], CASES[13], CASES[19], CASES[24], CASES[25]], ids=_ids)
+@_cases("kernel larger, strided, multiplier 3", "4x4, four-sided padding, multiplier 3", "strided rows of 34-35 pixels",
+        "few planes, strided, multiplier 2", "planes larger than the L2 budget")
 def test_one_and_two_threads_bit_identical(case, isa):
     N, C, H, W, m, k, s, p, d = case
     x, w, b, gy = _arrays(case, np.float32, seed=1)
@@ -127,7 +131,7 @@ def test_relu_propagates_nan(isa):
     assert (y[~nan] == 0).all()
 
 
-@pytest.mark.parametrize("case", [CASES[7], CASES[10], CASES[13]], ids=_ids)
+@_cases("7x9 strided, multiplier 2", "same, stride 3, dilation (2, 1)", "4x4, four-sided padding, multiplier 3")
 def test_public_depthwise_and_separable(case, isa):
     N, C, H, W, m, k, s, p, d = case
     x, w, b, gy = _arrays(case, np.float32, seed=2)
