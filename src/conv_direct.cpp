@@ -92,22 +92,23 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
 // oh*sh + i*dh = ih + pt (and likewise for columns). Write u = ih + pt = qh*sh + ra:
 // only taps with (i*dh) % sh == ra reach output row phase ra, and they read
 // gy row oh = qh - ai, ai = (i*dh) / sh. So each of the sh*sw output phases is a
-// stride-1 correlation of gy with the phase's taps, reversed: gy is packed as stride-1
-// planes with A = max ai zero rows on top (B columns on the left), and tap i reads at
-// row offset A - ai >= 0. The output map scatters phase pixel (qh, qw) to gx row
-// qh*sh + ra - pt, column qw*sw + rb - pl; each gx pixel is in exactly one phase, so
-// gx is written once, never zeroed first (a phase without taps stores zeros).
+// stride-1 correlation of gy with the phase's taps, reversed: tap (ai, bj) reads at
+// offset -(ai*Wq + bj) from the output pixel. gy is packed once as stride-1 planes with
+// Lh zero rows on top and Lw zero columns on the left, just enough that every phase's
+// first output pixel (qh0, qw0) can reach back to its farthest tap, and Wq as narrow as
+// the widest phase allows (the same width as the forward's planes for stride 1). The
+// output map scatters phase pixel (qh, qw) to gx row qh*sh + ra - pt, column
+// qw*sw + rb - pl; each gx pixel is in exactly one phase, so gx is written once, never
+// zeroed first (a phase without taps stores zeros).
 template <typename T>
 void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w, T* gx) {
   if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_grad_input(g, gy, w, gx);
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
-  const std::int64_t A = (g.kh - 1) * g.dh / g.sh, B = (g.kw - 1) * g.dw / g.sw;
-  const std::int64_t QH = ceil_div(g.H + g.pt, g.sh), QW = ceil_div(g.W + g.pl, g.sw), Wq = QW + B;
 
   struct Phase {
     std::int64_t ra, rb, qh0, qw0, rows, cols;
-    std::vector<Entry> ent;
+    std::vector<std::int64_t> i, j;  // the phase's taps, by row and column
   };
   // First phase row (or column) q0 with q0*s + r >= pad, and the count below n + pad.
   auto span = [](std::int64_t r, std::int64_t s, std::int64_t pad, std::int64_t n, std::int64_t& q0) {
@@ -115,26 +116,35 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
     return n + pad - r > 0 ? ceil_div(n + pad - r, s) - q0 : 0;
   };
   std::vector<Phase> phases;
-  std::int64_t max_rows = 0;
+  std::int64_t Lh = 0, Lw = 0, Hq = 0, Wq = 0, max_rows = 0;
   for (std::int64_t ra = 0; ra < g.sh; ++ra) {
     for (std::int64_t rb = 0; rb < g.sw; ++rb) {
-      Phase ph{ra, rb, 0, 0, 0, 0, {}};
+      Phase ph{ra, rb, 0, 0, 0, 0, {}, {}};
       ph.rows = span(ra, g.sh, g.pt, g.H, ph.qh0);
       ph.cols = span(rb, g.sw, g.pl, g.W, ph.qw0);
       if (ph.rows <= 0 || ph.cols <= 0) continue;
+      for (std::int64_t i = 0; i < g.kh; ++i)
+        if ((i * g.dh) % g.sh == ra) ph.i.push_back(i), Lh = std::max(Lh, i * g.dh / g.sh - ph.qh0);
+      for (std::int64_t j = 0; j < g.kw; ++j)
+        if ((j * g.dw) % g.sw == rb) ph.j.push_back(j), Lw = std::max(Lw, j * g.dw / g.sw - ph.qw0);
       max_rows = std::max(max_rows, ph.rows);
       phases.push_back(std::move(ph));
     }
   }
+  for (const Phase& ph : phases) {
+    Hq = std::max(Hq, ph.qh0 + ph.rows + Lh);
+    Wq = std::max(Wq, ph.qw0 + ph.cols + Lw);
+  }
   const DirectKernel<T>& kern = choose_direct_kernel(conv_kernels<T>(), Cg, max_rows * Wq);
-  const PlaneGeom pg = make_plane_geom(QH + A, Wq, A, B, 1, 1, kern.P);
-  for (Phase& ph : phases)
+  const PlaneGeom pg = make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, kern.P);
+  // Entries (k, tap), taps in reverse so that consecutive entries read ascending
+  // addresses within a channel, as in the forward.
+  std::vector<std::vector<Entry>> ent(phases.size());
+  for (std::size_t f = 0; f < phases.size(); ++f)
     for (std::int64_t k = 0; k < Kg; ++k)
-      for (std::int64_t i = 0; i < g.kh; ++i)
-        for (std::int64_t j = 0; j < g.kw; ++j)
-          if ((i * g.dh) % g.sh == ph.ra && (j * g.dw) % g.sw == ph.rb)
-            ph.ent.push_back({k * pg.size + (A - i * g.dh / g.sh) * Wq + (B - j * g.dw / g.sw),
-                              k * Cg * taps + i * g.kw + j});
+      for (auto i = phases[f].i.rbegin(); i != phases[f].i.rend(); ++i)
+        for (auto j = phases[f].j.rbegin(); j != phases[f].j.rend(); ++j)
+          ent[f].push_back({k * pg.size - (*i * g.dh / g.sh) * Wq - *j * g.dw / g.sw, k * Cg * taps + *i * g.kw + *j});
 
   Workspace ws;
   const auto planes_at = ws.add<T>(g.N * g.K * pg.size);
@@ -145,11 +155,12 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   std::vector<DirectJob<T>> jobs;
   for (std::int64_t n = 0; n < g.N; ++n)
     for (std::int64_t grp = 0; grp < g.groups; ++grp)
-      for (const Phase& ph : phases) {
+      for (std::size_t f = 0; f < phases.size(); ++f) {
+        const Phase& ph = phases[f];
         T* out = gx + n * xs.n + grp * Cg * xs.c + (ph.qh0 * g.sh + ph.ra - g.pt) * xs.h +
                  (ph.qw0 * g.sw + ph.rb - g.pl) * xs.w;
-        jobs.push_back({planes + (n * g.K + grp * Kg) * pg.size + ph.qh0 * Wq + ph.qw0, ph.ent.data(),
-                        static_cast<std::int64_t>(ph.ent.size()), w + grp * Kg * Cg * taps, taps, nullptr,
+        jobs.push_back({planes + (n * g.K + grp * Kg) * pg.size + (ph.qh0 + Lh) * Wq + ph.qw0 + Lw, ent[f].data(),
+                        static_cast<std::int64_t>(ent[f].size()), w + grp * Kg * Cg * taps, taps, nullptr,
                         OutMap<T>{out, xs.c, g.sh * xs.h, g.sw * xs.w, ph.rows, ph.cols, Wq}, Cg, ph.rows * Wq});
       }
   run_direct_jobs(kern, jobs, false);
@@ -168,8 +179,8 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
     std::fill(gw, gw + g.K * E, T(0));
     return;
   }
-  const GwKernel<T>& kern = cheapest(conv_kernels<T>().gw, Kg, [](const auto& k) { return k.KB; }, E,
-                                     [](const auto& k) { return k.R; });
+  const GwKernel<T>& kern = cheapest(conv_kernels<T>().gw, forced_conv_kernel(true), Kg,
+                                     [](const auto& k) { return k.KB; }, E, [](const auto& k) { return k.R; });
   const std::int64_t R = kern.R, KB = kern.KB, nkb = ceil_div(Kg, KB), neb = ceil_div(E, R);
   const PlaneGeom pg = input_planes(g, 0);
   std::vector<std::int64_t> off;
@@ -235,15 +246,20 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
     }
   });
 
-  // gw[k][e] = sum over slices, in order, of acc[slice][grp][eb][kb][r][kk].
-  parallel_ranges(g.K, (1 << 14) / E, [&](std::int64_t k0, std::int64_t k1) {
-    for (std::int64_t kg = k0; kg < k1; ++kg) {
-      const std::int64_t grp = kg / Kg, k = kg % Kg, kb = k / KB, kk = k % KB;
-      for (std::int64_t e = 0; e < E; ++e) {
-        const std::int64_t at = ((grp * neb + e / R) * nkb + kb) * R * KB + (e % R) * KB + kk;
-        T s = acc[at];
-        for (std::int64_t slice = 1; slice < nslices; ++slice) s += acc[slice * acc_slice + at];
-        gw[kg * E + e] = s;
+  // gw[k][e] = sum over slices, in order, of acc[slice][grp][eb][kb][r][kk], block by
+  // block: each (eb, kb) block of R x KB sums is read once and written as KB runs of R.
+  parallel_ranges(g.groups * neb * nkb, (1 << 14) / (R * KB), [&](std::int64_t b0, std::int64_t b1) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t kb = b % nkb, eb = (b / nkb) % neb, grp = b / (nkb * neb);
+      const T* blk = acc + b * R * KB;
+      const std::int64_t kk1 = std::min(KB, Kg - kb * KB), r1 = std::min(R, E - eb * R);
+      for (std::int64_t kk = 0; kk < kk1; ++kk) {
+        T* dst = gw + (grp * Kg + kb * KB + kk) * E + eb * R;
+        for (std::int64_t r = 0; r < r1; ++r) {
+          T s = blk[r * KB + kk];
+          for (std::int64_t slice = 1; slice < nslices; ++slice) s += blk[slice * acc_slice + r * KB + kk];
+          dst[r] = s;
+        }
       }
     }
   });

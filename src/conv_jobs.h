@@ -26,12 +26,15 @@ struct DirectJob {
 constexpr double kMinTaskFlops = 4e5;
 
 // The kernel of `ks` whose padded work (a rounded up to tile_a(kernel), b to
-// tile_b(kernel)), divided by its measured efficiency, is least.
+// tile_b(kernel)), divided by its measured efficiency, is least; or the one named
+// `forced` (tests, see force_conv_kernels).
 template <typename Kernel, typename TileA, typename TileB>
-const Kernel& cheapest(const std::vector<Kernel>& ks, std::int64_t a, TileA tile_a, std::int64_t b, TileB tile_b) {
+const Kernel& cheapest(const std::vector<Kernel>& ks, const std::string& forced, std::int64_t a, TileA tile_a,
+                       std::int64_t b, TileB tile_b) {
   const Kernel* best = &ks.front();
   double best_cost = 0;
   for (const Kernel& k : ks) {
+    if (!forced.empty() && forced == k.name) return k;
     const std::int64_t ta = tile_a(k), tb = tile_b(k);
     const double cost = double((a + ta - 1) / ta * ta) * double((b + tb - 1) / tb * tb) / k.eff;
     if (best_cost == 0 || cost < best_cost) best = &k, best_cost = cost;
@@ -42,7 +45,8 @@ const Kernel& cheapest(const std::vector<Kernel>& ks, std::int64_t a, TileA tile
 // The direct kernel for nk output channels x npix flat pixels.
 template <typename T>
 const DirectKernel<T>& choose_direct_kernel(const ConvKernels<T>& ks, std::int64_t nk, std::int64_t npix) {
-  return cheapest(ks.direct, nk, [](const auto& k) { return k.R; }, npix, [](const auto& k) { return k.P; });
+  return cheapest(ks.direct, forced_conv_kernel(false), nk, [](const auto& k) { return k.R; }, npix,
+                  [](const auto& k) { return k.P; });
 }
 
 // Runs every (job, pixel tile, channel block) on the pool. The split into tasks never

@@ -3,7 +3,26 @@
 // convkit.set_isa() takes effect on the next call.
 #include "conv_tile.h"
 
+#include <mutex>
+
 namespace convkit {
+namespace {
+
+std::mutex forced_mutex;
+std::string forced_direct, forced_gw;
+
+}  // namespace
+
+void force_conv_kernels(const std::string& direct, const std::string& gw) {
+  std::lock_guard<std::mutex> lock(forced_mutex);
+  forced_direct = direct;
+  forced_gw = gw;
+}
+
+std::string forced_conv_kernel(bool gw) {
+  std::lock_guard<std::mutex> lock(forced_mutex);
+  return gw ? forced_gw : forced_direct;
+}
 
 template <>
 const ConvKernels<float>& conv_kernels<float>() {

@@ -3,6 +3,7 @@
 // each ISA offers. Operators fill these structs and never name an instruction set.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "cpu_features.h"
@@ -85,6 +86,12 @@ struct ConvKernels {
 // The kernels of the active ISA (tables filled once per ISA, on first use).
 template <typename T>
 const ConvKernels<T>& conv_kernels();
+
+// For tests: operators use the kernels of these names, where the active table has them,
+// instead of the cost model's choice ("" restores the choice). Every tile shape's edges
+// can then be exercised, not only the shapes the cost model picks for small layers.
+void force_conv_kernels(const std::string& direct, const std::string& gw);
+std::string forced_conv_kernel(bool gw);
 
 // Per-ISA tables, defined in kernels/cpu/*conv__<isa>.cpp.
 const ConvKernels<float>& conv_kernels_f32_scalar();
