@@ -73,7 +73,7 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
   const std::int64_t E = static_cast<std::int64_t>(ent.size());
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
+  const auto planes_at = ws.add<T>(buffer_size({g.N, g.C, pg.channel_size()}));
   ws.allocate();
   const T* planes = pack_all_planes(x, layout, g.N, g.C, g.H, g.W, pg, ws.at<T>(planes_at));
 
@@ -147,7 +147,7 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
           ent[f].push_back({k * pg.size - (*i * g.dh / g.sh) * Wq - *j * g.dw / g.sw, k * Cg * taps + *i * g.kw + *j});
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.K * pg.size);
+  const auto planes_at = ws.add<T>(buffer_size({g.N, g.K, pg.size}));
   ws.allocate();
   const T* planes = pack_all_planes(gy, layout, g.N, g.K, g.OH, g.OW, pg, ws.at<T>(planes_at));
 
@@ -199,7 +199,7 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const std::int64_t acc_slice = g.groups * neb * nkb * R * KB;
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
+  const auto planes_at = ws.add<T>(buffer_size({g.N, g.C, pg.channel_size()}));
   const auto gyp_at = ws.add<T>(g.groups * nkb * g.N * OHW * KB);
   const auto acc_at = ws.add<T>(nslices * acc_slice);
   ws.allocate();

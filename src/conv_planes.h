@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "workspace.h"
+
 namespace convkit {
 
 struct PlaneGeom {
@@ -43,7 +45,8 @@ struct PlaneGeom {
 inline PlaneGeom make_plane_geom(std::int64_t Hp, std::int64_t Wp, std::int64_t pt, std::int64_t pl,
                                  std::int64_t sh, std::int64_t sw, std::int64_t overrun) {
   PlaneGeom pg{sh, sw, pt, pl, (Hp + sh - 1) / sh, (Wp + sw - 1) / sw, 0};
-  pg.size = ((pg.Hq + 1) * pg.Wq + overrun + 15) / 16 * 16;
+  pg.size = (buffer_size({pg.Hq + 1, pg.Wq}) + overrun + 15) / 16 * 16;
+  buffer_size({pg.phases(), pg.size});  // channel_size() fits in int64 (or std::bad_alloc)
   return pg;
 }
 
