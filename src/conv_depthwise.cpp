@@ -287,26 +287,25 @@ void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* g
 
 }  // namespace
 
+// float32 on the flat-plane kernels when their planes pay (conv_planes.h); float64, and
+// strides or paddings that dwarf the image, on the plain loops.
 template <typename T>
 void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, bool relu, T* y) {
   if constexpr (std::is_same_v<T, float>)
-    forward_f32(g, x, w, bias, relu, y);
-  else
-    conv2d_forward_loops(g, x, w, bias, relu, y);
+    if (planes_pay_off(g)) return forward_f32(g, x, w, bias, relu, y);
+  conv2d_forward_loops(g, Layout::NCHW, x, w, bias, relu, y);
 }
 template <typename T>
 void depthwise_grad_input(const ConvGeom& g, const T* gy, const T* w, T* gx) {
   if constexpr (std::is_same_v<T, float>)
-    grad_input_f32(g, gy, w, gx);
-  else
-    conv2d_grad_input_loops(g, gy, w, gx);
+    if (planes_pay_off(g)) return grad_input_f32(g, gy, w, gx);
+  conv2d_grad_input_loops(g, Layout::NCHW, gy, w, gx);
 }
 template <typename T>
 void depthwise_grad_weight(const ConvGeom& g, const T* gy, const T* x, T* gw) {
   if constexpr (std::is_same_v<T, float>)
-    grad_weight_f32(g, gy, x, gw);
-  else
-    conv2d_grad_weight_loops(g, gy, x, gw);
+    if (planes_pay_off(g)) return grad_weight_f32(g, gy, x, gw);
+  conv2d_grad_weight_loops(g, Layout::NCHW, gy, x, gw);
 }
 
 #define CONVKIT_INSTANTIATE(T)                                                                    \

@@ -14,6 +14,7 @@
 #include "conv_depthwise.h"
 #include "conv_jobs.h"
 #include "conv_planes.h"
+#include "conv_reference_loops.h"
 #include "thread_pool.h"
 #include "workspace.h"
 
@@ -65,6 +66,7 @@ PlaneGeom input_planes(const ConvGeom& g, std::int64_t overrun) {
 template <typename T>
 void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, const T* bias, bool relu, T* y) {
   if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_forward(g, x, w, bias, relu, y);
+  if (!planes_pay_off(g)) return conv2d_forward_loops(g, layout, x, w, bias, relu, y);
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg();
   const DirectKernel<T>& kern = choose_direct_kernel(conv_kernels<T>(), Kg, g.OH * ceil_div(g.W + g.pl + g.pr, g.sw));
@@ -178,6 +180,7 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
 template <typename T>
 void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* x, T* gw) {
   if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_grad_weight(g, gy, x, gw);
+  if (!planes_pay_off(g)) return conv2d_grad_weight_loops(g, layout, gy, x, gw);
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw, OHW = g.OH * g.OW;
   if (g.N == 0) {
     std::fill(gw, gw + g.K * E, T(0));

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "conv_geometry.h"
 #include "workspace.h"
 
 namespace convkit {
@@ -48,6 +49,17 @@ inline PlaneGeom make_plane_geom(std::int64_t Hp, std::int64_t Wp, std::int64_t 
   pg.size = (buffer_size({pg.Hq + 1, pg.Wq}) + overrun + 15) / 16 * 16;
   buffer_size({pg.phases(), pg.size});  // channel_size() fits in int64 (or std::bad_alloc)
   return pg;
+}
+
+// Whether padded stride-phase planes pay for a geometry: not when the stride outgrows the
+// image (sh*sw phases, nearly all empty) or the padding dwarfs it (planes of zeros). Both
+// are valid calls (a stride or padding up to 2^31) that would ask for gigabytes, or more
+// than int64 counts, to compute a few pixels; they run the plain loops instead
+// (conv_reference_loops.h), which read the image in place.
+inline bool planes_pay_off(const ConvGeom& g) {
+  const double image = double(g.H) * double(g.W);
+  const double padded = double(g.H + g.pt + g.pb) * double(g.W + g.pl + g.pr);
+  return double(g.sh) * double(g.sw) <= image && padded <= std::max(64.0 * image, 65536.0);
 }
 
 // n elements `step` apart at `in` to n consecutive ones at `out`: one row of one column
