@@ -105,6 +105,7 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
 template <typename T>
 void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w, T* gx) {
   if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_grad_input(g, gy, w, gx);
+  if (!planes_pay_off(g)) return conv2d_grad_input_loops(g, layout, gy, w, gx);
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
 
