@@ -310,7 +310,7 @@ cdef void launch(Primitive prim, Geom* g, const floating[:, :, :, ::1] img, cons
         raise ValueError(f"buffer_limit must be > 0 bytes, got {buffer_limit}")
     cdef Py_ssize_t rows = tile_rows(g, buffer_limit, sizeof(floating))
     cdef Py_ssize_t size = 0 if g.identity else g.R * rows * g.OW
-    _last_tiles = -(-g.OH // rows)
+    _last_tiles = (g.OH + rows - 1) // rows
     _last_buffer_bytes = size * sizeof(floating)
     cdef floating[::1] buf = np.empty(max(size, 1), np.float32 if floating is float else np.float64)
     if g.N == 0:

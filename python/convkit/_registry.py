@@ -110,8 +110,9 @@ def implementations(device: str | None = None) -> list:
     return [impl for impl in _table.values() if device is None or impl.device == device]
 
 
-def lookup(primitive: str, algo: str, device: str, geom=None) -> Impl:
-    """The implementation to run; algo="auto" asks the chooser (convkit._auto)."""
+def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout=None) -> Impl:
+    """The implementation to run; algo="auto" asks the chooser (convkit._auto), which
+    keys its measurements on the call's geometry, dtype and layout."""
     check_device(device)
     valid = algos(primitive, device)
     if not isinstance(algo, str):
@@ -119,7 +120,7 @@ def lookup(primitive: str, algo: str, device: str, geom=None) -> Impl:
     if algo == "auto":
         from . import _auto
 
-        algo = _auto.choose(primitive, geom, device, valid).algo
+        algo = _auto.choose(primitive, geom, device, valid, dtype, layout).algo
     impl = _table.get((primitive, algo, device))
     if impl is None:
         raise ValueError(f"algo={algo!r} is not available for {primitive.split('_backward')[0]} on "

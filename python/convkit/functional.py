@@ -99,19 +99,19 @@ def _check_grad_shape(grad_y, want_nchw, layout, what):
 
 # ----------------------------------------------------------------------- conv primitives
 def _conv_forward(x, w, b, geom, activation, layout, algo, device):
-    impl = lookup("conv2d_forward", algo, device, geom)
+    impl = lookup("conv2d_forward", algo, device, geom, x.dtype, layout)
     xa, have = _to_impl_layout(x, layout, impl)
     return _from_impl_layout(impl.fn(xa, w, b, geom, activation, have), have, layout)
 
 
 def _conv_grad_input(gy, w, geom, layout, algo, device):
-    impl = lookup("conv2d_grad_input", algo, device, geom)
+    impl = lookup("conv2d_grad_input", algo, device, geom, gy.dtype, layout)
     ga, have = _to_impl_layout(gy, layout, impl)
     return _from_impl_layout(impl.fn(ga, w, geom, have), have, layout)
 
 
 def _conv_grad_weight(gy, x, geom, layout, algo, device):
-    impl = lookup("conv2d_grad_weight", algo, device, geom)
+    impl = lookup("conv2d_grad_weight", algo, device, geom, gy.dtype, layout)
     ga, have = _to_impl_layout(gy, layout, impl)
     xa, _ = _to_impl_layout(x, layout, impl)
     return impl.fn(ga, xa, geom, have)
