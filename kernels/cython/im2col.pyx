@@ -25,8 +25,9 @@ stays (K, C/groups, kh, kw) in NCHW; for NHWC its taps are reordered to (K, kh, 
 C/groups) first (a copy the size of the weight).
 
 1x1 kernels with stride 1 and no padding need no copy: the input is its own column
-matrix. Otherwise the column buffer covers a tile of whole output rows, as many as fit
-under `buffer_limit` bytes (at least one row), so memory stays bounded on any image.
+matrix. Otherwise the column buffer covers a tile of whole output rows: a cache-sized
+tile (tile_rows), never more than `buffer_limit` bytes (but at least one row), so memory
+stays bounded on any image.
 """
 cimport cython
 from cython cimport floating
@@ -89,11 +90,24 @@ cdef Geom make_geom(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_s
     return g
 
 
+# Speed, not memory, sets the tile below the cap: a tile of about TILE_BYTES stays in the
+# last-level cache between the copy that writes it and the GEMM that reads it back (one
+# core, VGG-16 block 2, 55 MiB of columns: 120 -> 178 GFLOP/s forward with 4 MiB tiles),
+# as long as the tile keeps TILE_MIN_PIXELS columns: a shorter GEMM loses more than the
+# cache gains (DeepLab's 3x3 on 33x33, 13-row tiles of 429 pixels: grad-input 194 -> 180).
+cdef enum:
+    TILE_BYTES = 4 << 20
+    TILE_MIN_PIXELS = 1024
+
+
 cdef Py_ssize_t tile_rows(Geom* g, Py_ssize_t buffer_limit, Py_ssize_t itemsize):
-    """Output rows per column-buffer tile: all of them when they fit under the limit."""
+    """Output rows per column-buffer tile: about TILE_BYTES of columns (at least
+    TILE_MIN_PIXELS of them), never more than buffer_limit allows, at least one row."""
     if g.identity:
         return g.OH
-    return max(1, min(g.OH, buffer_limit // (g.R * g.OW * itemsize)))
+    cdef Py_ssize_t row_bytes = g.R * g.OW * itemsize
+    cdef Py_ssize_t rows = max((TILE_BYTES + row_bytes - 1) // row_bytes, (TILE_MIN_PIXELS + g.OW - 1) // g.OW)
+    return max(1, min(g.OH, rows, buffer_limit // row_bytes))
 
 
 # ------------------------------------------------------------------------------- GEMM
