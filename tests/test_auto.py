@@ -59,12 +59,15 @@ def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
 
 
 def test_rules_follow_the_table():
-    """The table's two rules: a thin per-group GEMM goes to the direct kernels, a dense one to BLAS."""
+    """One output channel per group (a matrix-vector product) goes to the direct kernels for
+    forward and grad-input; everything else to BLAS."""
     both = ["reference", "direct", "im2col"]
-    dw = _auto.choose("conv2d_forward", geom_of("depthwise"), "cpu", both, np.float32, "NCHW")
-    dense = _auto.choose("conv2d_grad_weight", geom_of("dense3x3"), "cpu", both, np.float32, "NCHW")
-    assert (dw.algo, dense.algo) == ("direct", "im2col")
-    assert "thin GEMM" in dw.reason and "dense conv" in dense.reason
+    picks = {(p, name): _auto.choose(p, geom_of(name), "cpu", both, np.float32, "NCHW")
+             for p in CONV_PRIMITIVES for name in GEOMS}
+    for (p, name), choice in picks.items():
+        want = "direct" if name == "depthwise" and p != "conv2d_grad_weight" else "im2col"
+        assert choice.algo == want, (p, name, choice)
+        assert ("matrix-vector" if want == "direct" else "dense") in choice.reason
     # a rule whose algorithm is not built is skipped; the reference only when nothing else is
     assert _auto.choose("conv2d_forward", geom_of("dense3x3"), "cpu", ["reference", "direct"]).algo == "direct"
     assert _auto.choose("conv2d_forward", geom_of("dense3x3"), "cpu", ["reference"]).algo == "reference"

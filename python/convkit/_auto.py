@@ -45,27 +45,28 @@ class _Rule:
     why: str
 
 
-def _taps(g) -> int:
-    """R: the GEMM's inner dimension, input channels per group times kernel taps."""
-    return g.C // g.groups * g.kh * g.kw
-
-
-# First match wins; a rule whose algorithm is not built is skipped. The crossovers are
-# measured with bench/im2col_vs_direct.py against the direct engine of the same build
-# (the placeholder plain loops at the time of writing: re-measure when it changes).
+# First match wins; a rule whose algorithm is not built is skipped. Crossovers measured
+# with bench/im2col_vs_direct.py and per primitive at one thread (CPU time, so the shared
+# machine's load does not move them) against the direct engine of the same build: the
+# plain C++ loops (5-18 GFLOP/s; grad-weight 4) while its SIMD rewrite is under way.
+# Re-measure when the direct engine changes: rule 2 is expected to narrow then.
 _RULES = (
-    _Rule("thin GEMM",
-          lambda p, g: g.K // g.groups * _taps(g) < 64,
+    # Depthwise 3x3 on 56x56x144: direct 1.18x (forward) and 1.14x (grad-input) faster;
+    # 5x5 depthwise on C=64 1.24x / 1.16x; one-channel 5x5 1.39x / 1.34x. With two output
+    # channels per group (multiplier 2, or groups=C/2) im2col is 1.5x faster already.
+    _Rule("matrix-vector",
+          lambda p, g: g.K == g.groups and p != "conv2d_grad_weight",
           "direct",
-          "each group's GEMM is (K/groups) x (C/groups*kh*kw) < 64 values of weight per output pixel "
-          "(depthwise: 1 x kh*kw): BLAS runs it at matrix-vector speed while the column copy costs as "
-          "much as the arithmetic, and the direct kernels read the input in place"),
-    _Rule("dense conv",
+          "one output channel per group: each GEMM is a matrix-vector product (1 x C/groups*kh*kw x pixels), "
+          "memory-bound in BLAS, and the column copy costs as much as the arithmetic"),
+    # Everything else, grad-weight included (depthwise too: a GEMM over the long pixel
+    # axis): im2col 3x-30x faster than the direct loops on every layer of the suite, from
+    # LeNet's 1-channel 5x5 (forward 42 vs 14 GFLOP/s) to Xception's 1x1 on 728 (198 vs 9).
+    _Rule("dense",
           lambda p, g: True,
           "im2col",
-          "a dense GEMM of (K/groups) x (C/groups*kh*kw) x pixels: BLAS reaches most of the machine's "
-          "peak and the column copy (one pass over kh*kw copies of the input) is the small part; "
-          "measured faster than the direct path on every dense layer of the suite"),
+          "the GEMM (K/groups x C/groups*kh*kw x pixels) runs at BLAS speed and the column copy is the small "
+          "part; measured faster than the direct path on every such layer of the suite"),
 )
 
 # When the rule's algorithm is missing (extension not built): the compiled paths first,
