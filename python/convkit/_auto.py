@@ -213,10 +213,27 @@ def _by_measuring(primitive: str, geom, dtype, layout: str, candidates: list) ->
 def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layout=None) -> Choice:
     """The algorithm algo="auto" runs for one primitive call."""
     if device == "cuda":
-        return Choice(candidates[0], "the only CUDA implementation family")
+        return _choose_cuda(primitive, geom, candidates)
     if _enabled and primitive.startswith("conv2d") and geom is not None and dtype is not None:
         return _by_measuring(primitive, geom, dtype, layout or "NCHW", candidates)
     return _by_rules(primitive, geom, candidates)
+
+
+def _choose_cuda(primitive: str, geom, candidates: list) -> Choice:
+    """Dense layers to the implicit GEMM, the rest to the direct kernels.
+
+    From the kernels' cost models (no GPU has measured them yet): the GEMM's 4x4 register
+    tile does 16 multiply-adds per 8 shared loads where the direct kernel does about one
+    per load, but its 64-row tiles are mostly empty when a group has few channels
+    (depthwise: one), where the direct kernels' shared input tile wins.
+    """
+    if "implicit_gemm" in candidates and primitive.startswith("conv2d") and geom is not None:
+        if min(geom.C, geom.K) // geom.groups >= 16:
+            return Choice("implicit_gemm", "dense layer (>= 16 channels per group in and out): the register-tiled "
+                                           "GEMM reuses each loaded value 4 times")
+    if "direct" in candidates:
+        return Choice("direct", "few channels per group (depthwise, stems) or pooling: the direct kernels")
+    return Choice(candidates[0], "the only CUDA implementation registered")
 
 
 # --------------------------------------------------------------------------- explain

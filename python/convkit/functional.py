@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from ._registry import lookup
+from ._registry import check_device, lookup
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
@@ -31,6 +31,7 @@ _ACTIVATIONS = (None, "relu")
 def _prepare(x, name, device, layout, ndim=4, what="(N, C, H, W)"):
     """An input as the device wants it: NumPy on the CPU, as given on CUDA."""
     if device == "cuda":
+        check_device(device)  # a RuntimeError saying what is missing (Numba, a GPU) comes first
         from .cuda import as_device_or_host_array
 
         arr = as_device_or_host_array(x, name)
@@ -173,10 +174,14 @@ def _pad_bottom_right(x, extra, layout):
 def _crop_bottom_right(x, extra, layout):
     if extra == (0, 0):
         return x
+    if not isinstance(x, np.ndarray):
+        from .cuda import crop_bottom_right
+
+        return crop_bottom_right(x, extra, layout)
     h, w = x.shape[1:3] if layout == "NHWC" else x.shape[2:4]
     sl = (slice(None), slice(0, h - extra[0]), slice(0, w - extra[1])) if layout == "NHWC" else \
         (slice(None), slice(None), slice(0, h - extra[0]), slice(0, w - extra[1]))
-    return np.ascontiguousarray(x[sl]) if isinstance(x, np.ndarray) else x[sl]
+    return np.ascontiguousarray(x[sl])
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
@@ -193,8 +198,12 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     b = _bias(bias, geom.C, device)
     _args.same_dtype({"input": x, "weight": w, "bias": b})
     y = _conv_grad_input(_pad_bottom_right(x, extra, layout), w, geom, layout, algo, device)
-    if b is not None:
+    if b is not None and isinstance(y, np.ndarray) and isinstance(b, np.ndarray):
         y = y + (b if layout == "NHWC" else b.reshape(-1, 1, 1))
+    elif b is not None:
+        from .cuda import add_bias
+
+        y = add_bias(y, b, layout)
     return y
 
 
@@ -305,7 +314,12 @@ def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
     if indices is None:
         _, indices = _pool_run("max_pool2d", [x], geom, layout, algo, device)
     else:
-        indices = np.asarray(indices) if device == "cpu" else indices
+        if device == "cpu":
+            indices = np.asarray(indices)
+        else:
+            from .cuda import as_device_or_host_array
+
+            indices = as_device_or_host_array(indices, "indices", dtypes=None)
         if tuple(indices.shape) != tuple(gy.shape) or np.dtype(indices.dtype) != np.int64:
             raise ValueError(f"indices must be int64 with grad_output's shape {_args.shape_of(gy)}, "
                              f"got {indices.dtype} {_args.shape_of(indices)}")
