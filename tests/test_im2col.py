@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import convkit
+from convkit import _args
 from convkit import reference as ref
 
 _im2col = pytest.importorskip("convkit._im2col", reason="the Cython extension is not built")
@@ -145,6 +146,23 @@ def test_forward_and_backward_match_the_reference(case, dtype, layout):
     assert_close(gb, gb_ref, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_native_nhwc_kernels_on_every_case(case, dtype):
+    """The API sends grouped and few-channel NHWC calls through the NCHW kernels; the
+    extension's own NHWC path must still be right on every geometry."""
+    x, w, b, y, gy = inputs(case)
+    g = _args.conv_geometry(x.shape, w.shape, case.stride, case.padding, case.dilation, case.groups)
+    geo = (g.stride, g.padding, g.dilation, g.groups)
+    xl, gyl, wd = to_layout(x.astype(dtype), "NHWC"), to_layout(gy.astype(dtype), "NHWC"), w.astype(dtype)
+    got = _im2col.conv2d_forward(xl, wd, b.astype(dtype), *geo, False, True, 1 << 20)
+    assert_close(from_layout(got, "NHWC"), y, dtype)
+    gx_ref, gw_ref, _ = ref.conv2d_backward(gy, x, w, **case.kwargs)
+    gx = _im2col.conv2d_grad_input(gyl, wd, (case.H, case.W), *geo, True, 1 << 20)
+    assert_close(from_layout(gx, "NHWC"), gx_ref, dtype)
+    assert_close(_im2col.conv2d_grad_weight(gyl, xl, (case.kh, case.kw), *geo, True, 1 << 20), gw_ref, dtype)
+
+
 def test_design_worked_example():
     """DESIGN.md's first worked example: cross-correlation, no kernel flip."""
     img = np.array([[1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [0, 1, 1, 0, 0]], float)
@@ -164,7 +182,7 @@ def test_read_only_and_non_contiguous_inputs():
 
 
 # ------------------------------------------------------------------------ buffer cap
-TILE_CASES = [CASES[4], CASES[9], CASES[13], CASES[17]]
+TILE_CASES = [CASES[5], CASES[9], CASES[13], CASES[17], CASES[22]]  # native NHWC: C >= 4, groups 1
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -141,11 +141,18 @@ cdef inline Py_ssize_t ceil_div_pos(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b if a > 0 else 0
 
 
+cdef inline (Py_ssize_t, Py_ssize_t) inside(Geom* g, Py_ssize_t off) noexcept nogil:
+    """[lo, hi): the output columns whose tap iw = ow*sw + off lies inside [0, W)."""
+    cdef Py_ssize_t lo = min(g.OW, ceil_div_pos(-off, g.sw))
+    return lo, max(lo, min(g.OW, ceil_div_pos(g.W - off, g.sw)))
+
+
 cdef void transfer_nchw(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py_ssize_t oh0, Py_ssize_t oh1,
                         bint to_image) noexcept nogil:
     """Between channels [c0, c0+Cg) of one CHW image and the R x Pt columns of output rows
-    [oh0, oh1). im2col (to_image=0) writes zeros where a tap falls in the padding; col2im
-    (to_image=1) adds each column value into the pixel it came from."""
+    [oh0, oh1), row-major, one row per tap (c, i, j). im2col (to_image=0) writes zeros
+    where a tap falls in the padding; col2im (to_image=1) adds each column value into the
+    pixel it came from."""
     cdef Py_ssize_t Pt = (oh1 - oh0) * g.OW
     cdef Py_ssize_t c, i, j, oh, ow, ih, off, lo, hi
     cdef floating* plane
@@ -157,10 +164,8 @@ cdef void transfer_nchw(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py
         for i in range(g.kh):
             for j in range(g.kw):
                 row = col + ((c * g.kh + i) * g.kw + j) * Pt
-                # Output columns whose tap iw = ow*sw + off lies inside [0, W).
                 off = j * g.dw - g.pl
-                lo = min(g.OW, ceil_div_pos(-off, g.sw))
-                hi = max(lo, min(g.OW, ceil_div_pos(g.W - off, g.sw)))
+                lo, hi = inside(g, off)
                 for oh in range(oh0, oh1):
                     seg = row + (oh - oh0) * g.OW
                     ih = oh * g.sh - g.pt + i * g.dh
@@ -184,29 +189,32 @@ cdef void transfer_nchw(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py
 
 cdef void transfer_nhwc(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py_ssize_t oh0, Py_ssize_t oh1,
                         bint to_image) noexcept nogil:
-    """As transfer_nchw for one HWC image; the columns are Pt x R row-major, one row per
-    output pixel holding taps (i, j), each the Cg contiguous channels [c0, c0+Cg)."""
-    cdef Py_ssize_t oh, ow, i, j, c, ih, iw
+    """As transfer_nchw for one HWC image: Pt x R row-major, one row per output pixel
+    holding its taps (i, j), each the Cg contiguous channels [c0, c0+Cg). Tap-major over
+    a row of pixels, so the padding bounds are worked out once per tap."""
+    cdef Py_ssize_t oh, ow, i, j, c, ih, off, lo, hi
     cdef floating* seg
     cdef floating* src
     for oh in range(oh0, oh1):
-        for ow in range(g.OW):
-            seg = col + ((oh - oh0) * g.OW + ow) * g.R
-            for i in range(g.kh):
-                ih = oh * g.sh - g.pt + i * g.dh
-                for j in range(g.kw):
-                    iw = ow * g.sw - g.pl + j * g.dw
-                    if ih < 0 or ih >= g.H or iw < 0 or iw >= g.W:
-                        if not to_image:
-                            memset(seg, 0, g.Cg * sizeof(floating))
+        for i in range(g.kh):
+            ih = oh * g.sh - g.pt + i * g.dh
+            for j in range(g.kw):
+                seg = col + (oh - oh0) * g.OW * g.R + (i * g.kw + j) * g.Cg
+                off = j * g.dw - g.pl
+                lo, hi = inside(g, off)
+                if ih < 0 or ih >= g.H:
+                    lo = hi = g.OW
+                if not to_image:
+                    for ow in range(g.OW):
+                        if ow < lo or ow >= hi:
+                            memset(seg + ow * g.R, 0, g.Cg * sizeof(floating))
+                for ow in range(lo, hi):
+                    src = img + (ih * g.W + ow * g.sw + off) * g.C + c0
+                    if to_image:
+                        for c in range(g.Cg):
+                            src[c] += seg[ow * g.R + c]
                     else:
-                        src = img + (ih * g.W + iw) * g.C + c0
-                        if to_image:
-                            for c in range(g.Cg):
-                                src[c] += seg[c]
-                        else:
-                            memcpy(seg, src, g.Cg * sizeof(floating))
-                    seg += g.Cg
+                        memcpy(seg + ow * g.R, src, g.Cg * sizeof(floating))
 
 
 cdef inline void transfer(floating* img, floating* col, Geom* g, Py_ssize_t grp, Py_ssize_t oh0, Py_ssize_t oh1,
@@ -257,7 +265,7 @@ cdef enum Primitive:
 
 cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floating* wt, floating* bias, bint relu,
                     floating* buf, Py_ssize_t rows) noexcept nogil:
-    """One primitive over every image, group and tile of output rows. img is input-shaped,
+    """One primitive over every image, tile of output rows and group. img is input-shaped,
     outs output-shaped, wt weight-shaped (taps in the layout's column order)."""
     cdef Py_ssize_t n, grp, oh0, oh1, Pt
     cdef int ldc, ldo
@@ -267,14 +275,14 @@ cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floa
     cdef floating* wg
     for n in range(g.N):
         imgn = img + n * g.C * g.H * g.W
-        for grp in range(g.G):
-            wg = wt + grp * g.Kg * g.R
-            oh0 = 0
-            while oh0 < g.OH:
-                oh1 = min(g.OH, oh0 + rows)
-                Pt = (oh1 - oh0) * g.OW
+        oh0 = 0
+        while oh0 < g.OH:
+            oh1 = min(g.OH, oh0 + rows)
+            Pt = (oh1 - oh0) * g.OW
+            for grp in range(g.G):
                 colp = columns(g, imgn, buf, grp, oh0, oh1, &ldc)
                 ot = out_tile(g, outs + n * g.K * g.P, grp, oh0, &ldo)
+                wg = wt + grp * g.Kg * g.R
                 if prim != GRAD_INPUT and not g.identity:
                     transfer(imgn, colp, g, grp, oh0, oh1, False)
                 if prim == FORWARD:
@@ -289,7 +297,7 @@ cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floa
                 else:
                     # col^T: the same storage read in the other orientation.
                     gemm(False, g.Kg, g.R, Pt, 1, ot, ldo, g.nhwc, colp, ldc, not g.nhwc, 1, wg, g.R)
-                oh0 = oh1
+            oh0 = oh1
 
 
 # --------------------------------------------------------------------- Python entries
