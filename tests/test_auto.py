@@ -153,6 +153,11 @@ def test_autotune_persists_to_the_user_cache(monkeypatch, tmp_path, count_measur
     convkit.autotune(True, persist=True)
     again = _auto.choose("conv2d_grad_weight", g, "cpu", _registry.algos("conv2d_grad_weight"), np.float64, "NHWC")
     assert again.algo == first.algo and len(count_measurements) == 1
+    # a damaged file is ignored, not an error
+    path.write_text('{"convkit": "%s", "entries": {"x": 1, "y": {"algo": 2}}}' % convkit.__version__)
+    assert _auto._load() == {}
+    path.write_text("not json")
+    assert _auto._load() == {}
     # without persist nothing is written
     path.unlink()
     convkit.autotune(True)

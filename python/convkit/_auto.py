@@ -127,9 +127,10 @@ def _load() -> dict:
         data = json.loads(cache_path().read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("convkit") != __version__:
+    if not isinstance(data, dict) or data.get("convkit") != __version__ or not isinstance(data.get("entries"), dict):
         return {}
-    return dict(data.get("entries", {}))
+    return {k: e for k, e in data["entries"].items()  # a hand-edited file must not break a call
+            if isinstance(e, dict) and isinstance(e.get("algo"), str) and isinstance(e.get("seconds"), dict)}
 
 
 def _save() -> None:
@@ -141,6 +142,10 @@ def _save() -> None:
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
     except OSError:
         pass  # a read-only home must not break a convolution; the in-process cache still holds
+
+
+if _persist:  # CONVKIT_AUTOTUNE=persist: start from what earlier processes measured
+    _cache.update(_load())
 
 
 def _key(primitive: str, geom, dtype, layout: str) -> str:
