@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="threads for convkit and BLAS (0: all cores)")
     p.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC"))
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="cpu: process CPU time, immune to other processes on a shared machine but the sum "
+                        "over threads, so only meaningful with --threads 1")
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
     return p.parse_args(argv)
 
@@ -65,14 +68,14 @@ from convkit import _im2col  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- timing
-def interleaved(fns: dict, blocks: int, block_seconds: float) -> dict:
+def interleaved(fns: dict, blocks: int, block_seconds: float, clock=time.perf_counter) -> dict:
     """Median seconds per call of each fns[name], in interleaved blocks."""
     calls, warm = {}, {}
     for name, fn in fns.items():  # calibration: one call to wake up, one to time
         fn()
-        start = time.perf_counter()
+        start = clock()
         fn()
-        t = time.perf_counter() - start
+        t = clock() - start
         calls[name] = max(1, min(50, int(block_seconds / max(t, 1e-7))))
         warm[name] = t < WARMUP_NEEDLESS
     per_block = {name: [] for name in fns}
@@ -82,10 +85,10 @@ def interleaved(fns: dict, blocks: int, block_seconds: float) -> dict:
             for name, fn in fns.items():
                 if warm[name]:
                     fn()
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(calls[name]):
                     fn()
-                per_block[name].append((time.perf_counter() - start) / calls[name])
+                per_block[name].append((clock() - start) / calls[name])
     finally:
         gc.enable()
     return {name: statistics.median(t) for name, t in per_block.items()}
@@ -202,7 +205,8 @@ def main(args) -> None:
     peak = blas_peak()
     head = (f"convkit {convkit.__version__}, {args.dtype} {args.layout}, threads: convkit {convkit.get_num_threads()}, "
             f"BLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'all cores')}; ISA {convkit.get_isa()}; "
-            f"SciPy sgemm 2048^3: {peak:.0f} GFLOP/s; median of {args.blocks} interleaved blocks")
+            f"SciPy sgemm 2048^3: {peak:.0f} GFLOP/s; median of {args.blocks} interleaved blocks, "
+            f"{'CPU' if args.clock == 'cpu' else 'wall'} time")
     cols = ["layer", "pass", "im2col", "direct", "auto", "(pick)", "tune", "(pick)", "im2col/direct",
             "auto/best", "tune/best", "col MiB", "peak MiB im2col", "peak MiB direct"]
     rows = []
@@ -217,7 +221,7 @@ def main(args) -> None:
             convkit.autotune(False)
             auto_pick = "/".join(c.algo for _, c in convkit.explain(explain_op, **explain).steps)
             t = interleaved({c: (lambda c=c: run_candidate(fn, c)) for c in CANDIDATES}, args.blocks,
-                            args.block_seconds)
+                            args.block_seconds, time.process_time if args.clock == "cpu" else time.perf_counter)
             best = min(t["im2col"], t["direct"])
             gf = {c: work / t[c] / 1e9 for c in CANDIDATES}
             row = [L["name"], pass_, f"{gf['im2col']:.1f}", f"{gf['direct']:.1f}", f"{gf['auto']:.1f}", auto_pick,
