@@ -97,8 +97,11 @@ def _env_mode() -> tuple:
 
 _enabled, _persist = _env_mode()
 _cache: dict = {}  # key -> {"algo": fastest, "seconds": {algo: seconds}}
-_ROUNDS = 3        # interleaved timed calls per candidate; the minimum of each counts
-_SLOW_CALL = 0.5   # seconds: past this one timed round is enough, the noise is relatively small
+# Interleaved timed rounds, the minimum of each candidate kept: at least _ROUNDS, more
+# (up to _MAX_ROUNDS) while the measurement has taken less than _BUDGET seconds, so that
+# on a shared machine one clean round of each fast candidate is very likely. Calls slower
+# than _SLOW_CALL get one round: a disturbance is a small part of them.
+_ROUNDS, _MAX_ROUNDS, _BUDGET, _SLOW_CALL = 3, 10, 0.25, 0.5
 
 
 def autotune(enabled: bool = True, *, persist: bool = False) -> None:
@@ -188,9 +191,12 @@ def _measure(primitive: str, geom, dtype, layout: str, candidates: list) -> dict
         start = time.perf_counter()
         run(algo)
         seconds[algo] = time.perf_counter() - start
-    rounds = 1 if max(seconds.values()) > _SLOW_CALL else _ROUNDS
+    fewest, most = (1, 1) if max(seconds.values()) > _SLOW_CALL else (_ROUNDS, _MAX_ROUNDS)
     seconds = dict.fromkeys(candidates, math.inf)
-    for _ in range(rounds):
+    begin = time.perf_counter()
+    for done in range(most):
+        if done >= fewest and time.perf_counter() - begin >= _BUDGET:
+            break
         for algo in candidates:
             start = time.perf_counter()
             run(algo)
