@@ -36,18 +36,40 @@ void require_4d(const py::array& a, const char* name) {
     throw std::invalid_argument(std::string(name) + " must be 4-D, got shape " + shape_str(a));
 }
 
-ConvGeom geometry(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W, const py::array& w,
-                  Pair stride, Quad pad, Pair dil, std::int64_t groups) {
-  require_4d(w, "weight");
-  ConvGeom g{N, C, H, W, w.shape(0), w.shape(2), w.shape(3), stride.first, stride.second,
-             std::get<0>(pad), std::get<1>(pad), std::get<2>(pad), std::get<3>(pad),
-             dil.first, dil.second, groups, 0, 0};
+// Every spatial size and parameter below 2^31 (C++ reads them as int64): then no sum or
+// product in ConvGeom::finalize or in the kernels' index arithmetic can overflow (a
+// dilated kernel extent stays below 2^62), so a huge dilation or padding is refused
+// instead of wrapping around into a wrong "valid" geometry.
+constexpr std::int64_t kMaxParam = (std::int64_t{1} << 31) - 1;
+
+void require_below_2_31(const char* name, std::initializer_list<std::int64_t> values) {
+  for (auto v : values)
+    if (v > kMaxParam) throw std::invalid_argument(std::string(name) + " must be < 2^31, got " + std::to_string(v));
+}
+
+// weight_shape is (K, C/groups, kh, kw), given as numbers so that grad_weight can check
+// the geometry before it allocates a weight-shaped result.
+ConvGeom geometry(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W, Quad weight_shape, Pair stride,
+                  Quad pad, Pair dil, std::int64_t groups) {
+  const auto [K, Cg, kh, kw] = weight_shape;
+  const auto [pt, pb, pl, pr] = pad;
+  require_below_2_31("input height and width", {H, W});
+  require_below_2_31("kernel height and width", {kh, kw});
+  require_below_2_31("stride", {stride.first, stride.second});
+  require_below_2_31("padding", {pt, pb, pl, pr});
+  require_below_2_31("dilation", {dil.first, dil.second});
+  require_below_2_31("groups", {groups});
+  ConvGeom g{N, C, H, W, K, kh, kw, stride.first, stride.second, pt, pb, pl, pr, dil.first, dil.second, groups, 0, 0};
   g.finalize();
-  if (w.shape(1) * groups != C)
-    throw std::invalid_argument("weight " + shape_str(w) + " needs C/groups = " + std::to_string(C / groups) +
-                                " input channels per group, input has C = " + std::to_string(C));
+  if (Cg * groups != C)
+    throw std::invalid_argument("weight shape (" + std::to_string(K) + ", " + std::to_string(Cg) + ", " +
+                                std::to_string(kh) + ", " + std::to_string(kw) + ") needs C/groups = " +
+                                std::to_string(C / groups) + " input channels per group, input has C = " +
+                                std::to_string(C));
   return g;
 }
+
+Quad shape4(const py::array& w) { return {w.shape(0), w.shape(1), w.shape(2), w.shape(3)}; }
 
 void require_shape(const py::array& a, const char* name, std::initializer_list<std::int64_t> want) {
   bool ok = a.ndim() == static_cast<py::ssize_t>(want.size());
@@ -65,7 +87,8 @@ template <typename T>
 Array<T> forward(Array<T> x, Array<T> w, std::optional<Array<T>> bias, Pair stride, Quad pad, Pair dil,
                  std::int64_t groups, bool relu) {
   require_4d(x, "input");
-  ConvGeom g = geometry(x.shape(0), x.shape(1), x.shape(2), x.shape(3), w, stride, pad, dil, groups);
+  require_4d(w, "weight");
+  ConvGeom g = geometry(x.shape(0), x.shape(1), x.shape(2), x.shape(3), shape4(w), stride, pad, dil, groups);
   if (bias) require_shape(*bias, "bias", {g.K});
   Array<T> y({g.N, g.K, g.OH, g.OW});
   const T* b = bias ? bias->data() : nullptr;
@@ -80,8 +103,9 @@ template <typename T>
 Array<T> grad_input(Array<T> gy, Array<T> w, Pair input_hw, Pair stride, Quad pad, Pair dil, std::int64_t groups) {
   require_4d(gy, "grad_output");
   require_4d(w, "weight");
-  ConvGeom g = geometry(gy.shape(0), w.shape(1) * groups, input_hw.first, input_hw.second, w, stride, pad, dil,
-                        groups);
+  require_below_2_31("groups", {groups});
+  ConvGeom g = geometry(gy.shape(0), w.shape(1) * groups, input_hw.first, input_hw.second, shape4(w), stride, pad,
+                        dil, groups);
   require_shape(gy, "grad_output", {g.N, g.K, g.OH, g.OW});
   Array<T> gx({g.N, g.C, g.H, g.W});
   {
@@ -98,10 +122,10 @@ Array<T> grad_weight(Array<T> gy, Array<T> x, Pair kernel_hw, Pair stride, Quad 
   if (groups <= 0) throw std::invalid_argument("groups must be > 0");
   const std::int64_t C = x.shape(1);
   if (C % groups) throw std::invalid_argument("groups must divide C = " + std::to_string(C));
-  // A weight-shaped placeholder carries (K, C/groups, kh, kw) into the shared checks.
-  Array<T> gw({static_cast<std::int64_t>(gy.shape(1)), C / groups, kernel_hw.first, kernel_hw.second});
-  ConvGeom g = geometry(x.shape(0), C, x.shape(2), x.shape(3), gw, stride, pad, dil, groups);
+  ConvGeom g = geometry(x.shape(0), C, x.shape(2), x.shape(3),
+                        {gy.shape(1), C / groups, kernel_hw.first, kernel_hw.second}, stride, pad, dil, groups);
   require_shape(gy, "grad_output", {g.N, g.K, g.OH, g.OW});
+  Array<T> gw({g.K, C / groups, g.kh, g.kw});
   {
     py::gil_scoped_release release;
     conv2d_grad_weight<T>(g, gy.data(), x.data(), gw.mutable_data());

@@ -38,7 +38,10 @@ class Pool {
     std::lock_guard<std::mutex> lock(run_mutex_);
     stop_workers();
     stopping_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+    // A new worker has seen every job so far: it must wait for the next one, not take the
+    // last (finished) generation for new work and count itself done twice.
+    const std::uint64_t seen = generation_;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, seen] { worker_loop(seen); });
   }
 
   void run(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
@@ -96,8 +99,7 @@ class Pool {
     t_inside_task = false;
   }
 
-  void worker_loop() {
-    std::uint64_t seen = 0;
+  void worker_loop(std::uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mutex_);

@@ -92,6 +92,8 @@ def as_array(x, name: str) -> np.ndarray:
             arr = np.asarray(memoryview(x))
         except TypeError:
             raise TypeError(f"{name} must be an array (NumPy array, buffer or DLPack), got {type(x).__name__}") from None
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # e.g. big-endian data read from a file
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {arr.dtype} with shape {shape_of(arr)}")
     return arr
@@ -110,10 +112,10 @@ def require_ndim(arr, name: str, ndim: int, what: str) -> None:
 
 def same_dtype(named: dict) -> np.dtype:
     """All given arrays share one float dtype; returns it."""
-    dtypes = {n: a.dtype for n, a in named.items() if a is not None}
-    first = next(iter(dtypes.values()))
-    if any(d != first for d in dtypes.values()):
-        desc = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+    arrays = {n: a for n, a in named.items() if a is not None}
+    first = next(iter(arrays.values())).dtype
+    if any(a.dtype != first for a in arrays.values()):
+        desc = ", ".join(f"{n} {a.dtype} {shape_of(a)}" for n, a in arrays.items())
         raise TypeError(f"dtypes must match: {desc}")
     return first
 
@@ -247,9 +249,3 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, *,
                          f"NCHW shape {tuple(x_shape)}, padding {pad}, output would be {OH}x{OW}")
     return PoolGeom(N, C, H, W, kernel[0], kernel[1], stride, pad, dilation, bool(ceil_mode), OH, OW,
                     bool(count_include_pad), divisor_override)
-
-
-def check_device_name(device) -> str:
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return device

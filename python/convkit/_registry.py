@@ -88,12 +88,16 @@ def unavailable(device: str) -> dict:
 
 
 def check_device(device) -> str:
+    """A device that has kernels. A bad name is a ValueError; a device this machine or build
+    cannot run (no Numba) a RuntimeError, like convkit.cuda's when there is no GPU; both
+    list the valid devices."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     load(device)
     if not any(d == device for (_, _, d) in _table):
         reasons = "; ".join(f"{m}: {r}" for m, r in _missing.get(device, {}).items()) or "no kernels registered"
-        raise RuntimeError(f"device={device!r} is not available: {reasons}")
+        usable = [d for d in DEVICES if d != device and implementations(d)]
+        raise RuntimeError(f"device={device!r} is not available ({reasons}); valid: {usable}")
     return device
 
 

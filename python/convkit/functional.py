@@ -31,7 +31,6 @@ _ACTIVATIONS = (None, "relu")
 def _prepare(x, name, device, layout, ndim=4, what="(N, C, H, W)"):
     """An input as the device wants it: NumPy on the CPU, as given on CUDA."""
     if device == "cuda":
-        check_device(device)  # a RuntimeError saying what is missing (Numba, a GPU) comes first
         from .cuda import as_device_or_host_array
 
         arr = as_device_or_host_array(x, name)
@@ -120,7 +119,7 @@ def _conv_grad_weight(gy, x, geom, layout, algo, device):
 
 def _conv_inputs(input, weight, bias, layout, device, names=("input", "weight")):
     layout = _args.check_layout(layout)
-    _args.check_device_name(device)
+    check_device(device)
     x = _prepare(input, names[0], device, layout)
     w = _weight(weight, names[1], device)
     b = _bias(bias, w.shape[0], device) if bias is not None else None
@@ -258,29 +257,47 @@ def depthwise_conv2d_backward(grad_output, input, weight, stride=1, padding=0, d
                            algo=algo, device=device)
 
 
+def _separable_inputs(input, depthwise_weight, pointwise_weight, bias, layout, device, grad_output=None):
+    """Checked arrays of separable_conv2d(_backward), each error under its own argument's name.
+
+    The pointwise weight is a 1x1 conv over the depthwise output: (K, C*m, 1, 1).
+    """
+    x, dw, _, layout = _conv_inputs(input, depthwise_weight, None, layout, device, ("input", "depthwise_weight"))
+    pw = _weight(pointwise_weight, "pointwise_weight", device)
+    if pw.shape[1] != dw.shape[0] or tuple(pw.shape[2:]) != (1, 1):
+        raise ValueError(f"pointwise_weight must have shape (K, {dw.shape[0]}, 1, 1) to follow depthwise_weight "
+                         f"{_args.shape_of(dw)}, got {_args.shape_of(pw)}")
+    b = _bias(bias, pw.shape[0], device)
+    gy = None if grad_output is None else _prepare(grad_output, "grad_output", device, layout)
+    _args.same_dtype({"grad_output": gy, "input": x, "depthwise_weight": dw, "pointwise_weight": pw, "bias": b})
+    return x, dw, pw, b, gy, layout
+
+
 def separable_conv2d(input, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0, dilation=1, *,
                      activation=None, layout="NCHW", algo="auto", device="cpu"):
     """Depthwise (C*m, 1, kh, kw) then pointwise (K, C*m, 1, 1) convolution; bias after the pointwise."""
+    x, dw, pw, b, _, layout = _separable_inputs(input, depthwise_weight, pointwise_weight, bias, layout, device)
     kw = dict(layout=layout, algo=algo, device=device)
-    mid = depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation, **kw)
-    return conv2d(mid, pointwise_weight, bias, activation=activation, **kw)
+    mid = depthwise_conv2d(x, dw, None, stride, padding, dilation, **kw)
+    return conv2d(mid, pw, b, activation=activation, **kw)
 
 
 def separable_conv2d_backward(grad_output, input, depthwise_weight, pointwise_weight, stride=1, padding=0,
                               dilation=1, *, layout="NCHW", algo="auto", device="cpu"):
     """Gradients of separable_conv2d: (grad_input, grad_depthwise_weight, grad_pointwise_weight, grad_bias)."""
+    x, dw, pw, _, gy, layout = _separable_inputs(input, depthwise_weight, pointwise_weight, None, layout, device,
+                                                 grad_output)
     kw = dict(layout=layout, algo=algo, device=device)
-    mid = depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation, **kw)
-    g_mid, g_pw, gb = conv2d_backward(grad_output, mid, pointwise_weight, **kw)
-    gx, g_dw, _ = depthwise_conv2d_backward(g_mid, input, depthwise_weight, stride, padding, dilation,
-                                            need_bias=False, **kw)
+    mid = depthwise_conv2d(x, dw, None, stride, padding, dilation, **kw)
+    g_mid, g_pw, gb = conv2d_backward(gy, mid, pw, **kw)
+    gx, g_dw, _ = depthwise_conv2d_backward(g_mid, x, dw, stride, padding, dilation, need_bias=False, **kw)
     return gx, g_dw, g_pw, gb
 
 
 # ----------------------------------------------------------------------------- pooling
 def _pool_input(input, layout, device):
     layout = _args.check_layout(layout)
-    _args.check_device_name(device)
+    check_device(device)
     return _prepare(input, "input", device, layout), layout
 
 

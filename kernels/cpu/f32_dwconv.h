@@ -1,0 +1,46 @@
+// Depthwise-convolution microkernels over flattened planes (see src/conv_planes.h): the
+// interface the operator (src/conv_depthwise.cpp) calls, one table per instruction set.
+//
+// A kernel sees only flat arrays. Output vector v covers flat pixels [v*lanes, (v+1)*lanes)
+// and tap t reads the `lanes` consecutive values at planes + off[t] + v*lanes, so one body
+// serves every kernel size, stride, dilation and channel multiplier: the operator encodes
+// all of them in the tap offsets.
+#pragma once
+#include <cstdint>
+
+#include "cpu_features.h"
+
+namespace convkit {
+
+// Where output vector v goes: its lanes whose bit is set in `keep` (the real output
+// columns, not the plane's padding columns) are written, in order, to the `count`
+// consecutive elements at out + dst. Built once per call by the operator; a kernel never
+// writes anywhere else, so edges need no bounds tests.
+struct DwStore {
+  std::uint32_t keep;
+  std::uint32_t count;
+  std::int64_t dst;
+};
+
+struct DwKernels {
+  int lanes;  // pixels per vector
+  // out at map[v] <- relu?(bias + sum_t w[t] * planes[off[t] + v*lanes + lane]), v < nvec.
+  void (*conv)(const float* planes, const std::int64_t* off, const float* w, std::int64_t taps, std::int64_t nvec,
+               const DwStore* map, float bias, bool relu, float* out);
+  // sums[t] += sum over v < nvec and lanes of gy[v*lanes + lane] * planes[off[t] + v*lanes + lane].
+  void (*grad_weight)(const float* planes, const std::int64_t* off, std::int64_t taps, const float* gy,
+                      std::int64_t nvec, float* sums);
+  // out[i] = in[i * step], i < n: packing one row of one column phase (conv_planes.h).
+  void (*copy_strided)(const float* in, std::int64_t step, std::int64_t n, float* out);
+  // out[i * step] = in[i], i < n: grad-input spreading one phase's row into the image.
+  void (*spread_strided)(const float* in, std::int64_t step, std::int64_t n, float* out);
+};
+
+// The kernels for an instruction set (the best one compiled in at or below `isa`).
+const DwKernels& f32_dwconv_kernels(Isa isa);
+
+extern const DwKernels f32_dwconv_4x16__avx512;
+extern const DwKernels f32_dwconv_8x8__avx2;
+extern const DwKernels f32_dwconv_4x8__scalar;
+
+}  // namespace convkit
