@@ -8,8 +8,8 @@ forward FLOPs) the candidates run side by side in one process, in interleaved bl
 (A A A, B B B, ...): the first call of a block wakes the library's threads and is not
 counted (calls slower than WARMUP_NEEDLESS seconds skip it: wake-up is lost in them), a
 block's time is the mean of its counted calls, a candidate's time the median over blocks.
-"auto" is the rule table; "tune" is autotune mode (its first call measures; that call is
-a discarded warm-up). GFLOP/s per candidate, then ratios: im2col / direct (time), auto and
+"auto" is the rule table; "tune" is autotune mode (the shape is measured once, by
+convkit.explain before the timing, then served from the cache). GFLOP/s per candidate, then ratios: im2col / direct (time), auto and
 tune against the best of im2col and direct (time, 1.00 = as fast as the best).
 
 Memory: "col MiB" is the largest column buffer im2col allocated over the pass (its own
@@ -105,13 +105,13 @@ def traced_peak(fn) -> int:
     return peak
 
 
-def blas_peak() -> float:
+def blas_peak(clock) -> float:
     """GFLOP/s of a large sgemm through the BLAS im2col uses (SciPy's)."""
     from scipy.linalg.blas import sgemm
 
     n = 2048
     a = np.asfortranarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-    t = interleaved({"sgemm": lambda: sgemm(1.0, a, a)}, 7, 0.5)["sgemm"]
+    t = interleaved({"sgemm": lambda: sgemm(1.0, a, a)}, 7, 0.5, clock)["sgemm"]
     return 2 * n**3 / t / 1e9
 
 
@@ -128,7 +128,7 @@ def conv_layers(path: Path, names: str) -> list:
 
 
 def layer_calls(L: dict, layout: str, dtype):
-    """(op name, forward FLOPs, {pass: (fn(algo), explain-op)}, explain args) of one layer."""
+    """(forward FLOPs, {pass: (fn(algo), explain-op)}, explain args) of one layer."""
     rng = np.random.default_rng(0)
     N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
     kh, kw = L["kernel"]
@@ -159,7 +159,7 @@ def layer_calls(L: dict, layout: str, dtype):
     # weight.shape[1] * kh * kw (C/groups taps per output, K/groups outputs per input)
     macs = (y if L["op"] == "conv2d" else x).size * (w.shape[1] * kh * kw)
     explain = dict(input_shape=x.shape, weight_shape=w.shape, layout=layout, dtype=dtype, **common)
-    return L["op"], 2 * macs, {"forward": (fwd, L["op"]), "backward": (bwd, L["op"] + "_backward")}, explain
+    return 2 * macs, {"forward": (fwd, L["op"]), "backward": (bwd, L["op"] + "_backward")}, explain
 
 
 def run_candidate(fn, name):
@@ -202,7 +202,8 @@ def main(args) -> None:
         convkit.set_num_threads(args.threads)
     layers = conv_layers(args.suite, args.layers)
     passes = args.passes.split(",")
-    peak = blas_peak()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    peak = blas_peak(clock)
     head = (f"convkit {convkit.__version__}, {args.dtype} {args.layout}, threads: convkit {convkit.get_num_threads()}, "
             f"BLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'all cores')}; ISA {convkit.get_isa()}; "
             f"SciPy sgemm 2048^3: {peak:.0f} GFLOP/s; median of {args.blocks} interleaved blocks, "
@@ -212,7 +213,7 @@ def main(args) -> None:
     rows = []
     print(head, file=sys.stderr)
     for L in layers:
-        op, flops, calls, explain = layer_calls(L, args.layout, dtype)
+        flops, calls, explain = layer_calls(L, args.layout, dtype)
         for pass_ in passes:
             fn, explain_op = calls[pass_]
             work = flops * (2 if pass_ == "backward" else 1)
@@ -221,7 +222,7 @@ def main(args) -> None:
             convkit.autotune(False)
             auto_pick = "/".join(c.algo for _, c in convkit.explain(explain_op, **explain).steps)
             t = interleaved({c: (lambda c=c: run_candidate(fn, c)) for c in CANDIDATES}, args.blocks,
-                            args.block_seconds, time.process_time if args.clock == "cpu" else time.perf_counter)
+                            args.block_seconds, clock)
             best = min(t["im2col"], t["direct"])
             gf = {c: work / t[c] / 1e9 for c in CANDIDATES}
             row = [L["name"], pass_, f"{gf['im2col']:.1f}", f"{gf['direct']:.1f}", f"{gf['auto']:.1f}", auto_pick,
