@@ -66,6 +66,8 @@ def shape_of(a) -> str:
 
 def pair(value, name: str, *, minimum: int) -> tuple:
     """An int or a pair of ints, each >= minimum."""
+    if type(value) is int and value >= minimum:  # the common case, without the ABC checks below
+        return (value, value)
     if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
@@ -149,11 +151,34 @@ def resolve_conv_padding(padding, in_hw, kernel, stride, dilation) -> tuple:
     return (ph, ph, pw, pw)
 
 
+_geometry_cache: dict = {}  # memo of conv_geometry for plain-int arguments, see there
+
+
 def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, *, x_name="input", w_name="weight") -> ConvGeom:
-    """Checks conv2d's shapes and parameters; x_shape is NCHW, w_shape (K, C/groups, kh, kw)."""
+    """Checks conv2d's shapes and parameters; x_shape is NCHW, w_shape (K, C/groups, kh, kw).
+
+    Calls with int stride, dilation and groups and an int or string padding (the common
+    case) are memoised: the checks cost more than a tiny layer's kernel, and a repeated
+    call passed them already. Anything else (tuples, NumPy ints, bools) is checked anew.
+    """
+    key = None
+    if type(stride) is int and type(dilation) is int and type(groups) is int and type(padding) in (int, str):
+        key = (tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
+        geom = _geometry_cache.get(key)
+        if geom is not None:
+            return geom
+    geom = _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, x_name, w_name)
+    if key is not None:
+        if len(_geometry_cache) >= 1024:
+            _geometry_cache.clear()
+        _geometry_cache[key] = geom
+    return geom
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, x_name, w_name) -> ConvGeom:
     N, C, H, W = (int(s) for s in x_shape)
     K, Cg, kh, kw = (int(s) for s in w_shape)
-    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, bool):
+    if type(groups) is not int and (not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, bool)):
         raise TypeError(f"groups must be an int, got {groups!r}")
     groups = int(groups)
     if groups <= 0:
