@@ -18,6 +18,8 @@ GEOMS = {
     "pointwise": ((1, 16, 6, 6), (12, 16, 1, 1), dict(stride=1, padding=0, dilation=1, groups=1)),
     "depthwise": ((1, 6, 9, 9), (6, 1, 3, 3), dict(stride=2, padding=1, dilation=1, groups=6)),
     "lenet": ((4, 1, 12, 12), (6, 1, 5, 5), dict(stride=1, padding=0, dilation=1, groups=1)),
+    "dilated": ((1, 8, 20, 20), (32, 8, 3, 3), dict(stride=1, padding=4, dilation=4, groups=1)),
+    "small_image": ((1, 128, 9, 9), (16, 128, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1)),
 }
 
 
@@ -58,19 +60,29 @@ def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
     assert choice.algo in candidates and choice.reason
 
 
-def test_rules_follow_the_table():
-    """One output channel per group (a matrix-vector product) goes to the direct kernels for
-    forward and grad-input; everything else to BLAS."""
-    both = ["reference", "direct", "im2col"]
-    picks = {(p, name): _auto.choose(p, geom_of(name), "cpu", both, np.float32, "NCHW")
-             for p in CONV_PRIMITIVES for name in GEOMS}
-    for (p, name), choice in picks.items():
-        want = "direct" if name == "depthwise" and p != "conv2d_grad_weight" else "im2col"
-        assert choice.algo == want, (p, name, choice)
-        assert ("matrix-vector" if want == "direct" else "dense") in choice.reason
-    # a rule whose algorithm is not built is skipped; the reference only when nothing else is
-    assert _auto.choose("conv2d_forward", geom_of("dense3x3"), "cpu", ["reference", "direct"]).algo == "direct"
-    assert _auto.choose("conv2d_forward", geom_of("dense3x3"), "cpu", ["reference"]).algo == "reference"
+@pytest.mark.parametrize("primitive, name, dtype, algo, rule", [
+    ("conv2d_forward", "dense3x3", np.float64, "im2col", "float64"),
+    ("conv2d_grad_input", "depthwise", np.float32, "direct", "depthwise"),
+    ("conv2d_grad_weight", "depthwise", np.float32, "direct", "depthwise"),
+    ("conv2d_forward", "dilated", np.float32, "im2col", "wide dilation"),
+    ("conv2d_grad_weight", "dilated", np.float32, "direct", "dense"),
+    ("conv2d_grad_input", "small_image", np.float32, "im2col", "small image"),
+    ("conv2d_forward", "small_image", np.float32, "direct", "dense"),
+    ("conv2d_grad_weight", "lenet", np.float32, "im2col", "narrow grad-weight"),
+    ("conv2d_grad_weight", "pointwise", np.float32, "im2col", "narrow grad-weight"),
+    ("conv2d_grad_input", "pointwise", np.float32, "direct", "dense"),
+    ("conv2d_forward", "dense3x3", np.float32, "direct", "dense"),
+])
+def test_rules_follow_the_table(primitive, name, dtype, algo, rule):
+    choice = _auto.choose(primitive, geom_of(name), "cpu", ["reference", "direct", "im2col"], dtype, "NCHW")
+    assert (choice.algo, choice.reason.split("'")[1]) == (algo, rule)
+
+
+def test_a_rule_whose_algorithm_is_missing_is_skipped():
+    g = geom_of("dense3x3")
+    assert _auto.choose("conv2d_forward", g, "cpu", ["reference", "im2col"], np.float32).algo == "im2col"
+    assert _auto.choose("conv2d_forward", g, "cpu", ["reference", "direct"], np.float64).algo == "direct"
+    assert _auto.choose("conv2d_forward", g, "cpu", ["reference"]).algo == "reference"
 
 
 @pytest.mark.parametrize("name", GEOMS)

@@ -40,33 +40,56 @@ class Choice:
 @dataclass(frozen=True)
 class _Rule:
     name: str
-    applies: object  # (primitive, geom) -> bool
+    applies: object  # (primitive, geom, dtype) -> bool
     algo: str
     why: str
 
 
-# First match wins; a rule whose algorithm is not built is skipped. Crossovers measured
-# with bench/im2col_vs_direct.py and per primitive at one thread (CPU time, so the shared
-# machine's load does not move them) against the direct engine of the same build: the
-# plain C++ loops (5-18 GFLOP/s; grad-weight 4) while its SIMD rewrite is under way.
-# Re-measure when the direct engine changes: rule 2 is expected to narrow then.
+_FORWARD, _GRAD_INPUT, _GRAD_WEIGHT = "conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"
+
+
+# First match wins; a rule whose algorithm is not built is skipped. Every number is a
+# time ratio im2col / direct (below 1: im2col faster) measured per primitive, float32,
+# one thread, CPU time (immune to the shared machine's load), same build: the SIMD
+# direct engine against SciPy's OpenBLAS (bench/im2col_vs_direct.py, bench/RESULTS.md).
+# Re-measure when either side changes. Shapes: suite layers by name, others as
+# C/K/groups/kernel on 56x56.
 _RULES = (
-    # Depthwise 3x3 on 56x56x144: direct 1.18x (forward) and 1.14x (grad-input) faster;
-    # 5x5 depthwise on C=64 1.24x / 1.16x; one-channel 5x5 1.39x / 1.34x. With two output
-    # channels per group (multiplier 2, or groups=C/2) im2col is 1.5x faster already.
-    _Rule("matrix-vector",
-          lambda p, g: g.K == g.groups and p != "conv2d_grad_weight",
-          "direct",
-          "one output channel per group: each GEMM is a matrix-vector product (1 x C/groups*kh*kw x pixels), "
-          "memory-bound in BLAS, and the column copy costs as much as the arithmetic"),
-    # Everything else, grad-weight included (depthwise too: a GEMM over the long pixel
-    # axis): im2col 3x-30x faster than the direct loops on every layer of the suite, from
-    # LeNet's 1-channel 5x5 (forward 42 vs 14 GFLOP/s) to Xception's 1x1 on 728 (198 vs 9).
-    _Rule("dense",
-          lambda p, g: True,
+    # The direct engine's SIMD kernels are float32; its float64 path is plain loops:
+    # 3x3 C=K=64 5.0x / 6.3x / 5.2x slower than dgemm (forward / grad-input / grad-weight).
+    _Rule("float64", lambda p, g, dt: dt == np.float64, "im2col",
+          "float64: the GEMM runs at dgemm speed, the direct engine's float64 path is plain loops (5-6x slower)"),
+    # Depthwise 3x3 on 56x56x144: 3.4 / 3.6 / 3.0; channel multiplier 2: 2.1 / 2.1 / 2.1;
+    # 5x5 on C=64: 4.7 / 5.2 / 4.9. Each group's GEMM is a matrix-vector product.
+    _Rule("depthwise", lambda p, g, dt: g.C == g.groups > 1, "direct",
+          "depthwise: the direct engine's own kernels; a GEMM per channel is a matrix-vector product "
+          "(measured 2-5x slower)"),
+    # DeepLab ASPP (dilation 12, 33x33, padding 12): forward 0.76, grad-input 0.67; at
+    # dilation 2 the direct engine is ahead again (1.17 / 1.03).
+    _Rule("wide dilation", lambda p, g, dt: p != _GRAD_WEIGHT and max(g.dilation) >= 4, "im2col",
+          "dilation >= 4: the column copy takes each tap once, the direct engine sweeps planes padded by the "
+          "dilated extent (ASPP rate 12: im2col 1.3-1.5x faster)"),
+    # Few pixels, many channels: ResNet 3x3 on 14x14x256 grad-input 0.73, grad-weight
+    # 0.83; Xception 1x1 on 19x19x728 1.02 / 0.71; Inception 1x7 on 17x17x128 0.94 /
+    # 1.10. Forward stays direct (1.17-1.18, 0.99); DCGAN's 16x16 with 64 input channels
+    # stays direct (1.19 / 1.30).
+    _Rule("small image", lambda p, g, dt: p != _FORWARD and g.OH * g.OW < 400 and g.C // g.groups >= 128,
           "im2col",
-          "the GEMM (K/groups x C/groups*kh*kw x pixels) runs at BLAS speed and the column copy is the small "
-          "part; measured faster than the direct path on every such layer of the suite"),
+          "backward on fewer than 400 output pixels with >= 128 channels per group: long GEMMs over channels, "
+          "while the direct engine's pixel tiles run short"),
+    # Narrow or pointwise weight gradients: LeNet (6 outputs) 0.57, 3x3 C=3 K=8 0.57,
+    # C=1 K=4 0.35, groups of 2 or 4 channels 0.26 / 0.49, ResNet 1x1 256->64 0.91,
+    # Xception 1x1 0.71, 1x1 C=K=16 0.32. At 9 outputs per group (16 groups of 9) the
+    # direct engine wins (2.3), at 64+ outputs with a spatial kernel too (1.2-1.5).
+    _Rule("narrow grad-weight", lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.kh * g.kw == 1),
+          "im2col",
+          "weight gradient with <= 8 outputs per group or a 1x1 kernel: one GEMM over all pixels, where the "
+          "direct engine's outer-product tiles are mostly empty"),
+    # Everything else: forward 1.1-2.9 (ResNet 3x3 64: 1.59, VGG: 1.45, stem: 1.96),
+    # grad-input 1.0-1.5, grad-weight 1.0-1.5 on the dense layers of the suite.
+    _Rule("dense", lambda p, g, dt: True, "direct",
+          "the direct engine's SIMD kernels read the input in place, without the column copy and the BLAS "
+          "packing pass (measured 1.1-2x faster on the suite's dense layers)"),
 )
 
 # When the rule's algorithm is missing (extension not built): the compiled paths first,
@@ -74,10 +97,11 @@ _RULES = (
 _FALLBACK = ("direct", "im2col", "reference")
 
 
-def _by_rules(primitive: str, geom, candidates: list) -> Choice:
+def _by_rules(primitive: str, geom, dtype, candidates: list) -> Choice:
     if geom is not None and primitive.startswith("conv2d"):
+        dt = np.dtype(dtype if dtype is not None else np.float32)
         for rule in _RULES:
-            if rule.applies(primitive, geom) and rule.algo in candidates:
+            if rule.applies(primitive, geom, dt) and rule.algo in candidates:
                 return Choice(rule.algo, f"rule '{rule.name}': {rule.why}")
     for algo in _FALLBACK:
         if algo in candidates:
@@ -227,7 +251,7 @@ def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layo
         return _choose_cuda(primitive, geom, candidates)
     if _enabled and primitive.startswith("conv2d") and geom is not None and dtype is not None:
         return _by_measuring(primitive, geom, dtype, layout or "NCHW", candidates)
-    return _by_rules(primitive, geom, candidates)
+    return _by_rules(primitive, geom, dtype, candidates)
 
 
 def _choose_cuda(primitive: str, geom, candidates: list) -> Choice:
