@@ -49,18 +49,23 @@ std::int64_t items_per_task(std::int64_t bytes_per_item) {
 }
 
 // Runs a kernel over `rows` rows (output rows forward, input rows backward) of every
-// plane (NCHW) or image x channel block (NHWC), in bands of about kTaskBytes of input.
+// plane (NCHW) or image x channel block (NHWC). A unit of work is a band of rows of one
+// plane (or block) holding about kTaskBytes of input; when a whole plane is smaller, a
+// task takes a run of whole planes instead, so small planes do not become tiny tasks.
 template <typename T>
 void run_windows(const PoolGeom& g, PoolLayout layout, PoolKernel<T> kernel, const PoolArrays<T>& a,
                  std::int64_t rows, std::int64_t in_rows_per_row) {
   const bool nhwc = layout == PoolLayout::nhwc;
   const std::int64_t cb = nhwc ? std::min(g.C, kChannelBlock) : 1, blocks = nhwc ? ceil_div(g.C, cb) : 1;
   const std::int64_t planes = nhwc ? g.N : g.N * g.C;
-  const std::int64_t band = items_per_task(in_rows_per_row * g.W * cb * std::int64_t(sizeof(T)));
-  const std::int64_t bands = ceil_div(rows, band);
-  parallel_for(planes * bands * blocks, [&](std::int64_t i) {
-    const std::int64_t block = i % blocks, b = i / blocks % bands, plane = i / blocks / bands;
-    kernel(g, a, {plane, b * band, std::min(rows, (b + 1) * band), block * cb, std::min(g.C, (block + 1) * cb)});
+  const std::int64_t row_bytes = in_rows_per_row * g.W * cb * std::int64_t(sizeof(T));
+  const std::int64_t band = std::min(rows, items_per_task(row_bytes)), bands = ceil_div(rows, band);
+  const std::int64_t units = planes * bands * blocks, per = bands == 1 ? items_per_task(rows * row_bytes) : 1;
+  parallel_for(ceil_div(units, per), [&](std::int64_t task) {
+    for (std::int64_t i = task * per; i < std::min(units, (task + 1) * per); ++i) {
+      const std::int64_t block = i % blocks, b = i / blocks % bands, plane = i / blocks / bands;
+      kernel(g, a, {plane, b * band, std::min(rows, (b + 1) * band), block * cb, std::min(g.C, (block + 1) * cb)});
+    }
   });
 }
 
@@ -73,19 +78,26 @@ void run_planes(const PoolGeom& g, PoolKernel<T> kernel, const PoolArrays<T>& a)
   });
 }
 
-// 1/divisor of avg_pool2d, factored per output row and column (torch's rules, see
-// avg_divisor); divisor_override goes wholly into the column factors.
+// What average pooling precomputes once a call (the kernels would otherwise divide per
+// row or per pixel): 1/divisor factored per output row and column (torch's rules, see
+// avg_divisor; divisor_override goes wholly into the column factors), and for the
+// backward the outputs covering each input row and column.
 template <typename T>
-struct AvgFactors {
+struct AvgTables {
   std::vector<T> inv_h, inv_w;
-  explicit AvgFactors(const PoolGeom& g) : inv_h(g.OH), inv_w(g.OW) {
+  std::vector<Range> cover_h, cover_w;
+  explicit AvgTables(const PoolGeom& g) : inv_h(g.OH), inv_w(g.OW), cover_h(g.H), cover_w(g.W) {
     for (std::int64_t oh = 0; oh < g.OH; ++oh)
       inv_h[oh] = g.divisor_override ? T(1) : T(1.0 / double(avg_divisor(oh, g.H, g.kh, g.sh, g.ph, g.count_include_pad)));
     for (std::int64_t ow = 0; ow < g.OW; ++ow)
       inv_w[ow] = T(1.0 / double(g.divisor_override ? g.divisor_override
                                                     : avg_divisor(ow, g.W, g.kw, g.sw, g.pw, g.count_include_pad)));
+    for (std::int64_t ih = 0; ih < g.H; ++ih) cover_h[ih] = covering_outputs(ih, g.kh, g.sh, g.ph, g.OH);
+    for (std::int64_t iw = 0; iw < g.W; ++iw) cover_w[iw] = covering_outputs(iw, g.kw, g.sw, g.pw, g.OW);
   }
-  PoolArrays<T> arrays(const T* in, T* out) const { return {in, out, nullptr, inv_h.data(), inv_w.data()}; }
+  PoolArrays<T> arrays(const T* in, T* out) const {
+    return {in, out, nullptr, inv_h.data(), inv_w.data(), cover_h.data(), cover_w.data()};
+  }
 };
 
 // Max backward: grad_output scattered by index into zeroed grad_input. A task owns whole
@@ -165,7 +177,7 @@ MaxoutView maxout_view(std::int64_t N, std::int64_t C, std::int64_t H, std::int6
 template <typename T>
 void max_pool2d_forward(const PoolGeom& g, PoolLayout layout, const T* x, T* y, std::int64_t* idx) {
   const PoolKernels<T>& k = kernels_for<T>(g);
-  const PoolArrays<T> a{x, y, idx, nullptr, nullptr};
+  const PoolArrays<T> a{x, y, idx, nullptr, nullptr, nullptr, nullptr};
   if (g.is_global() && layout == PoolLayout::nchw) return run_planes(g, idx ? k.global_max_nchw_idx : k.global_max_nchw, a);
   if (layout == PoolLayout::nchw) return run_windows(g, layout, idx ? k.max_nchw_idx : k.max_nchw, a, g.OH, g.sh);
   run_windows(g, layout, idx ? k.max_nhwc_idx : k.max_nhwc, a, g.OH, g.sh);
@@ -183,8 +195,8 @@ void max_pool2d_backward(const PoolGeom& g, PoolLayout layout, const T* gy, cons
 template <typename T>
 void avg_pool2d_forward(const PoolGeom& g, PoolLayout layout, const T* x, T* y) {
   const PoolKernels<T>& k = kernels_for<T>(g);
-  const AvgFactors<T> factors(g);
-  const PoolArrays<T> a = factors.arrays(x, y);
+  const AvgTables<T> tables(g);
+  const PoolArrays<T> a = tables.arrays(x, y);
   if (g.is_global() && layout == PoolLayout::nchw) return run_planes(g, k.global_avg_nchw, a);
   run_windows(g, layout, layout == PoolLayout::nchw ? k.avg_nchw : k.avg_nhwc, a, g.OH, g.sh);
 }
@@ -192,9 +204,10 @@ void avg_pool2d_forward(const PoolGeom& g, PoolLayout layout, const T* x, T* y) 
 template <typename T>
 void avg_pool2d_backward(const PoolGeom& g, PoolLayout layout, const T* gy, T* gx) {
   const PoolKernels<T>& k = kernels_for<T>(g);
-  const AvgFactors<T> factors(g);
-  run_windows(g, layout, layout == PoolLayout::nchw ? k.avg_backward_nchw : k.avg_backward_nhwc,
-              factors.arrays(gy, gx), g.H, 1);
+  const AvgTables<T> tables(g);
+  const PoolArrays<T> a = tables.arrays(gy, gx);
+  if (g.is_global() && layout == PoolLayout::nchw) return run_planes(g, k.global_avg_backward_nchw, a);
+  run_windows(g, layout, layout == PoolLayout::nchw ? k.avg_backward_nchw : k.avg_backward_nhwc, a, g.H, 1);
 }
 
 template <typename T>

@@ -31,6 +31,10 @@ struct Range {
 inline Range valid_taps(std::int64_t o, std::int64_t n, std::int64_t k, std::int64_t s, std::int64_t p,
                         std::int64_t d) {
   const std::int64_t start = o * s - p;
+  if (d == 1) {  // the common case, without divisions (edge columns call this per output)
+    const std::int64_t lo = start >= 0 ? 0 : -start, hi = n - start < k ? n - start : k;
+    return {lo, hi > lo ? hi : lo};
+  }
   const std::int64_t lo = start >= 0 ? 0 : ceil_div(-start, d);
   std::int64_t hi = start > n - 1 ? 0 : (n - 1 - start) / d + 1;
   if (hi > k) hi = k;

@@ -25,6 +25,8 @@ struct PoolArrays {
   std::int64_t* idx;  // max forward: flat indices within each H*W plane, or nullptr
   const T* inv_h;     // average: 1 / divisor factor of each output row (OH values)
   const T* inv_w;     //          and of each output column (OW values)
+  const Range* cover_h;  // average backward: the outputs covering each input row (H ranges)
+  const Range* cover_w;  //                   and each input column (W ranges)
 };
 
 template <typename T>
@@ -35,7 +37,7 @@ struct PoolKernels {
   PoolKernel<T> max_nchw, max_nchw_idx, avg_nchw;      // windows, NCHW
   PoolKernel<T> max_nhwc, max_nhwc_idx, avg_nhwc;      // windows, NHWC (also global NHWC)
   PoolKernel<T> global_max_nchw, global_max_nchw_idx;  // one window = one whole plane
-  PoolKernel<T> global_avg_nchw;
+  PoolKernel<T> global_avg_nchw, global_avg_backward_nchw;
   PoolKernel<T> avg_backward_nchw, avg_backward_nhwc;  // grad_output spread over windows
 };
 

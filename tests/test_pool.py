@@ -207,13 +207,13 @@ def test_maxout2d(algo, isa, layout):
 
 
 def test_maxout2d_reference_by_hand():
-    x = np.array([1.0, 3.0, 3.0, np.nan, 2.0, np.nan, 0.0, -1.0]).reshape(1, 8, 1, 1)
+    x = np.array([3.0, 3.0, 2.0, np.nan, np.nan, 1.0, 0.0, -1.0]).reshape(1, 8, 1, 1)
     np.testing.assert_array_equal(ref.maxout2d(x, 2).ravel(), [3.0, np.nan, np.nan, 0.0])
     np.testing.assert_array_equal(ref.maxout2d(x, 4).ravel(), [np.nan, np.nan])
-    g = ref.maxout2d_backward(np.array([1.0, 2.0]).reshape(1, 2, 1, 1), x, 4).ravel()
-    np.testing.assert_array_equal(g, [0, 0, 0, 1, 0, 2, 0, 0])  # the first NaN takes the gradient
     g = ref.maxout2d_backward(np.ones((1, 4, 1, 1)), x, 2).ravel()
-    np.testing.assert_array_equal(g, [0, 1, 1, 0, 0, 1, 1, 0])  # tie 3, 3: the first; NaN beats 2
+    np.testing.assert_array_equal(g, [1, 0, 0, 1, 1, 0, 1, 0])  # tie (3, 3): the first; a NaN wins
+    g = ref.maxout2d_backward(np.array([1.0, 2.0]).reshape(1, 2, 1, 1), x, 4).ravel()
+    np.testing.assert_array_equal(g, [0, 0, 0, 1, 2, 0, 0, 0])  # the first NaN of each group
 
 
 # ------------------------------------------------------------------ special values

@@ -37,10 +37,28 @@ struct F32x8 {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
   }
-  static M take(V v, V best) {
-    return _mm256_and_ps(_mm256_cmp_ps(v, best, _CMP_NLE_UQ), _mm256_cmp_ps(best, best, _CMP_ORD_Q));
+  static V max(V best, V v) { return _mm256_max_ps(v, best); }  // v > best ? v : best
+  static void store_spread2(float* p, V v) {  // v0 0 v1 0 ... v7 0
+    const V lo = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+    const V hi = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+    store(p, _mm256_blend_ps(lo, zero(), 0xaa));
+    store(p + 8, _mm256_blend_ps(hi, zero(), 0xaa));
   }
+  static M gt(V v, V best) { return _mm256_cmp_ps(v, best, _CMP_GT_OQ); }
+  static bool any_nan(V v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+  static M eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static M or_m(M a, M b) { return _mm256_or_ps(a, b); }
+  static M and_m(M a, M b) { return _mm256_and_ps(a, b); }
   static V select(M m, V a, V b) { return _mm256_blendv_ps(b, a, m); }
+  static M lt_i(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, a)); }
+  static M eq_i(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
+  static I mul_i(I a, std::int64_t b) { return _mm256_mullo_epi32(a, set1_i(b)); }
+  static I load_i(const std::int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static void store_i(std::int32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  template <int S>
+  static I load_strided_i(const std::int32_t* p, I offsets) {  // the same lanes as load_strided
+    return _mm256_castps_si256(load_strided<S>(reinterpret_cast<const float*>(p), offsets));
+  }
   static I select_i(M m, I a, I b) {
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(a), m));
   }
