@@ -292,6 +292,20 @@ def test_thread_count_does_not_change_results():
     np.testing.assert_array_equal(one[0][0], ref.max_pool2d(x, 3, 1, 1))
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS[-1:])
+def test_planes_too_big_for_the_cache(isa):
+    # Planes over 512 KB: the backward kernels write grad_input in place (no scratch and
+    # streaming stores), and the average one splits the plane into bands of rows.
+    x = np.random.default_rng(8).integers(-3, 4, (1, 2, 300, 450)).astype(np.float32)
+    with isa_cap(isa):
+        y, idx = convkit.max_pool2d(x, 3, 2, 1, return_indices=True)
+        gy = np.random.default_rng(9).standard_normal(y.shape).astype(np.float32)
+        close(convkit.max_pool2d_backward(gy, x, 3, 2, 1, indices=idx),
+              ref.max_pool2d_backward(gy, x, 3, 2, 1), np.float32, "max")
+        gy = np.random.default_rng(9).standard_normal((1, 2, 150, 225)).astype(np.float32)
+        close(convkit.avg_pool2d_backward(gy, x, 2, 2), ref.avg_pool2d_backward(gy, x.shape, 2, 2), np.float32, "avg")
+
+
 def test_zero_batch():
     x = np.zeros((0, 3, 8, 8), np.float32)
     assert convkit.max_pool2d(x, 2).shape == (0, 3, 4, 4)
