@@ -117,8 +117,9 @@ inline void sweep(int64_t begin, int64_t end, Body&& body) {
 // Max: the first maximum in scan order (kernel rows outer, columns inner: torch's and the
 // reference's order), and the first NaN, once met, stays.
 //
-// One lane (the scalar kernels, the edges) applies that rule exactly, without branches
-// (data-dependent branches mispredict half the time on real data). Full vectors apply it
+// One lane (the scalar kernels, channel tails narrower than a vector, and the recomputed
+// NaN cases) applies that rule exactly, without branches (data-dependent branches
+// mispredict half the time on real data). Full vectors apply it
 // as if there were no NaNs: best = max(best, v) is a 2-cycle dependency chain a tap and
 // the index blend hangs off it (v > best), where the exact rule's chain (two compares
 // and a blend) is 3x longer. A running sum of the taps detects NaNs in one add a tap
@@ -131,7 +132,6 @@ struct Max {
     using T = typename Vec::T;
     using V = typename Vec::V;
     using I = typename Vec::I;
-    using M = typename Vec::M;
     struct Acc {
       V best;
       I idx;
@@ -153,7 +153,7 @@ struct Max {
     }
     // True when these lanes must be recomputed one by one (they may have met a NaN).
     static bool inexact(const Acc& a) { return Vec::width > 1 && Vec::any_nan(a.probe); }
-    static V scale(const PoolArrays<T>&, int64_t, int64_t, bool) { return Vec::zero(); }
+    static V scale(const PoolArrays<T>&, int64_t, int64_t) { return Vec::zero(); }
     void store(const Acc& a, int64_t off, V) const {
       Vec::store(y + off, a.best);
       if constexpr (kIdx) Vec::store_idx(idx + off, a.idx);
@@ -182,11 +182,7 @@ struct Avg {
     static Acc init(V, I) { return {Vec::zero()}; }
     static void step(Acc& a, V v, I) { a.sum = Vec::add(a.sum, v); }
     static bool inexact(const Acc&) { return false; }
-    // The factor of output (oh, ow): along W (one column a lane) or one for all lanes.
-    static V scale(const PoolArrays<T>& a, int64_t oh, int64_t ow, bool along_w) {
-      return along_w ? Vec::mul(Vec::set1(a.inv_h[oh]), Vec::load(a.inv_w + ow))
-                     : Vec::set1(a.inv_h[oh] * a.inv_w[ow]);
-    }
+    static V scale(const PoolArrays<T>& a, int64_t oh, int64_t ow) { return Vec::set1(a.inv_h[oh] * a.inv_w[ow]); }
     void store(const Acc& a, int64_t off, V scale) const { Vec::store(y + off, Vec::mul(a.sum, scale)); }
     void store_empty(int64_t off) const { y[off] = T(0); }  // unreachable: padding <= kernel/2
   };
@@ -454,7 +450,7 @@ void nhwc_windows(const PoolGeom& g, const PoolArrays<typename Vec::T>& a, const
         const Walk w{origin, g.dh * g.W, g.dw, C, Vx::width, 0, rows, cols};
         typename Op::Acc acc[U];
         reduce_windows<Vx, Op, 1, U>(acc, x + c, w, Vx::set1_i(0));
-        const auto scale = Op::scale(a, oh, ow, false);
+        const auto scale = Op::scale(a, oh, ow);
         for (int k = 0; k < U; ++k) {
           const int64_t ck = c + k * Vx::width;
           if (!Op::inexact(acc[k])) op.store(acc[k], out + ck, scale);
