@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -101,33 +100,10 @@ struct AvgTables {
   }
 };
 
-// NCHW backward: grad_input is as big as the input, and nobody reads it soon. A task
-// computes its run of whole planes into a scratch buffer that stays in cache, then
-// streams it out with non-temporal stores, which do not read the destination lines
-// first (plain stores would: a third more memory traffic). Planes too big for a cache
-// are computed in place. compute(dst, p0, n) fills planes [p0, p0 + n) at dst.
-constexpr std::int64_t kStreamPlaneBytes = 512 << 10;
-
-template <typename T>
-bool streams(const PoolGeom& g) {
-  return g.H * g.W * std::int64_t(sizeof(T)) <= kStreamPlaneBytes;
-}
-
-template <typename T, class Compute>
-void run_plane_runs(const PoolGeom& g, const PoolKernels<T>& k, T* gx, Compute&& compute) {
-  const std::int64_t hw = g.H * g.W, planes = g.N * g.C, per = items_per_task(hw * std::int64_t(sizeof(T)));
-  parallel_for(ceil_div(planes, per), [&](std::int64_t task) {
-    const std::int64_t p0 = task * per, n = std::min(planes - p0, per);
-    if (!streams<T>(g)) return compute(gx + p0 * hw, p0, n);
-    std::unique_ptr<T[]> scratch(new T[n * hw]);
-    compute(scratch.get(), p0, n);
-    k.stream_copy(gx + p0 * hw, scratch.get(), n * hw);
-  });
-}
-
-// Max backward: grad_output scattered by index into zeroed planes (the scratch above in
-// NCHW; in NHWC an image's block of channels small enough to stay in cache between the
-// zeroing and the scatter). Tasks own their planes: no races. False if an index >= H*W.
+// Max backward: grad_output scattered by index into zeroed grad_input. A task owns a run
+// of whole planes (NCHW, about kTaskBytes) or one image's block of channels (NHWC), small
+// enough to stay in cache between the zeroing and the scatter: no races, one write to
+// memory. False if an index >= H*W.
 //
 // Overlapping windows often share their maximum, and an update that reloads what the
 // previous one is still storing makes the CPU replay it. So each output row goes in
@@ -153,10 +129,12 @@ bool scatter_planes(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* 
 
 template <typename T>
 bool scatter_nchw(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* gx) {
-  const std::int64_t ohw = g.OH * g.OW;
+  const std::int64_t hw = g.H * g.W, ohw = g.OH * g.OW, planes = g.N * g.C;
+  const std::int64_t per = items_per_task(hw * std::int64_t(sizeof(T)));
   std::atomic<bool> ok{true};
-  run_plane_runs(g, kernels_for<T>(g), gx, [&](T* dst, std::int64_t p0, std::int64_t n) {
-    if (!scatter_planes(g, gy + p0 * ohw, idx + p0 * ohw, dst, n)) ok = false;
+  parallel_for(ceil_div(planes, per), [&](std::int64_t task) {
+    const std::int64_t p0 = task * per, n = std::min(planes - p0, per);
+    if (!scatter_planes(g, gy + p0 * ohw, idx + p0 * ohw, gx + p0 * hw, n)) ok = false;
   });
   return ok;
 }
@@ -241,14 +219,7 @@ template <typename T>
 void avg_pool2d_backward(const PoolGeom& g, PoolLayout layout, const T* gy, T* gx) {
   const PoolKernels<T>& k = kernels_for<T>(g);
   const AvgTables<T> tables(g);
-  if (layout == PoolLayout::nchw && (g.is_global() || streams<T>(g))) {
-    const std::int64_t ohw = g.OH * g.OW, hw = g.H * g.W;
-    return run_plane_runs(g, k, gx, [&](T* dst, std::int64_t p0, std::int64_t n) {
-      if (g.is_global()) return k.global_avg_backward_nchw(g, tables.arrays(gy + p0, dst), {0, 0, n, 0, 0});
-      for (std::int64_t p = 0; p < n; ++p)
-        k.avg_backward_nchw(g, tables.arrays(gy + (p0 + p) * ohw, dst + p * hw), {0, 0, g.H, 0, 0});
-    });
-  }
+  if (g.is_global() && layout == PoolLayout::nchw) return run_planes(g, k.global_avg_backward_nchw, tables.arrays(gy, gx));
   run_windows(g, layout, layout == PoolLayout::nchw ? k.avg_backward_nchw : k.avg_backward_nhwc,
               tables.arrays(gy, gx), g.H, 1);
 }

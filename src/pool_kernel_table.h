@@ -32,10 +32,6 @@ struct PoolArrays {
 template <typename T>
 using PoolKernel = void (*)(const PoolGeom&, const PoolArrays<T>&, const PoolTask&);
 
-// Copies n values with non-temporal stores where the ISA has them (then fences).
-template <typename T>
-using StreamCopy = void (*)(T* dst, const T* src, std::int64_t n);
-
 template <typename T>
 struct PoolKernels {
   PoolKernel<T> max_nchw, max_nchw_idx, avg_nchw;      // windows, NCHW
@@ -43,7 +39,6 @@ struct PoolKernels {
   PoolKernel<T> global_max_nchw, global_max_nchw_idx;  // one window = one whole plane
   PoolKernel<T> global_avg_nchw, global_avg_backward_nchw;
   PoolKernel<T> avg_backward_nchw, avg_backward_nhwc;  // grad_output spread over windows
-  StreamCopy<T> stream_copy;                           // grad_input out of cache, see pool.cpp
 };
 
 extern const PoolKernels<float> f32_pool_kernels__scalar;

@@ -293,9 +293,8 @@ def test_thread_count_does_not_change_results():
 
 
 @pytest.mark.parametrize("isa", CPU_ISAS[-1:])
-def test_planes_too_big_for_the_cache(isa):
-    # Planes over 512 KB: the backward kernels write grad_input in place (no scratch and
-    # streaming stores), and the average one splits the plane into bands of rows.
+def test_large_planes(isa):
+    # Planes of 540 KB: a task per plane for the max backward, bands of rows for the rest.
     x = np.random.default_rng(8).integers(-3, 4, (1, 2, 300, 450)).astype(np.float32)
     with isa_cap(isa):
         y, idx = convkit.max_pool2d(x, 3, 2, 1, return_indices=True)

@@ -44,8 +44,6 @@ struct F32x8 {
     store(p, _mm256_blend_ps(lo, zero(), 0xaa));
     store(p + 8, _mm256_blend_ps(hi, zero(), 0xaa));
   }
-  static void stream(float* p, V v) { _mm256_stream_ps(p, v); }
-  static void fence() { _mm_sfence(); }
   static M gt(V v, V best) { return _mm256_cmp_ps(v, best, _CMP_GT_OQ); }
   static bool any_nan(V v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
   static M eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }

@@ -39,8 +39,6 @@ struct F32x16 {
     store(p, _mm512_maskz_permutexvar_ps(0x5555, lo, v));
     store(p + 16, _mm512_maskz_permutexvar_ps(0x5555, _mm512_add_epi32(lo, _mm512_set1_epi32(8)), v));
   }
-  static void stream(float* p, V v) { _mm512_stream_ps(p, v); }
-  static void fence() { _mm_sfence(); }
   static M gt(V v, V best) { return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ); }
   static bool any_nan(V v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
   static M eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }

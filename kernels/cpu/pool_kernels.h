@@ -16,8 +16,7 @@
 //   I set1_i(int64), add_i(I, I), mul_i(I, int64), iota_i(step) = lanes l*step;
 //   M lt_i(I, I), eq_i(I, I); I load_i(const R*), store_i(R*, I), load_strided_i<S>(const R*,
 //   I offsets) on int32 buffers (R); store_idx(int64*, I);
-//   store_spread2(T* p, V v): p[2l] = v[l], p[2l + 1] = 0 (2*width values);
-//   stream(T* p, V v): a non-temporal store to p aligned to the vector; fence().
+//   store_spread2(T* p, V v): p[2l] = v[l], p[2l + 1] = 0 (2*width values).
 // Scalar<T> below is the one-lane vector: the scalar kernels, the float64 path, and the
 // parts of the SIMD kernels narrower than a vector, computed by the very same code.
 //
@@ -74,8 +73,6 @@ struct Scalar {
     p[0] = v;
     p[1] = T(0);
   }
-  static void stream(T* p, V v) { *p = v; }
-  static void fence() {}
   template <typename R>
   static I load_i(const R* p) { return *p; }
   template <typename R>
@@ -628,18 +625,6 @@ void avg_backward_nhwc(const PoolGeom& g, const PoolArrays<typename Vec::T>& a, 
   }
 }
 
-// Non-temporal stores write whole lines without reading them first: for a large output
-// that nobody reads soon, a third less memory traffic than plain stores.
-template <class Vec>
-void stream_copy(typename Vec::T* dst, const typename Vec::T* src, int64_t n) {
-  constexpr uintptr_t bytes = sizeof(typename Vec::T) * Vec::width;
-  int64_t i = 0;
-  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % bytes; ++i) dst[i] = src[i];  // to alignment
-  for (; i + Vec::width <= n; i += Vec::width) Vec::stream(dst + i, Vec::load(src + i));
-  for (; i < n; ++i) dst[i] = src[i];
-  Vec::fence();  // the stores are weakly ordered: done before the task says it is
-}
-
 template <class Vec>
 constexpr PoolKernels<typename Vec::T> pool_kernel_table() {
   return {&nchw_windows_any_stride<Vec, true, false>,
@@ -653,8 +638,7 @@ constexpr PoolKernels<typename Vec::T> pool_kernel_table() {
           &global_avg_nchw<Vec>,
           &global_avg_backward_nchw<Vec>,
           &avg_backward_nchw<Vec>,
-          &avg_backward_nhwc<Vec>,
-          &stream_copy<Vec>};
+          &avg_backward_nhwc<Vec>};
 }
 
 }  // namespace
