@@ -1,6 +1,5 @@
 // Depthwise microkernels, portable C++: "vectors" of 8 floats as plain arrays, which the
 // compiler maps onto whatever SIMD the baseline target has (SSE2 on x86-64, NEON on arm64).
-#include "conv_planes.h"  // portable like this file: copy_strided
 #include "f32_dwconv_body.h"
 
 namespace convkit {
@@ -39,12 +38,6 @@ struct Scalar {
     float r = 0.0f;
     for (int l = 0; l < lanes; ++l) r += a.v[l];
     return r;
-  }
-  static void copy_strided(const float* in, std::int64_t step, std::int64_t n, float* out) {
-    convkit::copy_strided(in, step, n, out);
-  }
-  static void spread_strided(const float* in, std::int64_t step, std::int64_t n, float* out) {
-    for (std::int64_t i = 0; i < n; ++i) out[i * step] = in[i];
   }
 };
 

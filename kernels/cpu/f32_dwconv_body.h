@@ -5,8 +5,7 @@
 //   A::tile           output vectors per register tile of the forward kernel
 //   A::gw_taps        taps per pass of the grad-weight kernel (one accumulator each)
 //   broadcast, load (unaligned), fma(a, b, c) = a*b + c, relu (NaN passes through),
-//   store(out, v, DwStore) (the kept lanes, compressed), sum (horizontal, fixed order),
-//   copy_strided, spread_strided (the DwKernels entries: strided row moves).
+//   store(out, v, DwStore) (the kept lanes, compressed), sum (horizontal, fixed order).
 //
 // Everything sits in an anonymous namespace: this header is compiled once per instruction
 // set, and no copy may leak into another file's code (or the linker could pick an AVX-512
@@ -87,7 +86,7 @@ void dwconv_grad_weight(const float* planes, const std::int64_t* off, std::int64
 
 template <class A>
 constexpr DwKernels dwconv_kernels() {
-  return DwKernels{A::lanes, &dwconv<A>, &dwconv_grad_weight<A>, &A::copy_strided, &A::spread_strided};
+  return DwKernels{A::lanes, &dwconv<A>, &dwconv_grad_weight<A>};
 }
 
 }  // namespace
