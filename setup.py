@@ -77,7 +77,7 @@ PACKAGE_DIRS = {name: d for name, d in PACKAGE_DIRS.items() if (ROOT / d / "__in
 setup(
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"convkit": ["py.typed", "*.pyi", "data/*.json"]},
+    package_data={"convkit": ["py.typed", "*.pyi", "data/*.json"], "convkit.bench": ["suite.json"]},
     ext_modules=[CMakeExtension("convkit._cpu"), *cy_exts],
     cmdclass={"build_ext": CMakeAwareBuildExt},
     zip_safe=False,

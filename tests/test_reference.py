@@ -468,6 +468,44 @@ def test_conv2d_backward_fd(C, K, H, W, k, s, p, d, g, rng):
     assert_fd(gb, loss, b)
 
 
+def test_conv2d_grad_input_and_weight_split(rng):
+    # stride 2: inputs of height 7 and 8 both give 3 output rows; row 7 of the 8-row input
+    # is never read, so its gradient is zero
+    w = rng.standard_normal((4, 1, 3, 3))
+    go = rng.standard_normal((2, 4, 3, 3))
+    g8 = ref.conv2d_grad_input(go, w, (8, 7), 2, 0, 1, 2)
+    g7 = ref.conv2d_grad_input(go, w, (7, 7), 2, 0, 1, 2)
+    assert g8.shape == (2, 2, 8, 7) and g7.shape == (2, 2, 7, 7)
+    np.testing.assert_array_equal(g8[:, :, 7], 0.0)
+    np.testing.assert_allclose(g8[:, :, :7], g7, rtol=1e-12, atol=1e-12)
+    x = rng.standard_normal((2, 2, 8, 7))
+    gx, gw, gb = ref.conv2d_backward(go, x, w, 2, 0, 1, 2)
+    np.testing.assert_allclose(gx, g8, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ref.conv2d_grad_weight(go, x, (3, 3), 2, 0, 1, 2), gw, rtol=1e-12, atol=1e-12)
+    loss = lambda: np.vdot(ref.conv2d(x, w, None, 2, 0, 1, 2), go)
+    assert_fd(ref.conv2d_grad_weight(go, x, (3, 3), 2, 0, 1, 2), loss, w)
+    with pytest.raises(ValueError):
+        ref.conv2d_grad_input(go, w, (9, 7), 2, 0, 1, 2)  # 9 rows give 4 output rows, not 3
+
+
+def test_max_pool_backward_from_indices():
+    # overlapping windows that share one argmax accumulate; index -1 contributes nothing
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 1, 1] = 9.0
+    y, idx = ref.max_pool2d(x, 2, 1, return_indices=True)
+    np.testing.assert_array_equal(idx[0, 0], [[4, 4], [4, 4]])
+    go = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    gx = ref.max_pool2d_backward_from_indices(go, idx, x.shape)
+    expected = np.zeros((3, 3))
+    expected[1, 1] = 10.0
+    np.testing.assert_array_equal(gx[0, 0], expected)
+    idx2 = np.array([[[[0, -1], [8, 0]]]])
+    gx = ref.max_pool2d_backward_from_indices(go, idx2, x.shape)
+    np.testing.assert_array_equal(gx[0, 0], [[5, 0, 0], [0, 0, 0], [0, 0, 3]])
+    with pytest.raises(ValueError):
+        ref.max_pool2d_backward_from_indices(go, np.full((1, 1, 2, 2), 9), x.shape)  # 9 >= H*W
+
+
 @pytest.mark.parametrize("C, Kg, H, W, k, s, p, op, g, d", [
     (2, 3, 3, 4, (3, 3), 1, 0, 0, 1, 1),
     (2, 2, 3, 3, (3, 3), 2, 1, 1, 1, 1),

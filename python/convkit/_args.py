@@ -66,6 +66,8 @@ def shape_of(a) -> str:
 
 def pair(value, name: str, *, minimum: int) -> tuple:
     """An int or a pair of ints, each >= minimum."""
+    if type(value) is int and value >= minimum:  # the common case, without the ABC checks below
+        return (value, value)
     if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
@@ -92,6 +94,8 @@ def as_array(x, name: str) -> np.ndarray:
             arr = np.asarray(memoryview(x))
         except TypeError:
             raise TypeError(f"{name} must be an array (NumPy array, buffer or DLPack), got {type(x).__name__}") from None
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # e.g. big-endian data read from a file
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {arr.dtype} with shape {shape_of(arr)}")
     return arr
@@ -110,10 +114,10 @@ def require_ndim(arr, name: str, ndim: int, what: str) -> None:
 
 def same_dtype(named: dict) -> np.dtype:
     """All given arrays share one float dtype; returns it."""
-    dtypes = {n: a.dtype for n, a in named.items() if a is not None}
-    first = next(iter(dtypes.values()))
-    if any(d != first for d in dtypes.values()):
-        desc = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+    arrays = {n: a for n, a in named.items() if a is not None}
+    first = next(iter(arrays.values())).dtype
+    if any(a.dtype != first for a in arrays.values()):
+        desc = ", ".join(f"{n} {a.dtype} {shape_of(a)}" for n, a in arrays.items())
         raise TypeError(f"dtypes must match: {desc}")
     return first
 
@@ -147,11 +151,34 @@ def resolve_conv_padding(padding, in_hw, kernel, stride, dilation) -> tuple:
     return (ph, ph, pw, pw)
 
 
+_geometry_cache: dict = {}  # memo of conv_geometry for plain-int arguments, see there
+
+
 def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, *, x_name="input", w_name="weight") -> ConvGeom:
-    """Checks conv2d's shapes and parameters; x_shape is NCHW, w_shape (K, C/groups, kh, kw)."""
+    """Checks conv2d's shapes and parameters; x_shape is NCHW, w_shape (K, C/groups, kh, kw).
+
+    Calls with int stride, dilation and groups and an int or string padding (the common
+    case) are memoised: the checks cost more than a tiny layer's kernel, and a repeated
+    call passed them already. Anything else (tuples, NumPy ints, bools) is checked anew.
+    """
+    key = None
+    if type(stride) is int and type(dilation) is int and type(groups) is int and type(padding) in (int, str):
+        key = (tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
+        geom = _geometry_cache.get(key)
+        if geom is not None:
+            return geom
+    geom = _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, x_name, w_name)
+    if key is not None:
+        if len(_geometry_cache) >= 1024:
+            _geometry_cache.clear()
+        _geometry_cache[key] = geom
+    return geom
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, x_name, w_name) -> ConvGeom:
     N, C, H, W = (int(s) for s in x_shape)
     K, Cg, kh, kw = (int(s) for s in w_shape)
-    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, bool):
+    if type(groups) is not int and (not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, bool)):
         raise TypeError(f"groups must be an int, got {groups!r}")
     groups = int(groups)
     if groups <= 0:
@@ -247,9 +274,3 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, *,
                          f"NCHW shape {tuple(x_shape)}, padding {pad}, output would be {OH}x{OW}")
     return PoolGeom(N, C, H, W, kernel[0], kernel[1], stride, pad, dilation, bool(ceil_mode), OH, OW,
                     bool(count_include_pad), divisor_override)
-
-
-def check_device_name(device) -> str:
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return device

@@ -1,20 +1,27 @@
-"""algo="direct" on the CPU: the C++ kernels of convkit._cpu (see src/)."""
+"""algo="direct" on the CPU: the C++ kernels of convkit._cpu (see src/conv_direct.cpp).
+
+The direct engine reads and writes NCHW and NHWC natively (its packing and output
+stores take strides), so both layouts are declared and the API never transposes.
+"""
 from . import _cpu
 from ._registry import register
 
+_LAYOUTS = ("NCHW", "NHWC")
 
-@register("conv2d_forward", "direct")
+
+@register("conv2d_forward", "direct", layouts=_LAYOUTS)
 def conv2d_forward(x, w, bias, geom, activation, layout):
     return _cpu.conv2d_forward(x, w, bias, geom.stride, geom.padding, geom.dilation, geom.groups,
-                               activation == "relu")
+                               activation == "relu", layout)
 
 
-@register("conv2d_grad_input", "direct")
+@register("conv2d_grad_input", "direct", layouts=_LAYOUTS)
 def conv2d_grad_input(grad_y, w, geom, layout):
-    return _cpu.conv2d_grad_input(grad_y, w, (geom.H, geom.W), geom.stride, geom.padding, geom.dilation, geom.groups)
+    return _cpu.conv2d_grad_input(grad_y, w, (geom.H, geom.W), geom.stride, geom.padding, geom.dilation, geom.groups,
+                                  layout)
 
 
-@register("conv2d_grad_weight", "direct")
+@register("conv2d_grad_weight", "direct", layouts=_LAYOUTS)
 def conv2d_grad_weight(grad_y, x, geom, layout):
     return _cpu.conv2d_grad_weight(grad_y, x, (geom.kh, geom.kw), geom.stride, geom.padding, geom.dilation,
-                                   geom.groups)
+                                   geom.groups, layout)

@@ -56,6 +56,9 @@ class Impl:
 _table: dict = {}
 _missing: dict = {}  # device -> {module: reason it is unavailable}
 _loaded: set = set()
+# Per-call lookups are memoised (a tiny layer's whole call is a few microseconds):
+_ready: set = set()         # devices check_device has accepted (the table only grows)
+_algos_cache: dict = {}     # (primitive, device) -> algos(), cleared by register()
 
 
 def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",)):
@@ -65,6 +68,7 @@ def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",)):
 
     def add(fn):
         _table[(primitive, algo, device)] = Impl(primitive, algo, device, fn, tuple(layouts))
+        _algos_cache.clear()
         return fn
 
     return add
@@ -88,19 +92,29 @@ def unavailable(device: str) -> dict:
 
 
 def check_device(device) -> str:
+    """A device that has kernels. A bad name is a ValueError; a device this machine or build
+    cannot run (no Numba) a RuntimeError, like convkit.cuda's when there is no GPU; both
+    list the valid devices."""
+    if device in _ready:
+        return device
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     load(device)
     if not any(d == device for (_, _, d) in _table):
         reasons = "; ".join(f"{m}: {r}" for m, r in _missing.get(device, {}).items()) or "no kernels registered"
-        raise RuntimeError(f"device={device!r} is not available: {reasons}")
+        usable = [d for d in DEVICES if d != device and implementations(d)]
+        raise RuntimeError(f"device={device!r} is not available ({reasons}); valid: {usable}")
+    _ready.add(device)
     return device
 
 
 def algos(primitive: str, device: str = "cpu") -> list:
     """Algorithms registered for a primitive on a device, in registration order."""
     load(device)
-    return [a for (p, a, d) in _table if p == primitive and d == device]
+    key = (primitive, device)
+    if key not in _algos_cache:
+        _algos_cache[key] = [a for (p, a, d) in _table if p == primitive and d == device]
+    return list(_algos_cache[key])
 
 
 def implementations(device: str | None = None) -> list:

@@ -37,6 +37,8 @@ __all__ = [
     "pool2d_output_size",
     "conv2d",
     "conv2d_backward",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
     "conv_transpose2d",
     "conv_transpose2d_backward",
     "depthwise_conv2d",
@@ -45,6 +47,7 @@ __all__ = [
     "separable_conv2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "max_pool2d_backward_from_indices",
     "avg_pool2d",
     "avg_pool2d_backward",
     "global_avg_pool2d",
@@ -206,17 +209,17 @@ def _tap(i, s, d, n):
 # conv2d
 # ---------------------------------------------------------------------------
 
-def _conv_setup(x, w, stride, padding, dilation, groups):
-    """Shared shape checks of conv2d and its backward; returns the parsed geometry."""
-    N, C, H, W = x.shape
-    K, Cg, kh, kw = w.shape
+def _conv_setup(x_shape, w_shape, stride, padding, dilation, groups):
+    """Shared shape checks of conv2d and its gradients; returns the parsed geometry."""
+    N, C, H, W = x_shape
+    K, Cg, kh, kw = w_shape
     if not _is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     if C != Cg * groups:
-        raise ValueError(f"input has {C} channels but weight {w.shape} with groups={groups} "
+        raise ValueError(f"input has {C} channels but weight {w_shape} with groups={groups} "
                          f"expects {Cg * groups}")
     if K % groups:
-        raise ValueError(f"out channels {K} (weight {w.shape}) not divisible by groups={groups}")
+        raise ValueError(f"out channels {K} (weight {w_shape}) not divisible by groups={groups}")
     s = _pair(stride, "stride")
     d = _pair(dilation, "dilation")
     pads = resolve_padding(padding, (H, W), (kh, kw), s, d)
@@ -228,7 +231,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation (no kernel flip), NCHW: x (N,C,H,W), w (K,C/groups,kh,kw) -> (N,K,OH,OW)."""
     x = _as4d(x, "input")
     w = _as4d(w, "weight")
-    (sh, sw), (dh, dw), (pt, pb, pl, pr), oh, ow = _conv_setup(x, w, stride, padding, dilation, groups)
+    (sh, sw), (dh, dw), (pt, pb, pl, pr), oh, ow = _conv_setup(x.shape, w.shape, stride, padding,
+                                                                dilation, groups)
     N, C, H, W = x.shape
     K, Cg, kh, kw = w.shape
     G, Kg = groups, K // groups
@@ -246,33 +250,67 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return y
 
 
+def conv2d_grad_input(grad_out, w, input_hw, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv2d w.r.t. its input of spatial size ``input_hw = (H, W)`` (needed: with
+    stride > 1 several input sizes give the same output size)."""
+    w = _as4d(w, "weight")
+    go = _as4d(grad_out, "grad_out")
+    H, W = (int(v) for v in input_hw)
+    N = go.shape[0]
+    K, Cg, kh, kw = w.shape
+    C = Cg * groups
+    (sh, sw), (dh, dw), (pt, pb, pl, pr), oh, ow = _conv_setup((N, C, H, W), w.shape, stride, padding,
+                                                                dilation, groups)
+    if go.shape != (N, K, oh, ow):
+        raise ValueError(f"grad_out has shape {go.shape}, expected {(N, K, oh, ow)}")
+    G, Kg = groups, K // groups
+    Hp, Wp = H + pt + pb, W + pl + pr
+    wg = w.reshape(G, Kg, Cg, kh, kw)
+    gog = go.reshape(N, G, Kg, oh * ow)
+    gxp = np.zeros((N, G, Cg, Hp, Wp))
+    for i in range(kh):
+        for j in range(kw):
+            # gx[n,g,c,tap positions] += sum_k w[g,k,c,i,j] * go[n,g,k,p]
+            contrib = wg[:, :, :, i, j].swapaxes(-1, -2) @ gog
+            gxp[:, :, :, _tap(i, sh, dh, oh), _tap(j, sw, dw, ow)] += contrib.reshape(N, G, Cg, oh, ow)
+    return np.ascontiguousarray(gxp.reshape(N, C, Hp, Wp)[:, :, pt:pt + H, pl:pl + W])
+
+
+def conv2d_grad_weight(grad_out, x, kernel_hw, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv2d w.r.t. its weight of spatial size ``kernel_hw = (kh, kw)``."""
+    x = _as4d(x, "input")
+    go = _as4d(grad_out, "grad_out")
+    kh, kw = _pair(kernel_hw, "kernel_hw")
+    N, C, H, W = x.shape
+    K = go.shape[1]
+    if not _is_int(groups) or groups < 1 or C % groups:
+        raise ValueError(f"input channels {C} not divisible by groups={groups!r}")
+    Cg = C // groups
+    (sh, sw), (dh, dw), (pt, pb, pl, pr), oh, ow = _conv_setup(x.shape, (K, Cg, kh, kw), stride, padding,
+                                                                dilation, groups)
+    if go.shape != (N, K, oh, ow):
+        raise ValueError(f"grad_out has shape {go.shape}, expected {(N, K, oh, ow)}")
+    G, Kg = groups, K // groups
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))).reshape(N, G, Cg, H + pt + pb, W + pl + pr)
+    gog = go.reshape(N, G, Kg, oh * ow)
+    gw = np.zeros((G, Kg, Cg, kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, :, _tap(i, sh, dh, oh), _tap(j, sw, dw, ow)].reshape(N, G, Cg, oh * ow)
+            # gw[g,k,c,i,j] = sum_{n,p} go[n,g,k,p] * patch[n,g,c,p]
+            gw[:, :, :, i, j] = (gog @ patch.swapaxes(-1, -2)).sum(axis=0)
+    return gw.reshape(K, Cg, kh, kw)
+
+
 def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1):
     """Gradients of conv2d: returns ``(grad_x, grad_w, grad_b)``."""
     x = _as4d(x, "input")
     w = _as4d(w, "weight")
     go = _as4d(grad_out, "grad_out")
-    (sh, sw), (dh, dw), (pt, pb, pl, pr), oh, ow = _conv_setup(x, w, stride, padding, dilation, groups)
-    N, C, H, W = x.shape
-    K, Cg, kh, kw = w.shape
-    if go.shape != (N, K, oh, ow):
-        raise ValueError(f"grad_out has shape {go.shape}, expected {(N, K, oh, ow)}")
-    G, Kg = groups, K // groups
-    Hp, Wp = H + pt + pb, W + pl + pr
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))).reshape(N, G, Cg, Hp, Wp)
-    wg = w.reshape(G, Kg, Cg, kh, kw)
-    gog = go.reshape(N, G, Kg, oh * ow)
-    gxp = np.zeros((N, G, Cg, Hp, Wp))
-    gw = np.zeros((G, Kg, Cg, kh, kw))
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols = _tap(i, sh, dh, oh), _tap(j, sw, dw, ow)
-            patch = xp[:, :, :, rows, cols].reshape(N, G, Cg, oh * ow)
-            # gw[g,k,c,i,j] = sum_{n,p} go[n,g,k,p] * patch[n,g,c,p]
-            gw[:, :, :, i, j] = (gog @ patch.swapaxes(-1, -2)).sum(axis=0)
-            # gx[n,g,c,tap positions] += sum_k w[g,k,c,i,j] * go[n,g,k,p]
-            gxp[:, :, :, rows, cols] += (wg[:, :, :, i, j].swapaxes(-1, -2) @ gog).reshape(N, G, Cg, oh, ow)
-    gx = gxp.reshape(N, C, Hp, Wp)[:, :, pt:pt + H, pl:pl + W]
-    return np.ascontiguousarray(gx), gw.reshape(K, Cg, kh, kw), go.sum(axis=(0, 2, 3))
+    _conv_setup(x.shape, w.shape, stride, padding, dilation, groups)  # channel / group checks
+    gx = conv2d_grad_input(go, w, x.shape[2:], stride, padding, dilation, groups)
+    gw = conv2d_grad_weight(go, x, w.shape[2:], stride, padding, dilation, groups)
+    return gx, gw, go.sum(axis=(0, 2, 3))
 
 
 # ---------------------------------------------------------------------------
@@ -477,9 +515,31 @@ def _scatter_to_indices(grad_out, idx, x_shape):
     return gx.reshape(N, C, H, W)
 
 
+def max_pool2d_backward_from_indices(grad_out, indices, x_shape):
+    """Gradient of max_pool2d from its indices: grad_out scatter-added into an ``x_shape`` zero array.
+
+    An index of -1 (a window that holds no input element) contributes nothing.
+    """
+    x_shape = tuple(int(v) for v in x_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"x_shape must be (N, C, H, W), got {x_shape}")
+    N, C, H, W = x_shape
+    go = _as4d(grad_out, "grad_out")
+    idx = np.asarray(indices)
+    if idx.shape != go.shape or go.shape[:2] != (N, C):
+        raise ValueError(f"grad_out {go.shape} and indices {idx.shape} must have the same shape (N={N}, C={C}, ...)")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.max() >= H * W or idx.min() < -1):
+        raise ValueError(f"indices must lie in [-1, H*W) = [-1, {H * W})")
+    return _scatter_to_indices(go, idx, x_shape)
+
+
 def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                         indices=None):
-    """Gradient of max_pool2d: grad_out scatter-added to the argmax positions."""
+    """Gradient of max_pool2d: grad_out scatter-added to the argmax positions
+    (recomputed from x when indices is None)."""
     x = _as4d(x, "input")
     go = _as4d(grad_out, "grad_out")
     k, s, p, d, oh, ow = _pool_setup(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -487,14 +547,8 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
     if go.shape != (N, C, oh, ow):
         raise ValueError(f"grad_out has shape {go.shape}, expected {(N, C, oh, ow)}")
     if indices is None:
-        _, idx = _max_pool_forward(x, k, s, p, d, oh, ow)
-    else:
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.shape != go.shape:
-            raise ValueError(f"indices has shape {idx.shape}, expected {go.shape}")
-        if idx.size and idx.max() >= H * W:
-            raise ValueError(f"indices must be < H*W = {H * W}")
-    return _scatter_to_indices(go, idx, x.shape)
+        _, indices = _max_pool_forward(x, k, s, p, d, oh, ow)
+    return max_pool2d_backward_from_indices(go, indices, x.shape)
 
 
 def _avg_divisors(size, k, s, p, out, count_include_pad):

@@ -1,0 +1,182 @@
+"""The direct engine against torch.nn.functional, side by side, on every conv2d and
+conv_transpose2d layer of the layer suite: forward and backward (grad-input +
+grad-weight), float32, the same thread count for both.
+
+Method (DESIGN.md, "how to measure"): one process, alternating blocks of back-to-back
+calls (convkit, torch, convkit, torch, ...); the first call of each block wakes that
+library's threads and is discarded; a block's time is the median of its other calls;
+the result is the median over >= 7 blocks. The machine's peak is a large float32
+matrix product through NumPy's BLAS in the same run; run the script with
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they slow a current OpenBLAS down):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/conv_vs_torch.py
+
+Dense layers are also timed with 1 thread against 2 (convkit's scaling). Targets
+(issue 3): every layer >= 1.0x torch; depthwise, dilated, transposed and few-channel
+layers >= 2x; dense 3x3 forward >= 80% of peak; 2 threads vs 1 >= 1.8x on dense layers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import convkit
+
+SUITES = (Path(__file__).with_name("suite.json"), Path("/work/shared/bench/suite.json"))
+
+
+def load_layers(path, names):
+    path = Path(path) if path else next(p for p in SUITES if p.exists())
+    layers = [L for L in json.loads(path.read_text())["layers"] if L["op"] in ("conv2d", "conv_transpose2d")]
+    return [L for L in layers if not names or L["name"] in names]
+
+
+def category(L):
+    """What the issue's target for the layer is, by kind."""
+    k = L["kernel"]
+    if L["op"] == "conv_transpose2d":
+        return "transposed"
+    if L.get("groups", 1) == L["C"] and L["C"] > 1:
+        return "depthwise"
+    if L.get("dilation", 1) != 1:
+        return "dilated"
+    if L["C"] <= 3:
+        return "few-channel"
+    return "dense 3x3" if k == [3, 3] else "dense"
+
+
+def target(cat):
+    return 1.0 if cat.startswith("dense") else 2.0
+
+
+class Layer:
+    """One suite layer: inputs for both libraries, fwd/bwd callables, FLOPs."""
+
+    def __init__(self, L, rng):
+        self.name, self.cat = L["name"], category(L)
+        N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
+        kh, kw = L["kernel"]
+        s, p, d, g = L["stride"], L["padding"], L.get("dilation", 1), L.get("groups", 1)
+        p = tuple(p) if isinstance(p, list) else p
+        x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+        if L["op"] == "conv2d":
+            w = rng.standard_normal((K, C // g, kh, kw), dtype=np.float32)
+            y = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, s, p, d, g).numpy()
+            self.flops = 2.0 * y.size * (C // g) * kh * kw
+            fwd_ck = lambda: convkit.conv2d(x, w, None, s, p, d, g, algo="direct")  # noqa: E731
+            bwd_ck = lambda: convkit.conv2d_backward(gy, x, w, s, p, d, g, need_bias=False, algo="direct")  # noqa
+            fwd_t = lambda: F.conv2d(xt, wt, None, s, p, d, g)  # noqa: E731
+            transposed, op = False, (0, 0)
+        else:
+            op = L.get("output_padding", 0)
+            w = rng.standard_normal((C, K // g, kh, kw), dtype=np.float32)
+            y = F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), None, s, p, op, g, d).numpy()
+            self.flops = 2.0 * x.size * (K // g) * kh * kw
+            fwd_ck = lambda: convkit.conv_transpose2d(x, w, None, s, p, op, g, d, algo="direct")  # noqa: E731
+            bwd_ck = lambda: convkit.conv_transpose2d_backward(gy, x, w, s, p, op, g, d, need_bias=False,  # noqa
+                                                                algo="direct")
+            fwd_t = lambda: F.conv_transpose2d(xt, wt, None, s, p, op, g, d)  # noqa: E731
+            transposed, op = True, (op, op) if isinstance(op, int) else op
+        gy = rng.standard_normal(y.shape, dtype=np.float32)
+        xt, wt, gyt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(gy)
+        pair = lambda v: list(v) if isinstance(v, (list, tuple)) else [v, v]  # noqa: E731
+        # aten's backward directly: grad-input and grad-weight, no autograd bookkeeping.
+        bwd_t = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
+            gyt, xt, wt, None, pair(s), pair(p), pair(d), transposed, list(op), g, [True, True, False])
+        self.fns = {"fwd": (fwd_ck, fwd_t), "bwd": (bwd_ck, bwd_t)}
+
+
+def block_time(fn, calls):
+    """Median seconds per call of `calls` back-to-back calls, the first discarded."""
+    times = []
+    for _ in range(calls + 1):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def interleaved(fns, blocks, budget=0.04):
+    """Median over blocks of each fn's per-call time, blocks alternating between fns.
+
+    A `fn` may be a (setup, fn) pair: setup runs before each of its blocks, untimed.
+    """
+    fns = [f if isinstance(f, tuple) else (None, f) for f in fns]
+    calls = []
+    for setup, fn in fns:  # calibrate: enough calls for ~budget seconds per block
+        if setup:
+            setup()
+        fn()
+        t = block_time(fn, 2)
+        calls.append(max(3, min(50, int(budget / max(t, 1e-6)))))
+    per = [[] for _ in fns]
+    for _ in range(blocks):
+        for i, (setup, fn) in enumerate(fns):
+            if setup:
+                setup()
+            per[i].append(block_time(fn, calls[i]))
+    return [statistics.median(p) for p in per]
+
+
+def machine_peak(threads):
+    """GFLOP/s of a large float32 matmul through NumPy's BLAS (best of 5)."""
+    n = 4096
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    best = min(block_time(lambda: a @ b, 1) for _ in range(5))
+    return 2.0 * n**3 / best / 1e9
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=7)
+    ap.add_argument("--layers", default="", help="comma-separated layer names (default: all conv layers)")
+    ap.add_argument("--suite", default="", help="suite.json (default: bench/suite.json or /work/shared/bench)")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-N-thread runs")
+    ap.add_argument("--out", default="", help="also write the Markdown table here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    convkit.set_num_threads(args.threads)
+    peak = machine_peak(args.threads)
+    rng = np.random.default_rng(0)
+    layers = [Layer(L, rng) for L in load_layers(args.suite, set(filter(None, args.layers.split(","))))]
+
+    lines = [f"peak (float32 matmul, {args.threads} threads): {peak:.0f} GFLOP/s; isa {convkit.get_isa()}; "
+             f"torch {torch.__version__}; blocks {args.blocks}", "",
+             "| layer | kind | dir | convkit GFLOP/s | torch GFLOP/s | ratio | target | % peak | 1->N threads |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for layer in layers:
+        for d in ("fwd", "bwd"):
+            ck, tt = layer.fns[d]
+            t_ck, t_t = interleaved([ck, tt], args.blocks)
+            flops = layer.flops * (2 if d == "bwd" else 1)
+            g_ck, g_t = flops / t_ck / 1e9, flops / t_t / 1e9
+            scaling = ""
+            if layer.cat.startswith("dense") and not args.no_scaling and args.threads > 1:
+                t1, tn = interleaved([(lambda: convkit.set_num_threads(1), ck),
+                                      (lambda: convkit.set_num_threads(args.threads), ck)], args.blocks)
+                convkit.set_num_threads(args.threads)
+                scaling = f"{t1 / tn:.2f}x"
+            tgt = target(layer.cat)
+            mark = "" if g_ck / g_t >= tgt else " (miss)"
+            row = (f"| {layer.name} | {layer.cat} | {d} | {g_ck:.0f} | {g_t:.0f} | {g_ck / g_t:.2f}{mark} | "
+                   f"{tgt:.0f}x | {100 * g_ck / peak:.0f}% | {scaling} |")
+            lines.append(row)
+            print(row, flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

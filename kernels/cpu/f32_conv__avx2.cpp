@@ -1,0 +1,26 @@
+// AVX2 + FMA float32 direct-convolution kernels (16 ymm registers), with their measured
+// efficiency (fraction of one core's FMA peak, large 3x3 layer) for the tile choice.
+// 4x24 and 6x16 reach 90%; 1x64 (one load per FMA, 50%) serves single-channel outputs.
+#include "conv_tiles.h"
+#include "vec_avx2.h"
+
+namespace convkit {
+
+const ConvKernels<float>& conv_kernels_f32_avx2() {
+  using VT = VecAvx2F32;
+  static const ConvKernels<float> kernels{
+      {
+          {&conv_direct_tile<VT, 4, 3>, 4, 24, 0.90f, "f32_conv_direct_4x24__avx2"},
+          {&conv_direct_tile<VT, 6, 2>, 6, 16, 0.88f, "f32_conv_direct_6x16__avx2"},
+          {&conv_direct_tile<VT, 1, 8>, 1, 64, 0.50f, "f32_conv_direct_1x64__avx2"},
+      },
+      {
+          {&conv_gw_tile<VT, 4, 3>, 4, 24, 0.85f, "f32_conv_gw_4x24__avx2"},
+          {&conv_gw_tile<VT, 6, 2>, 6, 16, 0.85f, "f32_conv_gw_6x16__avx2"},
+          {&conv_gw_tile<VT, 12, 1>, 12, 8, 0.45f, "f32_conv_gw_12x8__avx2"},
+      },
+  };
+  return kernels;
+}
+
+}  // namespace convkit

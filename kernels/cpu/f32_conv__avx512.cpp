@@ -1,0 +1,37 @@
+// AVX-512 float32 direct-convolution kernels: the tile shapes of conv_tiles.h offered on
+// AVX-512 machines (32 zmm registers), with their measured efficiency (fraction of one
+// core's FMA peak on a large 3x3 layer, Zen 5) for the operators' tile choice.
+//
+// Direct R x P: 8x48 and 4x96 reach 92% (V + R = 11 / 10 loads per 24 FMAs); wider-R
+// shapes suit many channels on small images, narrow-R ones few output channels (they
+// are load-bound: 1x256 does one unaligned load per FMA, 37%, still the best for K = 1).
+// Grad-weight R x KB: 6 entries x 64 channels and 12 x 32 reach 88%; 12 x 16 serves
+// layers with at most 16 output channels.
+#include "conv_tiles.h"
+#include "vec_avx512.h"
+
+namespace convkit {
+
+const ConvKernels<float>& conv_kernels_f32_avx512() {
+  using VT = VecAvx512F32;
+  static const ConvKernels<float> kernels{
+      {
+          {&conv_direct_tile<VT, 8, 3>, 8, 48, 0.92f, "f32_conv_direct_8x48__avx512"},
+          {&conv_direct_tile<VT, 4, 6>, 4, 96, 0.90f, "f32_conv_direct_4x96__avx512"},
+          {&conv_direct_tile<VT, 6, 4>, 6, 64, 0.89f, "f32_conv_direct_6x64__avx512"},
+          {&conv_direct_tile<VT, 5, 5>, 5, 80, 0.89f, "f32_conv_direct_5x80__avx512"},
+          {&conv_direct_tile<VT, 12, 2>, 12, 32, 0.81f, "f32_conv_direct_12x32__avx512"},
+          {&conv_direct_tile<VT, 3, 8>, 3, 128, 0.66f, "f32_conv_direct_3x128__avx512"},
+          {&conv_direct_tile<VT, 2, 12>, 2, 192, 0.48f, "f32_conv_direct_2x192__avx512"},
+          {&conv_direct_tile<VT, 1, 16>, 1, 256, 0.37f, "f32_conv_direct_1x256__avx512"},
+      },
+      {
+          {&conv_gw_tile<VT, 6, 4>, 6, 64, 0.88f, "f32_conv_gw_6x64__avx512"},
+          {&conv_gw_tile<VT, 12, 2>, 12, 32, 0.88f, "f32_conv_gw_12x32__avx512"},
+          {&conv_gw_tile<VT, 12, 1>, 12, 16, 0.45f, "f32_conv_gw_12x16__avx512"},
+      },
+  };
+  return kernels;
+}
+
+}  // namespace convkit

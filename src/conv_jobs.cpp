@@ -1,0 +1,65 @@
+#include "conv_jobs.h"
+
+#include <algorithm>
+
+#include "thread_pool.h"
+
+namespace convkit {
+namespace {
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+template <typename T>
+void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>>& jobs, bool relu) {
+  const std::int64_t R = kern.R, P = kern.P;
+  // Units are (pixel tile, chunk of channel blocks), tile-major, numbered across jobs.
+  std::vector<std::int64_t> first_tile(jobs.size() + 1, 0);
+  std::int64_t nkb = 1;
+  double flops = 0;
+  for (std::size_t j = 0; j < jobs.size(); ++j) {
+    const std::int64_t tiles = ceil_div(jobs[j].npix, P), blocks = ceil_div(jobs[j].nk, R);
+    first_tile[j + 1] = first_tile[j] + tiles;
+    nkb = std::max(nkb, blocks);
+    flops += 2.0 * double(jobs[j].n) * double(R * P) * double(tiles * blocks);
+  }
+  const std::int64_t tiles = first_tile.back();
+  if (tiles == 0) return;
+  // As many tasks as keep every thread busy, none so small that handing it out costs
+  // more than running it (tiny layers run in the caller, no thread wakes). Channel
+  // blocks are split only when there are too few pixel tiles (batch 1, small images).
+  const std::int64_t max_tasks = std::max<std::int64_t>(1, static_cast<std::int64_t>(flops / kMinTaskFlops));
+  const std::int64_t want = std::min<std::int64_t>(max_tasks, 8 * get_num_threads());
+  const std::int64_t nkc = std::clamp<std::int64_t>(ceil_div(want, tiles), 1, nkb);
+  const std::int64_t kb_per_chunk = ceil_div(nkb, nkc);
+  const std::int64_t units = tiles * nkc;
+  const std::int64_t per_task = ceil_div(units, std::min(units, max_tasks));
+  parallel_for(ceil_div(units, per_task), [&](std::int64_t task) {
+    const std::int64_t u1 = std::min(units, (task + 1) * per_task);
+    std::size_t j = 0;
+    for (std::int64_t u = task * per_task; u < u1; ++u) {
+      const std::int64_t t = u / nkc, chunk = u % nkc;
+      while (t >= first_tile[j + 1]) ++j;
+      const DirectJob<T>& job = jobs[j];
+      const std::int64_t p0 = (t - first_tile[j]) * P;
+      const std::int64_t kb1 = std::min(ceil_div(job.nk, R), (chunk + 1) * kb_per_chunk);
+      for (std::int64_t kb = chunk * kb_per_chunk; kb < kb1; ++kb) {
+        OutMap<T> out = job.out;
+        out.base += kb * R * out.k_stride;
+        const DirectTile<T> tile{job.in + p0, job.ent, job.n, job.w + kb * R * job.w_ld, job.w_ld,
+                                 job.bias ? job.bias + kb * R : nullptr, relu,
+                                 static_cast<int>(std::min(R, job.nk - kb * R)), p0, out};
+        kern.fn(tile);
+      }
+    }
+  });
+}
+
+#define CONVKIT_INSTANTIATE(T)                                                                             \
+  template void run_direct_jobs<T>(const DirectKernel<T>&, const std::vector<DirectJob<T>>&, bool);
+CONVKIT_INSTANTIATE(float)
+CONVKIT_INSTANTIATE(double)
+#undef CONVKIT_INSTANTIATE
+
+}  // namespace convkit

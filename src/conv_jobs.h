@@ -1,0 +1,57 @@
+// Scheduling of the direct kernels: a job is one flat-domain correlation (see
+// conv_planes.h) of all its output channels; it splits into pixel tiles x channel
+// blocks, and those into pool tasks.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "conv_tile.h"
+
+namespace convkit {
+
+template <typename T>
+struct DirectJob {
+  const T* in;               // input planes at flat pixel 0
+  const Entry* ent;          // reduction entries
+  std::int64_t n;            // number of entries
+  const T* w;                // weights of output channel 0 (see DirectTile)
+  std::int64_t w_ld;         // weight stride between output channels
+  const T* bias;             // nk values or nullptr
+  OutMap<T> out;             // at output channel 0
+  std::int64_t nk;           // output channels
+  std::int64_t npix;         // flat pixels
+};
+
+// Below this many FLOPs a task costs more to hand to another thread than to run.
+constexpr double kMinTaskFlops = 4e5;
+
+// The kernel of `ks` whose padded work (a rounded up to tile_a(kernel), b to
+// tile_b(kernel)), divided by its measured efficiency, is least; or the one named
+// `forced` (tests, see force_conv_kernels).
+template <typename Kernel, typename TileA, typename TileB>
+const Kernel& cheapest(const std::vector<Kernel>& ks, const std::string& forced, std::int64_t a, TileA tile_a,
+                       std::int64_t b, TileB tile_b) {
+  const Kernel* best = &ks.front();
+  double best_cost = 0;
+  for (const Kernel& k : ks) {
+    if (!forced.empty() && forced == k.name) return k;
+    const std::int64_t ta = tile_a(k), tb = tile_b(k);
+    const double cost = double((a + ta - 1) / ta * ta) * double((b + tb - 1) / tb * tb) / k.eff;
+    if (best_cost == 0 || cost < best_cost) best = &k, best_cost = cost;
+  }
+  return *best;
+}
+
+// The direct kernel for nk output channels x npix flat pixels.
+template <typename T>
+const DirectKernel<T>& choose_direct_kernel(const ConvKernels<T>& ks, std::int64_t nk, std::int64_t npix) {
+  return cheapest(ks.direct, forced_conv_kernel(false), nk, [](const auto& k) { return k.R; }, npix,
+                  [](const auto& k) { return k.P; });
+}
+
+// Runs every (job, pixel tile, channel block) on the pool. The split into tasks never
+// changes a result: each output element is computed by exactly one kernel call.
+template <typename T>
+void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>>& jobs, bool relu);
+
+}  // namespace convkit

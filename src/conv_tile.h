@@ -1,0 +1,104 @@
+// The contract between the direct-convolution operators (src/conv_direct.cpp) and the
+// microkernels (kernels/cpu/): what one kernel call computes, and the tables of kernels
+// each ISA offers. Operators fill these structs and never name an instruction set.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+
+namespace convkit {
+
+// Where a tile's results go. The kernels compute over a flat pixel domain of rows Wq
+// wide (see conv_planes.h); flat pixel p is (row, col) = (p / Wq, p % Wq), and it is
+// stored at base + k*k_stride + row*row_stride + col*col_stride if row < rows and
+// col < cols (the other flat pixels are scratch). NCHW, NHWC and grad-input's
+// stride-phase scatter are all such maps.
+template <typename T>
+struct OutMap {
+  T* base;  // output channel 0 of the tile's channel block, row 0, col 0
+  std::int64_t k_stride, row_stride, col_stride;
+  std::int64_t rows, cols, Wq;
+};
+
+// One reduction entry of a direct kernel: where it reads the input (relative to the
+// tile's first pixel) and the weights (relative to each output channel's row).
+struct Entry {
+  std::int64_t x, w;
+};
+
+// One call of a direct kernel `R x P` (R output channels, P flat pixels): for r < R,
+// i < P, acc[r][i] = bias[r] + sum over entries e < n of
+//   in[ent[e].x + i] * w[r*w_ld + ent[e].w],
+// then ReLU if asked, then stored through `out` for pixels p0 + i and channels r < kr.
+// Weights are read in place (any layout with a channel stride: no per-call repacking);
+// channels r >= kr read channel kr-1's row and are not stored. Input reads reach
+// in[ent[e].x + P - 1]: the planes' slack covers the last tile.
+template <typename T>
+struct DirectTile {
+  const T* in;               // input planes, shifted to the tile's first pixel
+  const Entry* ent;          // the reduction entries
+  std::int64_t n;            // number of reduction entries (0: the tile is bias or 0)
+  const T* w;                // weights of output channel 0 of the block
+  std::int64_t w_ld;         // weight stride between output channels
+  const T* bias;             // kr values or nullptr
+  bool relu;
+  int kr;                    // valid output channels of the block, 1..R
+  std::int64_t p0;           // the tile's first flat pixel
+  OutMap<T> out;
+};
+
+// One call of a grad-weight kernel `R x KB` (R reduction entries, KB output channels):
+// for r < R, k < KB, acc[r*KB + k] += sum over rows, cols of
+//   gy[(row*cols + col)*KB + k] * x[off[r] + row*x_row_stride + col].
+template <typename T>
+struct GwTile {
+  const T* gy;                // packed grad_output of the channel block, [rows*cols][KB]
+  const T* x;                 // input planes of one image, shifted to the first row
+  const std::int64_t* off;    // R entries' offsets into x
+  std::int64_t rows, cols, x_row_stride;
+  T* acc;                     // [R][KB] running sums, updated in place
+};
+
+template <typename T>
+struct DirectKernel {
+  void (*fn)(const DirectTile<T>&);
+  int R, P;
+  float eff;  // measured fraction of the FMA peak on a large layer (the tile choice's cost model)
+  const char* name;
+};
+
+template <typename T>
+struct GwKernel {
+  void (*fn)(const GwTile<T>&);
+  int R, KB;
+  float eff;
+  const char* name;
+};
+
+template <typename T>
+struct ConvKernels {
+  std::vector<DirectKernel<T>> direct;  // the tile shapes the operator may choose from
+  std::vector<GwKernel<T>> gw;
+};
+
+// The kernels of the active ISA (tables filled once per ISA, on first use).
+template <typename T>
+const ConvKernels<T>& conv_kernels();
+
+// For tests: operators use the kernels of these names, where the active table has them,
+// instead of the cost model's choice ("" restores the choice). Every tile shape's edges
+// can then be exercised, not only the shapes the cost model picks for small layers.
+void force_conv_kernels(const std::string& direct, const std::string& gw);
+std::string forced_conv_kernel(bool gw);
+
+// Per-ISA tables, defined in kernels/cpu/*conv__<isa>.cpp.
+const ConvKernels<float>& conv_kernels_f32_scalar();
+const ConvKernels<double>& conv_kernels_f64_scalar();
+#ifdef CONVKIT_X86
+const ConvKernels<float>& conv_kernels_f32_avx2();
+const ConvKernels<float>& conv_kernels_f32_avx512();
+#endif
+
+}  // namespace convkit

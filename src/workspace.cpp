@@ -1,0 +1,81 @@
+#include "workspace.h"
+
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <utility>
+#include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
+namespace convkit {
+namespace {
+
+constexpr std::size_t kHugePage = std::size_t(2) << 20;
+constexpr std::size_t kMaxCachedBlocks = 4;             // concurrent calls from Python threads
+constexpr std::size_t kMaxCachedBytes = std::size_t(1) << 30;  // larger blocks go back at once
+
+class BlockCache {
+ public:
+  // A block of at least `size` bytes: the smallest cached one that fits, or a new one.
+  std::pair<char*, std::size_t> acquire(std::size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      std::size_t best = free_.size();
+      for (std::size_t i = 0; i < free_.size(); ++i)
+        if (free_[i].second >= size && (best == free_.size() || free_[i].second < free_[best].second)) best = i;
+      if (best < free_.size()) {
+        auto block = free_[best];
+        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
+        return block;
+      }
+    }
+    const bool huge = size >= 2 * kHugePage;
+    const std::size_t align = huge ? kHugePage : 64, bytes = (size + align - 1) / align * align;
+    char* p = static_cast<char*>(std::aligned_alloc(align, bytes));
+    if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (huge) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return {p, bytes};
+  }
+
+  // Keeps the block for the next call; drops the smallest when too many are kept.
+  void release(char* p, std::size_t bytes) {
+    if (bytes > kMaxCachedBytes) return std::free(p);
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.emplace_back(p, bytes);
+    if (free_.size() > kMaxCachedBlocks) {
+      std::size_t smallest = 0;
+      for (std::size_t i = 1; i < free_.size(); ++i)
+        if (free_[i].second < free_[smallest].second) smallest = i;
+      std::free(free_[smallest].first);
+      free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(smallest));
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<char*, std::size_t>> free_;
+};
+
+BlockCache& cache() {
+  static BlockCache* c = new BlockCache();  // never destroyed: calls may run during static teardown
+  return *c;
+}
+
+}  // namespace
+
+void Workspace::allocate() {
+  auto block = cache().acquire(size_ ? size_ : 64);
+  data_ = block.first;
+  capacity_ = block.second;
+}
+
+Workspace::~Workspace() {
+  if (data_) cache().release(data_, capacity_);
+}
+
+}  // namespace convkit

@@ -1,0 +1,41 @@
+// One workspace per operator call, carved into 64-byte-aligned buffers (packed planes,
+// packed grad_output, partial sums). Nothing is allocated once the kernels run, and
+// nothing is zero-filled that the packing routines write anyway.
+//
+// The memory comes from a small cache of blocks kept between calls: a fresh block costs
+// a page fault per 4 KiB page on first touch (1-5 us each in a virtual machine: more
+// than packing the planes), so repeated calls of a layer reuse the same block. Large
+// blocks ask for transparent huge pages, which also spares the kernels TLB misses
+// when they read many channel planes at once.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace convkit {
+
+class Workspace {
+ public:
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  ~Workspace();
+
+  // Lays out a buffer of `count` U's; returns its handle (a byte offset).
+  template <typename U>
+  std::size_t add(std::int64_t count) {
+    const std::size_t at = size_;
+    size_ += (static_cast<std::size_t>(count) * sizeof(U) + 63) / 64 * 64;
+    return at;
+  }
+  void allocate();  // once, after every add()
+  template <typename U>
+  U* at(std::size_t handle) const {
+    return reinterpret_cast<U*>(data_ + handle);
+  }
+
+ private:
+  std::size_t size_ = 0, capacity_ = 0;
+  char* data_ = nullptr;
+};
+
+}  // namespace convkit
