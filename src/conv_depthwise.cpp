@@ -149,7 +149,7 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
     const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t r0 = b * bl.rows, rows = bl.rows_of(b, g.OH);
     float* planes = scratch(plan.pg.channel_size());
-    pack_planes(x + nc * g.H * g.W, g.W, 1, g.H, g.W, plan.block_geom(b, g.sh), planes, kern.copy_strided);
+    pack_planes(x + nc * g.H * g.W, g.W, 1, g.H, g.W, plan.block_geom(b, g.sh), planes);
     const std::vector<DwStore>& map = plan.maps.get(rows, g.OW);
     for (std::int64_t k = c * m; k < (c + 1) * m; ++k)
       kern.conv(planes, plan.off.data(), w + k * taps, taps, static_cast<std::int64_t>(map.size()), map.data(),
@@ -177,7 +177,7 @@ void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* 
     float* sums = partial.data() + unit * m * taps;
     const PlaneGeom pg = plan.block_geom(b, g.sh);
     for (std::int64_t n = 0; n < g.N; ++n) {
-      pack_planes(x + (n * g.C + c) * g.H * g.W, g.W, 1, g.H, g.W, pg, planes, kern.copy_strided);
+      pack_planes(x + (n * g.C + c) * g.H * g.W, g.W, 1, g.H, g.W, pg, planes);
       for (std::int64_t j = 0; j < m; ++j) {
         const float* src = gy + ((n * g.K + c * m + j) * g.OH + r0) * g.OW;
         for (std::int64_t r = 0; r < rows; ++r)
@@ -211,6 +211,20 @@ PhaseRange phase_range(std::int64_t size, std::int64_t pad, std::int64_t s, std:
   const std::int64_t lo = pad > phase ? ceil_div(pad - phase, s) : 0;
   const std::int64_t last = pad + size - 1 - phase;
   return {lo, std::max(lo, last >= 0 ? last / s + 1 : 0)};
+}
+
+// out[r*out_stride + i*step] = in[r*in_stride + i]: a phase's rows spread into gx. Stride
+// 2 is a compile-time step so the compiler vectorises it (an AVX-512 version with
+// half-masked stores measured 1.1x slower).
+void spread_strided(const float* in, std::int64_t in_stride, std::int64_t step, std::int64_t n, std::int64_t rows,
+                    float* out, std::int64_t out_stride) {
+  for (std::int64_t r = 0; r < rows; ++r, in += in_stride, out += out_stride) {
+    if (step == 2) {
+      for (std::int64_t i = 0; i < n; ++i) out[2 * i] = in[i];
+    } else {
+      for (std::int64_t i = 0; i < n; ++i) out[i * step] = in[i];
+    }
+  }
 }
 
 void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
@@ -264,8 +278,7 @@ void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* g
     PlaneGeom pgb = pg;
     pgb.pt -= b * bl.rows;
     for (std::int64_t j = 0; j < m; ++j)
-      pack_planes(gy + (n * g.K + c * m + j) * g.OH * g.OW, g.OW, 1, g.OH, g.OW, pgb, planes + j * pg.size,
-                  kern.copy_strided);
+      pack_planes(gy + (n * g.K + c * m + j) * g.OH * g.OW, g.OW, 1, g.OH, g.OW, pgb, planes + j * pg.size);
     float* gx_plane = gx + nc * g.H * g.W;
     for (std::int64_t ph = 0; ph < phases; ++ph) {
       const std::int64_t a = ph / g.sw, bc = ph % g.sw;
@@ -278,9 +291,8 @@ void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* g
       kern.conv(planes + (q.lo - qlo) * Wg + (r.lo - call.lo), off[ph].data(), wt, ntaps,
                 static_cast<std::int64_t>(map.size()), map.data(), 0.0f, false, out);
       if (direct) continue;
-      for (std::int64_t qq = 0; qq < rows; ++qq)
-        kern.spread_strided(phase_out + qq * cols, g.sw, cols,
-                            gx_plane + ((q.lo + qq) * g.sh + a - g.pt) * g.W + r.lo * g.sw + bc - g.pl);
+      spread_strided(phase_out, cols, g.sw, cols, rows,
+                     gx_plane + (q.lo * g.sh + a - g.pt) * g.W + r.lo * g.sw + bc - g.pl, g.sh * g.W);
     }
   });
 }

@@ -30,10 +30,6 @@ struct DwKernels {
   // sums[t] += sum over v < nvec and lanes of gy[v*lanes + lane] * planes[off[t] + v*lanes + lane].
   void (*grad_weight)(const float* planes, const std::int64_t* off, std::int64_t taps, const float* gy,
                       std::int64_t nvec, float* sums);
-  // out[i] = in[i * step], i < n: packing one row of one column phase (conv_planes.h).
-  void (*copy_strided)(const float* in, std::int64_t step, std::int64_t n, float* out);
-  // out[i * step] = in[i], i < n: grad-input spreading one phase's row into the image.
-  void (*spread_strided)(const float* in, std::int64_t step, std::int64_t n, float* out);
 };
 
 // The kernels for an instruction set (the best one compiled in at or below `isa`).

@@ -1,12 +1,12 @@
 // The depthwise microkernels, written once over a vector-traits struct `A` that each
-// instruction-set file (f32_dwconv__<isa>.cpp) defines and instantiates:
+// instruction-set file (f32_dwconv__<isa>.cpp) defines and instantiates; the SIMD ones
+// extend the engine's vec_<isa>.h traits:
 //
-//   A::Vec            a vector of A::lanes floats
+//   A::Vec, A::W      a vector of W floats
 //   A::tile           output vectors per register tile of the forward kernel
 //   A::gw_taps        taps per pass of the grad-weight kernel (one accumulator each)
-//   broadcast, load (unaligned), fma(a, b, c) = a*b + c, relu (NaN passes through),
-//   store(out, v, DwStore) (the kept lanes, compressed), sum (horizontal, fixed order),
-//   copy_strided, spread_strided (the DwKernels entries: strided row moves).
+//   set1, loadu, fma(a, b, c) = a*b + c, relu (NaN passes through),
+//   store(out, v, DwStore) (the kept lanes, compressed), sum (horizontal, fixed order).
 //
 // Everything sits in an anonymous namespace: this header is compiled once per instruction
 // set, and no copy may leak into another file's code (or the linker could pick an AVX-512
@@ -29,11 +29,11 @@ template <class A, int V>
 inline void dwconv_tile(const float* planes, const std::int64_t* off, const float* w, std::int64_t taps,
                         const DwStore* map, float bias, bool relu, float* out) {
   typename A::Vec acc[V];
-  for (int v = 0; v < V; ++v) acc[v] = A::broadcast(bias);
+  for (int v = 0; v < V; ++v) acc[v] = A::set1(bias);
   for (std::int64_t t = 0; t < taps; ++t) {
-    const typename A::Vec wt = A::broadcast(w[t]);
+    const typename A::Vec wt = A::set1(w[t]);
     const float* src = planes + off[t];
-    for (int v = 0; v < V; ++v) acc[v] = A::fma(wt, A::load(src + v * A::lanes), acc[v]);
+    for (int v = 0; v < V; ++v) acc[v] = A::fma(wt, A::loadu(src + v * A::W), acc[v]);
   }
   for (int v = 0; v < V; ++v) A::store(out, relu ? A::relu(acc[v]) : acc[v], map[v]);
 }
@@ -43,8 +43,8 @@ void dwconv(const float* planes, const std::int64_t* off, const float* w, std::i
             const DwStore* map, float bias, bool relu, float* out) {
   std::int64_t v = 0;
   for (; v + A::tile <= nvec; v += A::tile)
-    dwconv_tile<A, A::tile>(planes + v * A::lanes, off, w, taps, map + v, bias, relu, out);
-  for (; v < nvec; ++v) dwconv_tile<A, 1>(planes + v * A::lanes, off, w, taps, map + v, bias, relu, out);
+    dwconv_tile<A, A::tile>(planes + v * A::W, off, w, taps, map + v, bias, relu, out);
+  for (; v < nvec; ++v) dwconv_tile<A, 1>(planes + v * A::W, off, w, taps, map + v, bias, relu, out);
 }
 
 // Grad-weight: G taps at once, one vector accumulator each; every grad_output vector is
@@ -53,11 +53,11 @@ template <class A, int G>
 void dwconv_grad_weight_pass(const float* planes, const std::int64_t* off, const float* gy, std::int64_t nvec,
                              float* sums) {
   typename A::Vec acc[G];
-  for (int t = 0; t < G; ++t) acc[t] = A::broadcast(0.0f);
+  for (int t = 0; t < G; ++t) acc[t] = A::set1(0.0f);
   for (std::int64_t v = 0; v < nvec; ++v) {
-    const std::int64_t p = v * A::lanes;
-    const typename A::Vec g = A::load(gy + p);
-    for (int t = 0; t < G; ++t) acc[t] = A::fma(g, A::load(planes + off[t] + p), acc[t]);
+    const std::int64_t p = v * A::W;
+    const typename A::Vec g = A::loadu(gy + p);
+    for (int t = 0; t < G; ++t) acc[t] = A::fma(g, A::loadu(planes + off[t] + p), acc[t]);
   }
   for (int t = 0; t < G; ++t) sums[t] += A::sum(acc[t]);
 }
@@ -87,7 +87,7 @@ void dwconv_grad_weight(const float* planes, const std::int64_t* off, std::int64
 
 template <class A>
 constexpr DwKernels dwconv_kernels() {
-  return DwKernels{A::lanes, &dwconv<A>, &dwconv_grad_weight<A>, &A::copy_strided, &A::spread_strided};
+  return DwKernels{A::W, &dwconv<A>, &dwconv_grad_weight<A>};
 }
 
 }  // namespace
