@@ -69,6 +69,8 @@ def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
     ("conv2d_grad_input", "small_image", np.float32, "im2col", "small image"),
     ("conv2d_forward", "small_image", np.float32, "direct", "dense"),
     ("conv2d_grad_weight", "lenet", np.float32, "im2col", "narrow grad-weight"),
+    ("conv2d_grad_input", "lenet", np.float32, "im2col", "one input channel"),
+    ("conv2d_forward", "lenet", np.float32, "direct", "dense"),
     ("conv2d_grad_weight", "pointwise", np.float32, "im2col", "narrow grad-weight"),
     ("conv2d_grad_input", "pointwise", np.float32, "direct", "dense"),
     ("conv2d_forward", "dense3x3", np.float32, "direct", "dense"),

@@ -77,14 +77,24 @@ _RULES = (
           "im2col",
           "backward on fewer than 400 output pixels with >= 128 channels per group: long GEMMs over channels, "
           "while the direct engine's pixel tiles run short"),
-    # Narrow or pointwise weight gradients: LeNet (6 outputs) 0.57, 3x3 C=3 K=8 0.57,
-    # C=1 K=4 0.35, groups of 2 or 4 channels 0.26 / 0.49, ResNet 1x1 256->64 0.91,
-    # Xception 1x1 0.71, 1x1 C=K=16 0.32. At 9 outputs per group (16 groups of 9) the
-    # direct engine wins (2.3), at 64+ outputs with a spatial kernel too (1.2-1.5).
-    _Rule("narrow grad-weight", lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.kh * g.kw == 1),
+    # One input channel (grayscale first layers), grad-input on small images: LeNet
+    # (64 x 32x32, K=6, 5x5) 0.81, K=16 0.42, K=32 0.23, 3x3 0.92; the direct engine's
+    # tiles over input channels are mostly empty. On a 224x224 image it wins again (1.93).
+    _Rule("one input channel", lambda p, g, dt: p == _GRAD_INPUT and g.C == g.groups and g.OH * g.OW < 4096,
           "im2col",
-          "weight gradient with <= 8 outputs per group or a 1x1 kernel: one GEMM over all pixels, where the "
-          "direct engine's outer-product tiles are mostly empty"),
+          "grad-input into one channel per group on fewer than 4096 pixels per image: the direct engine's "
+          "channel tiles are mostly empty, the GEMM is over all the taps"),
+    # Narrow weight gradients: LeNet 0.62 (6 outputs, one input channel), one input
+    # channel with 16 / 32 outputs 0.69 / 0.51, 3x3 C=3 K=8 0.57, C=1 K=4 0.35, groups of
+    # 2 or 4 channels 0.26 / 0.49; pointwise: ResNet 1x1 256->64 0.91, Xception 1x1 0.71,
+    # 1x1 C=K=16 0.32. The direct engine wins at 9 outputs per group with 9 inputs (2.3)
+    # and with 64+ outputs and a spatial kernel (1.2-1.5; LeNet's second layer, 16
+    # outputs from 6 channels: 4.6).
+    _Rule("narrow grad-weight",
+          lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.C == g.groups or g.kh * g.kw == 1),
+          "im2col",
+          "weight gradient with <= 8 outputs or one input channel per group, or a 1x1 kernel: one GEMM over "
+          "all pixels, where the direct engine's outer-product tiles are mostly empty"),
     # Everything else: forward 1.1-2.9 (ResNet 3x3 64: 1.59, VGG: 1.45, stem: 1.96),
     # grad-input 1.0-1.5, grad-weight 1.0-1.5 on the dense layers of the suite.
     _Rule("dense", lambda p, g, dt: True, "direct",
