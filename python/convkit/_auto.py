@@ -48,6 +48,10 @@ class _Rule:
 _FORWARD, _GRAD_INPUT, _GRAD_WEIGHT = "conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"
 
 
+def _padded_area(g) -> int:
+    return (g.H + g.padding[0] + g.padding[1]) * (g.W + g.padding[2] + g.padding[3])
+
+
 # First match wins; a rule whose algorithm is not built is skipped. Every number is a
 # time ratio im2col / direct (below 1: im2col faster) measured per primitive, float32,
 # one thread, CPU time (immune to the shared machine's load), same build: the SIMD
@@ -64,18 +68,24 @@ _RULES = (
     _Rule("depthwise", lambda p, g, dt: g.C == g.groups > 1, "direct",
           "depthwise: the direct engine's own kernels; a GEMM per channel is a matrix-vector product "
           "(measured 2-5x slower)"),
-    # DeepLab ASPP (dilation 12, 33x33, padding 12): forward 0.76, grad-input 0.67; at
-    # dilation 2 the direct engine is ahead again (1.17 / 1.03).
-    _Rule("wide dilation", lambda p, g, dt: p != _GRAD_WEIGHT and max(g.dilation) >= 4, "im2col",
-          "dilation >= 4: the column copy takes each tap once, the direct engine sweeps planes padded by the "
-          "dilated extent (ASPP rate 12: im2col 1.3-1.5x faster)"),
-    # Few pixels, many channels: ResNet 3x3 on 14x14x256 grad-input 0.73, grad-weight
-    # 0.83; Xception 1x1 on 19x19x728 1.02 / 0.71; Inception 1x7 on 17x17x128 0.94 /
-    # 1.10. Forward stays direct (1.17-1.18, 0.99); DCGAN's 16x16 with 64 input channels
-    # stays direct (1.19 / 1.30).
-    _Rule("small image", lambda p, g, dt: p != _FORWARD and g.OH * g.OW < 400 and g.C // g.groups >= 128,
+    # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
+    # the image) forward 0.73-0.76, grad-input 0.61-0.67. Dilation alone is not it: 3x3
+    # on 56x56x64 at dilation 4 (padded plane 1.3x) stays direct (1.40 / 1.23).
+    _Rule("mostly padding",
+          lambda p, g, dt: p != _GRAD_WEIGHT and _padded_area(g) >= 2 * g.H * g.W,
           "im2col",
-          "backward on fewer than 400 output pixels with >= 128 channels per group: long GEMMs over channels, "
+          "the padded input is at least twice the image: the direct engine sweeps padded planes, the column "
+          "copy visits each output pixel's taps once (ASPP rate 12: im2col 1.3-1.6x faster)"),
+    # Few pixels per channel (<= 5 output pixels per input channel, >= 128 channels):
+    # ResNet 3x3 on 14x14x256 grad-input 0.64-0.77, grad-weight 0.78-0.83; Xception 1x1
+    # on 19x19x728 0.90-1.02 / 0.64-0.71; Inception 1x7 on 17x17x128 0.94 / 1.10; DeepLab
+    # 3x3 on 33x33x256 0.70-0.92 / 1.02-1.07. Forward stays direct (1.16-1.27, 0.98).
+    # More pixels per channel stay direct: 3x3 on 28x28x128 1.07-1.13 / 1.16-1.18, and
+    # DCGAN's 16x16 from 64 channels 1.19 / 1.30.
+    _Rule("few pixels per channel",
+          lambda p, g, dt: p != _FORWARD and g.C // g.groups >= 128 and g.OH * g.OW <= 5 * (g.C // g.groups),
+          "im2col",
+          "backward with <= 5 output pixels per input channel (>= 128 channels): long GEMMs over the channels, "
           "while the direct engine's pixel tiles run short"),
     # One input channel (grayscale first layers), grad-input on small images: LeNet
     # (64 x 32x32, K=6, 5x5) 0.81, K=16 0.42, K=32 0.23, 3x3 0.92; the direct engine's
@@ -328,7 +338,8 @@ def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1,
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     check_device(device)
     if len(input_shape) != 4 or len(weight_shape) != 4:
-        raise ValueError(f"input_shape and weight_shape must be 4-D, got {tuple(input_shape)} and {tuple(weight_shape)}")
+        raise ValueError(f"input_shape and weight_shape must be 4-D, got {tuple(input_shape)} and "
+                         f"{tuple(weight_shape)}")
     nchw = (input_shape[0], input_shape[3], input_shape[1], input_shape[2]) if layout == "NHWC" else input_shape
     if op.startswith("conv_transpose2d"):
         geom, _ = _args.conv_transpose_geometry(nchw, weight_shape, stride, padding, output_padding, groups, dilation)
