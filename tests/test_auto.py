@@ -28,6 +28,7 @@ def clean_auto_state(monkeypatch, tmp_path):
     """Rules mode, an empty cache and a private cache directory for every test."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(_auto, "_cache", {})
+    monkeypatch.setattr(_auto, "_measured", {})
     convkit.autotune(False)
     yield
     convkit.autotune(False)
@@ -131,7 +132,7 @@ def test_autotune_measures_once_per_shape_and_caches(count_measurements):
     assert len(count_measurements) == 1  # cached: no second measurement
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_allclose(y1, ref.conv2d(x, w, None, **kw), rtol=1e-4, atol=1e-4 * np.abs(y1).max())
-    (entry,) = _auto._cache.values()
+    (entry,) = _auto._measured.values()
     assert entry["algo"] in _registry.algos("conv2d_forward") and entry["algo"] != "reference"
     assert set(entry["seconds"]) == set(_registry.algos("conv2d_forward")) - {"reference"}
     convkit.conv2d(x.astype(np.float64), w.astype(np.float64), **kw)  # another dtype: another key
@@ -162,8 +163,9 @@ def test_autotune_persists_to_the_user_cache(monkeypatch, tmp_path, count_measur
     assert data["convkit"] == convkit.__version__
     (entry,) = data["entries"].values()
     assert entry["algo"] == first.algo
-    # a new process (here: an emptied in-process cache) starts measured
+    # a new process (here: emptied in-process caches) starts measured
     monkeypatch.setattr(_auto, "_cache", {})
+    monkeypatch.setattr(_auto, "_measured", {})
     convkit.autotune(True, persist=True)
     again = _auto.choose("conv2d_grad_weight", g, "cpu", _registry.algos("conv2d_grad_weight"), np.float64, "NHWC")
     assert again.algo == first.algo and len(count_measurements) == 1

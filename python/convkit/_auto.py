@@ -17,6 +17,7 @@ primitive of an op would run, and why.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _args
+from ._runtime import get_isa, get_num_threads
 from ._version import __version__
 
 
@@ -117,7 +119,8 @@ _RULES = (
 _FALLBACK = ("direct", "im2col", "reference")
 
 
-def _by_rules(primitive: str, geom, dtype, candidates: list) -> Choice:
+@functools.lru_cache(maxsize=4096)  # per call shape: a cached call is one lookup
+def _by_rules(primitive: str, geom, dtype, candidates: tuple) -> Choice:
     if geom is not None and primitive.startswith("conv2d"):
         dt = np.dtype(dtype if dtype is not None else np.float32)
         for rule in _RULES:
@@ -140,7 +143,11 @@ def _env_mode() -> tuple:
 
 
 _enabled, _persist = _env_mode()
-_cache: dict = {}  # key -> {"algo": fastest, "seconds": {algo: seconds}}
+# The measurements, keyed by text (as persisted): {"algo": fastest, "seconds": {algo: s}};
+# and the choices made from them, keyed by the call's tuple, so that a cached call costs
+# a dict lookup rather than formatting its key and reason again.
+_measured: dict = {}
+_cache: dict = {}
 # Interleaved timed rounds, the minimum of each candidate kept: at least _ROUNDS, more
 # (up to _MAX_ROUNDS) while the measurement has taken less than _BUDGET seconds, so that
 # on a shared machine one clean round of each fast candidate is very likely. Calls slower
@@ -160,7 +167,7 @@ def autotune(enabled: bool = True, *, persist: bool = False) -> None:
         raise TypeError(f"enabled and persist must be bools, got {enabled!r}, {persist!r}")
     _enabled, _persist = enabled, enabled and persist
     if _persist:
-        _cache.update(_load())
+        _measured.update(_load())
 
 
 def cache_path() -> Path:
@@ -185,23 +192,19 @@ def _save() -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"convkit": __version__, "entries": {**_load(), **_cache}}, indent=1))
+        tmp.write_text(json.dumps({"convkit": __version__, "entries": {**_load(), **_measured}}, indent=1))
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
     except OSError:
         pass  # a read-only home must not break a convolution; the in-process cache still holds
 
 
 if _persist:  # CONVKIT_AUTOTUNE=persist: start from what earlier processes measured
-    _cache.update(_load())
+    _measured.update(_load())
 
 
-def _key(primitive: str, geom, dtype, layout: str) -> str:
-    from ._runtime import get_isa, get_num_threads
-
-    g = geom
+def _key_text(primitive: str, g, dtype: str, layout: str, threads: int, isa: str) -> str:
     return (f"{primitive} x{(g.N, g.C, g.H, g.W)} w{(g.K, g.C // g.groups, g.kh, g.kw)} s{g.stride} "
-            f"p{g.padding} d{g.dilation} g{g.groups} {np.dtype(dtype).name} {layout} "
-            f"threads={get_num_threads()} isa={get_isa()}")
+            f"p{g.padding} d{g.dilation} g{g.groups} {dtype} {layout} threads={threads} isa={isa}")
 
 
 def _runner(primitive: str, geom, dtype, layout: str):
@@ -253,16 +256,20 @@ def _by_measuring(primitive: str, geom, dtype, layout: str, candidates: list) ->
     timed = [a for a in candidates if a != "reference"] or list(candidates)
     if len(timed) == 1:
         return Choice(timed[0], "autotune: the only compiled candidate, nothing to measure")
-    key = _key(primitive, geom, dtype, layout)
-    entry = _cache.get(key)
-    if entry is None or entry.get("algo") not in timed:
+    key = (primitive, geom, np.dtype(dtype).name, layout, get_num_threads(), get_isa())
+    choice = _cache.get(key)
+    if choice is not None and choice.algo in timed:
+        return choice
+    text = _key_text(*key)
+    entry = _measured.get(text)
+    if entry is None or entry["algo"] not in timed:
         seconds = _measure(primitive, geom, dtype, layout, timed)
-        entry = {"algo": min(seconds, key=seconds.get), "seconds": seconds}
-        _cache[key] = entry
+        entry = _measured[text] = {"algo": min(seconds, key=seconds.get), "seconds": seconds}
         if _persist:
             _save()
     times = ", ".join(f"{a} {1e3 * s:.3g} ms" for a, s in sorted(entry["seconds"].items(), key=lambda kv: kv[1]))
-    return Choice(entry["algo"], f"autotune: measured fastest for this shape ({times})")
+    choice = _cache[key] = Choice(entry["algo"], f"autotune: measured fastest for this shape ({times})")
+    return choice
 
 
 def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layout=None) -> Choice:
@@ -271,7 +278,7 @@ def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layo
         return _choose_cuda(primitive, geom, candidates)
     if _enabled and primitive.startswith("conv2d") and geom is not None and dtype is not None:
         return _by_measuring(primitive, geom, dtype, layout or "NCHW", candidates)
-    return _by_rules(primitive, geom, dtype, candidates)
+    return _by_rules(primitive, geom, dtype, tuple(candidates))
 
 
 def _choose_cuda(primitive: str, geom, candidates: list) -> Choice:
