@@ -14,6 +14,7 @@
 #include "conv_depthwise.h"
 #include "conv_jobs.h"
 #include "conv_planes.h"
+#include "conv_reference_loops.h"
 #include "thread_pool.h"
 #include "workspace.h"
 
@@ -29,35 +30,77 @@ void parallel_ranges(std::int64_t n, std::int64_t grain, Fn fn) {
   parallel_for(ceil_div(n, per), [&](std::int64_t t) { fn(t * per, std::min(n, (t + 1) * per)); });
 }
 
-// Packs channel c of image n, for every (n, c) of an N x C x H x W activation stored in
-// `layout`, into planes + (n*C + c) * channel_size; returns planes.
-template <typename T>
-T* pack_all_planes(const T* src, Layout layout, std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
-                   const PlaneGeom& pg, T* planes) {
+// Packs every channel c of every image n of an N x C x H x W activation stored in
+// `layout` with pack(channel, row_stride, col_stride, dst) into planes + (n*C + c) * cs.
+template <typename T, typename PackChannel>
+const T* pack_all(const T* src, Layout layout, std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
+                  std::int64_t cs, PackChannel pack, T* planes) {
   const ActStrides s = act_strides(layout, C, H, W);
-  const std::int64_t cs = pg.channel_size();
   parallel_ranges(N * C, (1 << 16) / cs, [&](std::int64_t i0, std::int64_t i1) {
-    for (std::int64_t i = i0; i < i1; ++i)
-      pack_planes(src + (i / C) * s.n + (i % C) * s.c, s.h, s.w, H, W, pg, planes + i * cs);
+    for (std::int64_t i = i0; i < i1; ++i) pack(src + (i / C) * s.n + (i % C) * s.c, s.h, s.w, planes + i * cs);
   });
   return planes;
+}
+
+// The forward's input layout, one of two schemes (conv_planes.h):
+//   stride-phase planes (fold 1): Wq = ceil(padded width / sw) columns per row, of
+//     which Wq - OW are computed and discarded;
+//   folded tap columns (fold kw): one window per tap column j (columns j*dw - pl,
+//     step sw), exactly OW wide: nothing discarded, but kw windows to pack per row.
+// Folding pays on narrow images, wide kernels and large dilation (Inception's 1x7 on
+// 17 columns: 23 -> 17; DeepLab's ASPP: 57 -> 33), and never on a 3x3 layer of
+// 56 columns or more (2 discarded columns cost less than packing 3 windows).
+struct InputPlanes {
+  PlaneGeom pg;
+  std::int64_t fold, dw, pl, sw;  // windows per channel, and the folded windows' origin and steps
+
+  std::int64_t channel_size() const { return fold * pg.channel_size(); }
+  std::int64_t offset_of(std::int64_t ih, std::int64_t j) const {
+    return fold == 1 ? pg.offset_of(ih, j * dw) : j * pg.channel_size() + pg.offset_of(ih, 0);
+  }
+  template <typename T>
+  void pack(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t H, std::int64_t W, T* dst) const {
+    if (fold == 1) return pack_planes(src, rs, cs, H, W, pg, dst);
+    for (std::int64_t j = 0; j < fold; ++j)
+      for (std::int64_t a = 0; a < pg.sh; ++a) {
+        T* plane = dst + (j * pg.sh + a) * pg.size;
+        pack_window(src, rs, cs, H, W, a - pg.pt, pg.sh, pg.Hq, j * dw - pl, sw, pg.Wq, plane);
+        std::fill(plane + pg.Hq * pg.Wq, plane + pg.size, T(0));
+      }
+  }
+};
+
+InputPlanes stride_phase_planes(const ConvGeom& g, std::int64_t overrun) {
+  return {make_plane_geom(g.H + g.pt + g.pb, g.W + g.pl + g.pr, g.pt, g.pl, g.sh, g.sw, overrun), 1, g.dw, g.pl,
+          g.sw};
+}
+
+InputPlanes folded_planes(const ConvGeom& g, std::int64_t overrun) {
+  return {make_plane_geom(g.H + g.pt + g.pb, g.OW, g.pt, 0, g.sh, 1, overrun), g.kw, g.dw, g.pl, g.sw};
+}
+
+// Kernel time of a pass over a flat domain plus its packing, in MACs: a packed element
+// costs about 35 MACs (narrow folded windows pack at 0.26 ns per element, the kernel
+// does 32 MACs a cycle at 4 GHz). With it the choice matches measurements: folded wins
+// on DeepLab's dilated layers (+7% at dilation 2, +50% with ASPP's bands), loses on
+// LeNet, AlexNet conv1 and stride-2 3x3 layers (-10 to -24%), ties on Inception's 1x7.
+template <typename T>
+double pass_cost(const DirectKernel<T>& k, std::int64_t nk, std::int64_t npix, std::int64_t entries, double packed) {
+  return double(ceil_div(nk, k.R) * k.R) * double(ceil_div(npix, k.P) * k.P) * double(entries) / k.eff +
+         35.0 * packed;
 }
 
 // The forward's (and grad-weight's) reduction: one entry per (input channel c, tap
 // (i, j)) of a group, taps innermost so consecutive entries read neighbouring input;
 // the weight offset (c*kh + i)*kw + j is the entry's index in a weight row.
-std::vector<Entry> forward_entries(const ConvGeom& g, const PlaneGeom& pg) {
+std::vector<Entry> forward_entries(const ConvGeom& g, const InputPlanes& ip) {
   std::vector<Entry> ent;
   ent.reserve(static_cast<std::size_t>(g.Cg() * g.kh * g.kw));
   for (std::int64_t c = 0; c < g.Cg(); ++c)
     for (std::int64_t i = 0; i < g.kh; ++i)
       for (std::int64_t j = 0; j < g.kw; ++j)
-        ent.push_back({c * pg.channel_size() + pg.offset_of(i * g.dh, j * g.dw), static_cast<std::int64_t>(ent.size())});
+        ent.push_back({c * ip.channel_size() + ip.offset_of(i * g.dh, j), static_cast<std::int64_t>(ent.size())});
   return ent;
-}
-
-PlaneGeom input_planes(const ConvGeom& g, std::int64_t overrun) {
-  return make_plane_geom(g.H + g.pt + g.pb, g.W + g.pl + g.pr, g.pt, g.pl, g.sh, g.sw, overrun);
 }
 
 }  // namespace
@@ -66,25 +109,51 @@ template <typename T>
 void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, const T* bias, bool relu, T* y) {
   if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_forward(g, x, w, bias, relu, y);
   if (g.N == 0) return;
-  const std::int64_t Cg = g.Cg(), Kg = g.Kg();
-  const DirectKernel<T>& kern = choose_direct_kernel(conv_kernels<T>(), Kg, g.OH * ceil_div(g.W + g.pl + g.pr, g.sw));
-  const PlaneGeom pg = input_planes(g, kern.P);
-  const std::vector<Entry> ent = forward_entries(g, pg);
-  const std::int64_t E = static_cast<std::int64_t>(ent.size());
+  const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw;
+  const ConvKernels<T>& ks = conv_kernels<T>();
+  const InputPlanes phased = stride_phase_planes(g, 0), folded = folded_planes(g, 0);
+  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Kg, g.OH * phased.pg.Wq);
+  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Kg, g.OH * folded.pg.Wq);
+  const int forced = forced_conv_fold();
+  const bool fold = forced >= 0 ? forced == 1
+                                : pass_cost(kern_f, Kg, g.OH * folded.pg.Wq, E, double(g.C * folded.channel_size())) <
+                                      pass_cost(kern_p, Kg, g.OH * phased.pg.Wq, E, double(g.C * phased.channel_size()));
+  const DirectKernel<T>& kern = fold ? kern_f : kern_p;
+  const InputPlanes ip = fold ? folded_planes(g, kern.P) : stride_phase_planes(g, kern.P);
+  const PlaneGeom& pg = ip.pg;
+  const std::vector<Entry> ent = forward_entries(g, ip);
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
+  const auto planes_at = ws.add<T>(g.N * g.C * ip.channel_size());
   ws.allocate();
-  const T* planes = pack_all_planes(x, layout, g.N, g.C, g.H, g.W, pg, ws.at<T>(planes_at));
+  const T* planes = pack_all(x, layout, g.N, g.C, g.H, g.W, ip.channel_size(),
+                             [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
+                               ip.pack(src, rs, cs, g.H, g.W, dst);
+                             },
+                             ws.at<T>(planes_at));
 
   const ActStrides ys = act_strides(layout, g.K, g.OH, g.OW);
+  // Tap (i, j) reads real input on output rows [lo, hi) of tap_range; a tap whose
+  // columns are all padding reads none.
+  std::vector<RowRange> valid;
+  for (std::int64_t c = 0; c < Cg; ++c)
+    for (std::int64_t i = 0; i < g.kh; ++i)
+      for (std::int64_t j = 0; j < g.kw; ++j) {
+        std::int64_t lo, hi, clo, chi;
+        tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, lo, hi);
+        tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, clo, chi);
+        valid.push_back(clo < chi ? RowRange{lo, hi} : RowRange{0, 0});
+      }
+  const std::vector<Band> bands = row_bands(ent, valid, g.OH, pg.Wq, kern.P);
   std::vector<DirectJob<T>> jobs;
   for (std::int64_t n = 0; n < g.N; ++n)
     for (std::int64_t grp = 0; grp < g.groups; ++grp)
-      jobs.push_back({planes + (n * g.C + grp * Cg) * pg.channel_size(), ent.data(), E, w + grp * Kg * E, E,
-                      bias ? bias + grp * Kg : nullptr,
-                      OutMap<T>{y + n * ys.n + grp * Kg * ys.c, ys.c, ys.h, ys.w, g.OH, g.OW, pg.Wq}, Kg,
-                      g.OH * pg.Wq});
+      for (const Band& b : bands)
+        jobs.push_back({planes + (n * g.C + grp * Cg) * ip.channel_size() + b.r0 * pg.Wq, b.ent.data(),
+                        static_cast<std::int64_t>(b.ent.size()), w + grp * Kg * E, E, bias ? bias + grp * Kg : nullptr,
+                        OutMap<T>{y + n * ys.n + grp * Kg * ys.c + b.r0 * ys.h, ys.c, ys.h, ys.w, b.r1 - b.r0, g.OW,
+                                  pg.Wq},
+                        Kg, (b.r1 - b.r0) * pg.Wq});
   run_direct_jobs(kern, jobs, relu);
 }
 
@@ -138,18 +207,33 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   const DirectKernel<T>& kern = choose_direct_kernel(conv_kernels<T>(), Cg, max_rows * Wq);
   const PlaneGeom pg = make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, kern.P);
   // Entries (k, tap), taps in reverse so that consecutive entries read ascending
-  // addresses within a channel, as in the forward.
-  std::vector<std::vector<Entry>> ent(phases.size());
-  for (std::size_t f = 0; f < phases.size(); ++f)
+  // addresses within a channel, as in the forward. Tap (ai, bj) reads real gy on phase
+  // rows qh with 0 <= qh - ai < OH, and on some column if [qw0, qw0 + cols) meets
+  // [bj, bj + OW).
+  std::vector<std::vector<Band>> bands(phases.size());
+  for (std::size_t f = 0; f < phases.size(); ++f) {
+    const Phase& ph = phases[f];
+    std::vector<Entry> ent;
+    std::vector<RowRange> valid;
     for (std::int64_t k = 0; k < Kg; ++k)
-      for (auto i = phases[f].i.rbegin(); i != phases[f].i.rend(); ++i)
-        for (auto j = phases[f].j.rbegin(); j != phases[f].j.rend(); ++j)
-          ent[f].push_back({k * pg.size - (*i * g.dh / g.sh) * Wq - *j * g.dw / g.sw, k * Cg * taps + *i * g.kw + *j});
+      for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
+        for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j) {
+          const std::int64_t ai = *i * g.dh / g.sh, bj = *j * g.dw / g.sw;
+          ent.push_back({k * pg.size - ai * Wq - bj, k * Cg * taps + *i * g.kw + *j});
+          const bool cols = std::max(ph.qw0, bj) < std::min(ph.qw0 + ph.cols, bj + g.OW);
+          valid.push_back(cols ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
+        }
+    bands[f] = row_bands(ent, valid, ph.rows, Wq, kern.P);
+  }
 
   Workspace ws;
   const auto planes_at = ws.add<T>(g.N * g.K * pg.size);
   ws.allocate();
-  const T* planes = pack_all_planes(gy, layout, g.N, g.K, g.OH, g.OW, pg, ws.at<T>(planes_at));
+  const T* planes = pack_all(gy, layout, g.N, g.K, g.OH, g.OW, pg.size,
+                             [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
+                               pack_planes(src, rs, cs, g.OH, g.OW, pg, dst);
+                             },
+                             ws.at<T>(planes_at));
 
   const ActStrides xs = act_strides(layout, g.C, g.H, g.W);
   std::vector<DirectJob<T>> jobs;
@@ -159,9 +243,12 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
         const Phase& ph = phases[f];
         T* out = gx + n * xs.n + grp * Cg * xs.c + (ph.qh0 * g.sh + ph.ra - g.pt) * xs.h +
                  (ph.qw0 * g.sw + ph.rb - g.pl) * xs.w;
-        jobs.push_back({planes + (n * g.K + grp * Kg) * pg.size + (ph.qh0 + Lh) * Wq + ph.qw0 + Lw, ent[f].data(),
-                        static_cast<std::int64_t>(ent[f].size()), w + grp * Kg * Cg * taps, taps, nullptr,
-                        OutMap<T>{out, xs.c, g.sh * xs.h, g.sw * xs.w, ph.rows, ph.cols, Wq}, Cg, ph.rows * Wq});
+        const T* in = planes + (n * g.K + grp * Kg) * pg.size + (ph.qh0 + Lh) * Wq + ph.qw0 + Lw;
+        for (const Band& b : bands[f])
+          jobs.push_back({in + b.r0 * Wq, b.ent.data(), static_cast<std::int64_t>(b.ent.size()),
+                          w + grp * Kg * Cg * taps, taps, nullptr,
+                          OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, ph.cols, Wq},
+                          Cg, (b.r1 - b.r0) * Wq});
       }
   run_direct_jobs(kern, jobs, false);
 }
@@ -182,9 +269,10 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const GwKernel<T>& kern = cheapest(conv_kernels<T>().gw, forced_conv_kernel(true), Kg,
                                      [](const auto& k) { return k.KB; }, E, [](const auto& k) { return k.R; });
   const std::int64_t R = kern.R, KB = kern.KB, nkb = ceil_div(Kg, KB), neb = ceil_div(E, R);
-  const PlaneGeom pg = input_planes(g, 0);
+  const InputPlanes ip = stride_phase_planes(g, 0);  // reads only real output pixels: never folded
+  const PlaneGeom& pg = ip.pg;
   std::vector<std::int64_t> off;
-  for (const Entry& e : forward_entries(g, pg)) off.push_back(e.x);
+  for (const Entry& e : forward_entries(g, ip)) off.push_back(e.x);
   off.resize(static_cast<std::size_t>(neb * R), off.back());  // padding entries: re-read the last, discarded
 
   // Tasks: (batch slice, group, channel block, chunk of entry blocks). The slices and
@@ -204,7 +292,11 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const auto acc_at = ws.add<T>(nslices * acc_slice);
   ws.allocate();
   T *gyp = ws.at<T>(gyp_at), *acc = ws.at<T>(acc_at);
-  const T* planes = pack_all_planes(x, layout, g.N, g.C, g.H, g.W, pg, ws.at<T>(planes_at));
+  const T* planes = pack_all(x, layout, g.N, g.C, g.H, g.W, pg.channel_size(),
+                             [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
+                               pack_planes(src, rs, cs, g.H, g.W, pg, dst);
+                             },
+                             ws.at<T>(planes_at));
   const ActStrides gys = act_strides(layout, g.K, g.OH, g.OW);
 
   // gy packed per (group, channel block, image): [pixel][KB channels], zeros past Kg.

@@ -88,10 +88,13 @@ template <typename T>
 const ConvKernels<T>& conv_kernels();
 
 // For tests: operators use the kernels of these names, where the active table has them,
-// instead of the cost model's choice ("" restores the choice). Every tile shape's edges
-// can then be exercised, not only the shapes the cost model picks for small layers.
-void force_conv_kernels(const std::string& direct, const std::string& gw);
+// instead of the cost model's choice ("" restores the choice), and the forward packs
+// folded tap-column planes (fold 1) or stride-phase planes (fold 0) whatever the cost
+// (-1 restores the choice). Every tile shape's edges and both input layouts can then
+// be exercised, not only what the cost model picks for small layers.
+void force_conv_kernels(const std::string& direct, const std::string& gw, int fold);
 std::string forced_conv_kernel(bool gw);
+int forced_conv_fold();
 
 // Per-ISA tables, defined in kernels/cpu/*conv__<isa>.cpp.
 const ConvKernels<float>& conv_kernels_f32_scalar();
