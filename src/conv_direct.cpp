@@ -266,8 +266,9 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
     std::fill(gw, gw + g.K * E, T(0));
     return;
   }
-  const GwKernel<T>& kern = cheapest(conv_kernels<T>().gw, forced_conv_kernel(true), Kg,
-                                     [](const auto& k) { return k.KB; }, E, [](const auto& k) { return k.R; });
+  const ConvKernels<T>& ks = conv_kernels<T>();
+  const GwKernel<T>& kern = cheapest(ks.gw, forced_conv_kernel(true), Kg, [](const auto& k) { return k.KB; }, E,
+                                     [](const auto& k) { return k.R; });
   const std::int64_t R = kern.R, KB = kern.KB, nkb = ceil_div(Kg, KB), neb = ceil_div(E, R);
   const InputPlanes ip = stride_phase_planes(g, 0);  // reads only real output pixels: never folded
   const PlaneGeom& pg = ip.pg;
@@ -280,15 +281,17 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const double flops = 2.0 * double(g.N * OHW) * double(g.groups * nkb * KB) * double(neb * R);
   const std::int64_t want = std::clamp<std::int64_t>(static_cast<std::int64_t>(flops / kMinTaskFlops), 1, 16);
   const std::int64_t blocks = g.groups * nkb;
-  const std::int64_t nec = std::clamp<std::int64_t>(ceil_div(want, blocks), 1, neb);
-  const std::int64_t eb_per_chunk = ceil_div(neb, nec);
+  const std::int64_t eb_per_chunk = ceil_div(neb, std::clamp<std::int64_t>(ceil_div(want, blocks), 1, neb));
+  const std::int64_t nec = ceil_div(neb, eb_per_chunk);  // no empty chunk
   const std::int64_t nslices = std::clamp<std::int64_t>(ceil_div(want, blocks * nec), 1, g.N);
   const std::int64_t n_per_slice = ceil_div(g.N, nslices);
-  const std::int64_t acc_slice = g.groups * neb * nkb * R * KB;
+  // Sums acc[slice][group][channel block][entry][KB]: per block an (entries x KB) matrix,
+  // the transpose of that block of gw.
+  const std::int64_t acc_block = neb * R * KB, acc_slice = blocks * acc_block;
 
   Workspace ws;
   const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
-  const auto gyp_at = ws.add<T>(g.groups * nkb * g.N * OHW * KB);
+  const auto gyp_at = ws.add<T>(blocks * g.N * OHW * KB);
   const auto acc_at = ws.add<T>(nslices * acc_slice);
   ws.allocate();
   T *gyp = ws.at<T>(gyp_at), *acc = ws.at<T>(acc_at);
@@ -299,21 +302,21 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
                              ws.at<T>(planes_at));
   const ActStrides gys = act_strides(layout, g.K, g.OH, g.OW);
 
-  // gy packed per (group, channel block, image): [pixel][KB channels], zeros past Kg.
-  parallel_ranges(g.groups * nkb * g.N, (1 << 16) / (OHW * KB) , [&](std::int64_t i0, std::int64_t i1) {
+  // gy packed per (group, channel block, image): [pixel][KB channels], zeros past Kg. For
+  // NCHW a transpose (the SIMD one: element by element it took up to half of
+  // grad-weight's time); pixel p is at p * gys.w in either layout.
+  parallel_ranges(blocks * g.N, (1 << 16) / (OHW * KB), [&](std::int64_t i0, std::int64_t i1) {
     for (std::int64_t i = i0; i < i1; ++i) {
-      const std::int64_t n = i % g.N, kb = (i / g.N) % nkb, grp = i / (g.N * nkb);
+      const std::int64_t n = i % g.N, blk = i / g.N, kk1 = std::min(KB, Kg - (blk % nkb) * KB);
+      const T* src = gy + n * gys.n + ((blk / nkb) * Kg + (blk % nkb) * KB) * gys.c;
       T* dst = gyp + i * OHW * KB;
-      for (std::int64_t kk = 0; kk < KB; ++kk) {
-        const std::int64_t k = kb * KB + kk;
-        if (k >= Kg) {
-          for (std::int64_t p = 0; p < OHW; ++p) dst[p * KB + kk] = T(0);
-          continue;
-        }
-        const T* src = gy + n * gys.n + (grp * Kg + k) * gys.c;
-        for (std::int64_t oh = 0, p = 0; oh < g.OH; ++oh)
-          for (std::int64_t ow = 0; ow < g.OW; ++ow, ++p) dst[p * KB + kk] = src[oh * gys.h + ow * gys.w];
+      if (gys.w == 1) {
+        ks.transpose(src, gys.c, dst, KB, kk1, OHW);
+      } else {
+        for (std::int64_t p = 0; p < OHW; ++p) std::copy_n(src + p * gys.w, kk1, dst + p * KB);
       }
+      if (kk1 < KB)
+        for (std::int64_t p = 0; p < OHW; ++p) std::fill(dst + p * KB + kk1, dst + (p + 1) * KB, T(0));
     }
   });
 
@@ -321,39 +324,35 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const std::int64_t chunk_rows = std::max<std::int64_t>(1, (8192 / KB) / g.OW);
   parallel_for(nslices * blocks * nec, [&](std::int64_t task) {
     const std::int64_t ec = task % nec, blk = (task / nec) % blocks, slice = task / (nec * blocks);
-    const std::int64_t grp = blk / nkb, kb = blk % nkb;
+    const std::int64_t grp = blk / nkb;
     const std::int64_t eb0 = ec * eb_per_chunk, eb1 = std::min(neb, eb0 + eb_per_chunk);
-    T* acc_blk = acc + slice * acc_slice + (grp * neb * nkb) * R * KB;
-    for (std::int64_t eb = eb0; eb < eb1; ++eb) std::fill_n(acc_blk + (eb * nkb + kb) * R * KB, R * KB, T(0));
+    T* acc_blk = acc + slice * acc_slice + blk * acc_block;
+    std::fill(acc_blk + eb0 * R * KB, acc_blk + eb1 * R * KB, T(0));
     const std::int64_t n1 = std::min(g.N, (slice + 1) * n_per_slice);
     for (std::int64_t n = slice * n_per_slice; n < n1; ++n) {
-      const T* gyn = gyp + ((grp * nkb + kb) * g.N + n) * OHW * KB;
+      const T* gyn = gyp + (blk * g.N + n) * OHW * KB;
       const T* xn = planes + (n * g.C + grp * Cg) * pg.channel_size();
       for (std::int64_t oh0 = 0; oh0 < g.OH; oh0 += chunk_rows) {
         const std::int64_t rows = std::min(chunk_rows, g.OH - oh0);
         for (std::int64_t eb = eb0; eb < eb1; ++eb)
           kern.fn(GwTile<T>{gyn + oh0 * g.OW * KB, xn + oh0 * pg.Wq, off.data() + eb * R, rows, g.OW, pg.Wq,
-                            acc_blk + (eb * nkb + kb) * R * KB});
+                            acc_blk + eb * R * KB});
       }
     }
   });
 
-  // gw[k][e] = sum over slices, in order, of acc[slice][grp][eb][kb][r][kk], block by
-  // block: each (eb, kb) block of R x KB sums is read once and written as KB runs of R.
-  parallel_ranges(g.groups * neb * nkb, (1 << 14) / (R * KB), [&](std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t kb = b % nkb, eb = (b / nkb) % neb, grp = b / (nkb * neb);
-      const T* blk = acc + b * R * KB;
-      const std::int64_t kk1 = std::min(KB, Kg - kb * KB), r1 = std::min(R, E - eb * R);
-      for (std::int64_t kk = 0; kk < kk1; ++kk) {
-        T* dst = gw + (grp * Kg + kb * KB + kk) * E + eb * R;
-        for (std::int64_t r = 0; r < r1; ++r) {
-          T s = blk[r * KB + kk];
-          for (std::int64_t slice = 1; slice < nslices; ++slice) s += blk[slice * acc_slice + r * KB + kk];
-          dst[r] = s;
-        }
-      }
+  // gw = the slices' sums added in order, each block transposed into place.
+  const std::int64_t rows_per_task = 256;
+  const std::int64_t echunks = ceil_div(E, rows_per_task);
+  parallel_for(blocks * echunks, [&](std::int64_t t) {
+    const std::int64_t blk = t / echunks, e0 = (t % echunks) * rows_per_task, e1 = std::min(E, e0 + rows_per_task);
+    const std::int64_t kb = blk % nkb, kk1 = std::min(KB, Kg - kb * KB);
+    T* sum = acc + blk * acc_block + e0 * KB;
+    for (std::int64_t slice = 1; slice < nslices; ++slice) {
+      const T* part = sum + slice * acc_slice;
+      for (std::int64_t i = 0; i < (e1 - e0) * KB; ++i) sum[i] += part[i];
     }
+    ks.transpose(sum, KB, gw + ((blk / nkb) * Kg + kb * KB) * E + e0, E, e1 - e0, kk1);
   });
 }
 

@@ -81,6 +81,9 @@ template <typename T>
 struct ConvKernels {
   std::vector<DirectKernel<T>> direct;  // the tile shapes the operator may choose from
   std::vector<GwKernel<T>> gw;
+  // dst[c*dst_ld + r] = src[r*src_ld + c] for a rows x cols matrix.
+  void (*transpose)(const T* src, std::int64_t src_ld, T* dst, std::int64_t dst_ld, std::int64_t rows,
+                    std::int64_t cols);
 };
 
 // The kernels of the active ISA (tables filled once per ISA, on first use).

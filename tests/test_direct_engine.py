@@ -116,6 +116,8 @@ def test_grad_weight_tile_edges(isa_kernel):
             for C in sorted({1, max(1, R - 1), R, R + 1}):
                 check_conv2d(rng, 2, C, 3, 4, K, (1, 1))
         check_conv2d(rng, 3, R // 2 + 1, 6, 5, KB + 3, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2))
+        # ResNet-stem-like: 147 entries, in R-blocks that split unevenly over the tasks.
+        check_conv2d(rng, 1, 3, 48, 48, KB, (7, 7), stride=2, padding=3)
 
 
 # --------------------------------------------------------------------- geometry grid
@@ -155,6 +157,15 @@ def test_grid(isa, case, layout):
     for fold in (0, 1):  # both input layouts of the forward, whichever the cost model picks
         with using(isa, fold=fold):
             check_conv2d(rng, N, C, H, W, K, kernel, s, p, d, g, layout=layout)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_medium_layer(isa, layout):
+    """Sizes past every register block: grad-weight's SIMD transposes (16 x 16 on AVX-512)
+    of grad_output and of its sums run whole blocks, not only their edges."""
+    rng = np.random.default_rng(17)
+    check_conv2d(rng, 2, 20, 18, 19, 37, (3, 3), padding=1, layout=layout)
+    check_conv2d(rng, 1, 33, 9, 40, 18, (1, 1), layout=layout)
 
 
 # ------------------------------------------------------------------ conv_transpose2d

@@ -124,5 +124,23 @@ void conv_gw_tile(const GwTile<typename VT::Elem>& t) {
     for (int v = 0; v < V; ++v) VT::storeu(t.acc + r * KB + v * W, acc[r][v]);
 }
 
+// dst[c*dst_ld + r] = src[r*src_ld + c] for a rows x cols matrix: W x W blocks through
+// registers (VT::transpose_block), the edges element by element. Grad-weight packs
+// grad_output and unpacks its sums with it (a transpose each, in NCHW).
+template <class VT>
+void transpose(const typename VT::Elem* src, std::int64_t src_ld, typename VT::Elem* dst, std::int64_t dst_ld,
+               std::int64_t rows, std::int64_t cols) {
+  constexpr int W = VT::W;
+  std::int64_t r = 0;
+  for (; r + W <= rows; r += W) {
+    std::int64_t c = 0;
+    for (; c + W <= cols; c += W) VT::transpose_block(src + r * src_ld + c, src_ld, dst + c * dst_ld + r, dst_ld);
+    for (; c < cols; ++c)
+      for (int i = 0; i < W; ++i) dst[c * dst_ld + r + i] = src[(r + i) * src_ld + c];
+  }
+  for (; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) dst[c * dst_ld + r] = src[r * src_ld + c];
+}
+
 }  // namespace
 }  // namespace convkit
