@@ -119,18 +119,25 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
                                 : pass_cost(kern_f, Kg, g.OH * folded.pg.Wq, E, double(g.C * folded.channel_size())) <
                                       pass_cost(kern_p, Kg, g.OH * phased.pg.Wq, E, double(g.C * phased.channel_size()));
   const DirectKernel<T>& kern = fold ? kern_f : kern_p;
-  const InputPlanes ip = fold ? folded_planes(g, kern.P) : stride_phase_planes(g, kern.P);
+  // A stride-1 layer without padding in NCHW reads its input as is (its stride-phase
+  // planes would be a copy with slack), the last tile moved back (DirectJob::exact).
+  const bool in_place = layout == Layout::NCHW && !fold && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 &&
+                        g.pl == 0 && g.pr == 0 && (g.OH - 1) * g.W + g.OW >= kern.P;
+  const InputPlanes ip = in_place ? InputPlanes{PlaneGeom{1, 1, 0, 0, g.H, g.W, g.H * g.W}, 1, g.dw, 0, 1}
+                         : fold   ? folded_planes(g, kern.P)
+                                  : stride_phase_planes(g, kern.P);
   const PlaneGeom& pg = ip.pg;
   const std::vector<Entry> ent = forward_entries(g, ip);
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.C * ip.channel_size());
+  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.C * ip.channel_size());
   ws.allocate();
-  const T* planes = pack_all(x, layout, g.N, g.C, g.H, g.W, ip.channel_size(),
-                             [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
-                               ip.pack(src, rs, cs, g.H, g.W, dst);
-                             },
-                             ws.at<T>(planes_at));
+  const T* planes = in_place ? x
+                             : pack_all(x, layout, g.N, g.C, g.H, g.W, ip.channel_size(),
+                                        [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
+                                          ip.pack(src, rs, cs, g.H, g.W, dst);
+                                        },
+                                        ws.at<T>(planes_at));
 
   const ActStrides ys = act_strides(layout, g.K, g.OH, g.OW);
   // Tap (i, j) reads real input on output rows [lo, hi) of tap_range; a tap whose
@@ -153,7 +160,7 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
                         static_cast<std::int64_t>(b.ent.size()), w + grp * Kg * E, E, bias ? bias + grp * Kg : nullptr,
                         OutMap<T>{y + n * ys.n + grp * Kg * ys.c + b.r0 * ys.h, ys.c, ys.h, ys.w, b.r1 - b.r0, g.OW,
                                   pg.Wq},
-                        Kg, (b.r1 - b.r0) * pg.Wq});
+                        Kg, (b.r1 - b.r0 - 1) * pg.Wq + g.OW, in_place});
   run_direct_jobs(kern, jobs, relu);
 }
 
@@ -205,7 +212,16 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
     Wq = std::max(Wq, ph.qw0 + ph.cols + Lw);
   }
   const DirectKernel<T>& kern = choose_direct_kernel(conv_kernels<T>(), Cg, max_rows * Wq);
-  const PlaneGeom pg = make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, kern.P);
+  // When no tap of any phase reaches outside gy (1x1 stride 1; U-Net's 2x2 stride 2),
+  // NCHW gy is its own plane: read in place, the last tile moved back (DirectJob::exact).
+  bool in_place = layout == Layout::NCHW && Lh == 0 && Lw == 0 && Wq == g.OW;
+  for (const Phase& ph : phases) {
+    in_place = in_place && (ph.rows - 1) * Wq + ph.cols >= kern.P;
+    for (std::int64_t i : ph.i) in_place = in_place && ph.qh0 + ph.rows - i * g.dh / g.sh <= g.OH;
+    for (std::int64_t j : ph.j) in_place = in_place && ph.qw0 + ph.cols - j * g.dw / g.sw <= g.OW;
+  }
+  const PlaneGeom pg = in_place ? PlaneGeom{1, 1, 0, 0, g.OH, g.OW, g.OH * g.OW}
+                                : make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, kern.P);
   // Entries (k, tap), taps in reverse so that consecutive entries read ascending
   // addresses within a channel, as in the forward. Tap (ai, bj) reads real gy on phase
   // rows qh with 0 <= qh - ai < OH, and on some column if [qw0, qw0 + cols) meets
@@ -227,13 +243,14 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   }
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.K * pg.size);
+  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.K * pg.size);
   ws.allocate();
-  const T* planes = pack_all(gy, layout, g.N, g.K, g.OH, g.OW, pg.size,
-                             [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
-                               pack_planes(src, rs, cs, g.OH, g.OW, pg, dst);
-                             },
-                             ws.at<T>(planes_at));
+  const T* planes = in_place ? gy
+                             : pack_all(gy, layout, g.N, g.K, g.OH, g.OW, pg.size,
+                                        [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
+                                          pack_planes(src, rs, cs, g.OH, g.OW, pg, dst);
+                                        },
+                                        ws.at<T>(planes_at));
 
   const ActStrides xs = act_strides(layout, g.C, g.H, g.W);
   std::vector<DirectJob<T>> jobs;
@@ -248,7 +265,7 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
           jobs.push_back({in + b.r0 * Wq, b.ent.data(), static_cast<std::int64_t>(b.ent.size()),
                           w + grp * Kg * Cg * taps, taps, nullptr,
                           OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, ph.cols, Wq},
-                          Cg, (b.r1 - b.r0) * Wq});
+                          Cg, (b.r1 - b.r0 - 1) * Wq + ph.cols, in_place});
       }
   run_direct_jobs(kern, jobs, false);
 }

@@ -72,14 +72,19 @@ void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>
       const std::int64_t t = u / nkc, chunk = u % nkc;
       while (t >= first_tile[j + 1]) ++j;
       const DirectJob<T>& job = jobs[j];
-      const std::int64_t p0 = (t - first_tile[j]) * P;
+      std::int64_t p0 = (t - first_tile[j]) * P;
+      int skip = 0;
+      if (job.exact && p0 + P > job.npix) {
+        skip = static_cast<int>(p0 + P - job.npix);
+        p0 = job.npix - P;
+      }
       const std::int64_t kb1 = std::min(ceil_div(job.nk, R), (chunk + 1) * kb_per_chunk);
       for (std::int64_t kb = chunk * kb_per_chunk; kb < kb1; ++kb) {
         OutMap<T> out = job.out;
         out.base += kb * R * out.k_stride;
         const DirectTile<T> tile{job.in + p0, job.ent, job.n, job.w + kb * R * job.w_ld, job.w_ld,
                                  job.bias ? job.bias + kb * R : nullptr, relu,
-                                 static_cast<int>(std::min(R, job.nk - kb * R)), p0, out};
+                                 static_cast<int>(std::min(R, job.nk - kb * R)), skip, p0, out};
         kern.fn(tile);
       }
     }

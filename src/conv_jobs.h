@@ -20,6 +20,10 @@ struct DirectJob {
   OutMap<T> out;             // at output channel 0
   std::int64_t nk;           // output channels
   std::int64_t npix;         // flat pixels
+  // The input is the activation itself, not packed planes with slack: no tile may read
+  // past npix, so the last tile is moved back to end there (npix >= P), overlapping
+  // its neighbour, whose pixels it recomputes identically and does not store again.
+  bool exact;
 };
 
 // A run of output rows [r0, r1) of a flat domain and the reduction entries that read

@@ -45,6 +45,7 @@ struct DirectTile {
   const T* bias;             // kr values or nullptr
   bool relu;
   int kr;                    // valid output channels of the block, 1..R
+  int skip;                  // leading pixels not stored (a last tile moved back, see DirectJob)
   std::int64_t p0;           // the tile's first flat pixel
   OutMap<T> out;
 };
