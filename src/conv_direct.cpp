@@ -207,21 +207,40 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
       phases.push_back(std::move(ph));
     }
   }
+  std::int64_t Wf = 0;  // folded windows' width: the widest phase
   for (const Phase& ph : phases) {
     Hq = std::max(Hq, ph.qh0 + ph.rows + Lh);
     Wq = std::max(Wq, ph.qw0 + ph.cols + Lw);
+    Wf = std::max(Wf, ph.cols);
   }
-  const DirectKernel<T>& kern = choose_direct_kernel(conv_kernels<T>(), Cg, max_rows * Wq);
+  // As in the forward: stride-phase planes of gy, Wq wide, or folded tap columns, one
+  // window per tap column j (the gy columns its phase's pixels read, from qw0 - bj),
+  // Wf wide: nothing discarded, kw windows to pack. ASPP's grad-input: 57 -> 33.
+  const ConvKernels<T>& ks = conv_kernels<T>();
+  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Cg, max_rows * Wq);
+  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Cg, max_rows * Wf);
+  double cost_p = 35.0 * double(g.K * Hq * Wq), cost_f = 35.0 * double(g.K * g.kw * Hq * Wf);
+  for (const Phase& ph : phases) {
+    const std::int64_t entries = Kg * static_cast<std::int64_t>(ph.i.size() * ph.j.size());
+    cost_p += pass_cost(kern_p, Cg, ph.rows * Wq, entries, 0);
+    cost_f += pass_cost(kern_f, Cg, ph.rows * Wf, entries, 0);
+  }
+  const int forced = forced_conv_fold();
+  const bool fold = forced >= 0 ? forced == 1 : cost_f < cost_p;
+  const DirectKernel<T>& kern = fold ? kern_f : kern_p;
+  const std::int64_t Wx = fold ? Wf : Wq;  // the flat domain's row width
   // When no tap of any phase reaches outside gy (1x1 stride 1; U-Net's 2x2 stride 2),
   // NCHW gy is its own plane: read in place, the last tile moved back (DirectJob::exact).
-  bool in_place = layout == Layout::NCHW && Lh == 0 && Lw == 0 && Wq == g.OW;
+  bool in_place = layout == Layout::NCHW && !fold && Lh == 0 && Lw == 0 && Wq == g.OW;
   for (const Phase& ph : phases) {
     in_place = in_place && (ph.rows - 1) * Wq + ph.cols >= kern.P;
     for (std::int64_t i : ph.i) in_place = in_place && ph.qh0 + ph.rows - i * g.dh / g.sh <= g.OH;
     for (std::int64_t j : ph.j) in_place = in_place && ph.qw0 + ph.cols - j * g.dw / g.sw <= g.OW;
   }
   const PlaneGeom pg = in_place ? PlaneGeom{1, 1, 0, 0, g.OH, g.OW, g.OH * g.OW}
+                       : fold   ? make_plane_geom(Hq, Wf, Lh, 0, 1, 1, kern.P)
                                 : make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, kern.P);
+  const std::int64_t cs = fold ? g.kw * pg.size : pg.size;  // per gy channel
   // Entries (k, tap), taps in reverse so that consecutive entries read ascending
   // addresses within a channel, as in the forward. Tap (ai, bj) reads real gy on phase
   // rows qh with 0 <= qh - ai < OH, and on some column if [qw0, qw0 + cols) meets
@@ -235,20 +254,30 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
       for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
         for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j) {
           const std::int64_t ai = *i * g.dh / g.sh, bj = *j * g.dw / g.sw;
-          ent.push_back({k * pg.size - ai * Wq - bj, k * Cg * taps + *i * g.kw + *j});
+          ent.push_back({k * cs + (fold ? *j * pg.size - ai * Wx : -ai * Wx - bj), k * Cg * taps + *i * g.kw + *j});
           const bool cols = std::max(ph.qw0, bj) < std::min(ph.qw0 + ph.cols, bj + g.OW);
           valid.push_back(cols ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
         }
-    bands[f] = row_bands(ent, valid, ph.rows, Wq, kern.P);
+    bands[f] = row_bands(ent, valid, ph.rows, Wx, kern.P);
   }
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.K * pg.size);
+  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.K * cs);
   ws.allocate();
+  // A folded window j starts at the gy column its phase's first pixel reads.
+  std::vector<std::int64_t> col0(static_cast<std::size_t>(g.kw), 0);
+  for (const Phase& ph : phases)
+    for (std::int64_t j : ph.j) col0[j] = ph.qw0 - j * g.dw / g.sw;
   const T* planes = in_place ? gy
-                             : pack_all(gy, layout, g.N, g.K, g.OH, g.OW, pg.size,
-                                        [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
-                                          pack_planes(src, rs, cs, g.OH, g.OW, pg, dst);
+                             : pack_all(gy, layout, g.N, g.K, g.OH, g.OW, cs,
+                                        [&](const T* src, std::int64_t rs, std::int64_t cstr, T* dst) {
+                                          if (!fold) return pack_planes(src, rs, cstr, g.OH, g.OW, pg, dst);
+                                          for (std::int64_t j = 0; j < g.kw; ++j) {
+                                            T* window = dst + j * pg.size;
+                                            pack_window(src, rs, cstr, g.OH, g.OW, -Lh, 1, pg.Hq, col0[j], 1, Wf,
+                                                        window);
+                                            std::fill(window + pg.Hq * Wf, window + pg.size, T(0));
+                                          }
                                         },
                                         ws.at<T>(planes_at));
 
@@ -260,12 +289,12 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
         const Phase& ph = phases[f];
         T* out = gx + n * xs.n + grp * Cg * xs.c + (ph.qh0 * g.sh + ph.ra - g.pt) * xs.h +
                  (ph.qw0 * g.sw + ph.rb - g.pl) * xs.w;
-        const T* in = planes + (n * g.K + grp * Kg) * pg.size + (ph.qh0 + Lh) * Wq + ph.qw0 + Lw;
+        const T* in = planes + (n * g.K + grp * Kg) * cs + (ph.qh0 + Lh) * Wx + (fold ? 0 : ph.qw0 + Lw);
         for (const Band& b : bands[f])
-          jobs.push_back({in + b.r0 * Wq, b.ent.data(), static_cast<std::int64_t>(b.ent.size()),
+          jobs.push_back({in + b.r0 * Wx, b.ent.data(), static_cast<std::int64_t>(b.ent.size()),
                           w + grp * Kg * Cg * taps, taps, nullptr,
-                          OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, ph.cols, Wq},
-                          Cg, (b.r1 - b.r0 - 1) * Wq + ph.cols, in_place});
+                          OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, ph.cols, Wx},
+                          Cg, (b.r1 - b.r0 - 1) * Wx + ph.cols, in_place});
       }
   run_direct_jobs(kern, jobs, false);
 }
@@ -289,9 +318,24 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const std::int64_t R = kern.R, KB = kern.KB, nkb = ceil_div(Kg, KB), neb = ceil_div(E, R);
   const InputPlanes ip = stride_phase_planes(g, 0);  // reads only real output pixels: never folded
   const PlaneGeom& pg = ip.pg;
-  std::vector<std::int64_t> off;
-  for (const Entry& e : forward_entries(g, ip)) off.push_back(e.x);
-  off.resize(static_cast<std::size_t>(neb * R), off.back());  // padding entries: re-read the last, discarded
+  // Entries tap-major, (tap, c), so that a block of R entries mostly shares one tap and
+  // with it the output pixels where that tap reads real input: the block's kernel calls
+  // run over that box only (ASPP's dilation-12 taps read zeros on 40% of the pixels).
+  // Padding entries at the end re-read the last one and are discarded.
+  const std::int64_t taps = g.kh * g.kw;
+  std::vector<std::int64_t> off(static_cast<std::size_t>(neb * R));
+  std::vector<std::int64_t> box(static_cast<std::size_t>(neb * 4));  // rows [0], [1), cols [2], [3) per block
+  for (std::int64_t e = 0; e < neb * R; ++e) {
+    const std::int64_t t = std::min(e, E - 1) / Cg, c = std::min(e, E - 1) % Cg, i = t / g.kw, j = t % g.kw;
+    off[e] = c * ip.channel_size() + ip.offset_of(i * g.dh, j);
+    std::int64_t r0, r1, c0, c1;
+    tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, r0, r1);
+    tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, c0, c1);
+    std::int64_t* b = &box[(e / R) * 4];
+    if (e % R == 0 || b[0] >= b[1] || b[2] >= b[3]) b[0] = r0, b[1] = r1, b[2] = c0, b[3] = c1;
+    if (r0 < r1 && c0 < c1)
+      b[0] = std::min(b[0], r0), b[1] = std::max(b[1], r1), b[2] = std::min(b[2], c0), b[3] = std::max(b[3], c1);
+  }
 
   // Tasks: (batch slice, group, channel block, chunk of entry blocks). The slices and
   // chunks depend on the shape only (the batch split changes the summation order).
@@ -310,6 +354,8 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
   const auto gyp_at = ws.add<T>(blocks * g.N * OHW * KB);
   const auto acc_at = ws.add<T>(nslices * acc_slice);
+  const bool permute = g.kh * g.kw > 1 && Cg > 1;  // acc's (tap, c) rows differ from gw's (c, tap)
+  const auto tmp_at = ws.add<T>(permute ? g.K * E : 0);
   ws.allocate();
   T *gyp = ws.at<T>(gyp_at), *acc = ws.at<T>(acc_at);
   const T* planes = pack_all(x, layout, g.N, g.C, g.H, g.W, pg.channel_size(),
@@ -350,15 +396,20 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
       const T* gyn = gyp + (blk * g.N + n) * OHW * KB;
       const T* xn = planes + (n * g.C + grp * Cg) * pg.channel_size();
       for (std::int64_t oh0 = 0; oh0 < g.OH; oh0 += chunk_rows) {
-        const std::int64_t rows = std::min(chunk_rows, g.OH - oh0);
-        for (std::int64_t eb = eb0; eb < eb1; ++eb)
-          kern.fn(GwTile<T>{gyn + oh0 * g.OW * KB, xn + oh0 * pg.Wq, off.data() + eb * R, rows, g.OW, pg.Wq,
-                            acc_blk + eb * R * KB});
+        for (std::int64_t eb = eb0; eb < eb1; ++eb) {
+          const std::int64_t* b = &box[eb * 4];
+          const std::int64_t r0 = std::max(oh0, b[0]), r1 = std::min(oh0 + chunk_rows, b[1]);
+          if (r0 >= r1 || b[2] >= b[3]) continue;
+          kern.fn(GwTile<T>{gyn + (r0 * g.OW + b[2]) * KB, xn + r0 * pg.Wq + b[2], off.data() + eb * R, r1 - r0,
+                            b[3] - b[2], g.OW * KB, pg.Wq, acc_blk + eb * R * KB});
+        }
       }
     }
   });
 
-  // gw = the slices' sums added in order, each block transposed into place.
+  // gw = the slices' sums added in order, each block transposed: acc rows are entries
+  // (tap, c), so into tmp as gw[k][t][c], then each row of it into place as gw[k][c][t].
+  T* tmp = permute ? ws.at<T>(tmp_at) : gw;
   const std::int64_t rows_per_task = 256;
   const std::int64_t echunks = ceil_div(E, rows_per_task);
   parallel_for(blocks * echunks, [&](std::int64_t t) {
@@ -369,8 +420,12 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
       const T* part = sum + slice * acc_slice;
       for (std::int64_t i = 0; i < (e1 - e0) * KB; ++i) sum[i] += part[i];
     }
-    ks.transpose(sum, KB, gw + ((blk / nkb) * Kg + kb * KB) * E + e0, E, e1 - e0, kk1);
+    ks.transpose(sum, KB, tmp + ((blk / nkb) * Kg + kb * KB) * E + e0, E, e1 - e0, kk1);
   });
+  if (permute)
+    parallel_ranges(g.K, (1 << 14) / E, [&](std::int64_t k0, std::int64_t k1) {
+      for (std::int64_t k = k0; k < k1; ++k) ks.transpose(tmp + k * E, Cg, gw + k * E, taps, taps, Cg);
+    });
 }
 
 #define CONVKIT_INSTANTIATE(T)                                                                                  \

@@ -52,13 +52,13 @@ struct DirectTile {
 
 // One call of a grad-weight kernel `R x KB` (R reduction entries, KB output channels):
 // for r < R, k < KB, acc[r*KB + k] += sum over rows, cols of
-//   gy[(row*cols + col)*KB + k] * x[off[r] + row*x_row_stride + col].
+//   gy[row*gy_ld + col*KB + k] * x[off[r] + row*x_ld + col].
 template <typename T>
 struct GwTile {
-  const T* gy;                // packed grad_output of the channel block, [rows*cols][KB]
-  const T* x;                 // input planes of one image, shifted to the first row
+  const T* gy;                // packed grad_output of the channel block, [rows][cols][KB] with row stride gy_ld
+  const T* x;                 // input planes of one image, shifted to the first row and column
   const std::int64_t* off;    // R entries' offsets into x
-  std::int64_t rows, cols, x_row_stride;
+  std::int64_t rows, cols, gy_ld, x_ld;
   T* acc;                     // [R][KB] running sums, updated in place
 };
 

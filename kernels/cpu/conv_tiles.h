@@ -108,9 +108,9 @@ void conv_gw_tile(const GwTile<typename VT::Elem>& t) {
   Vec acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = VT::loadu(t.acc + r * KB + v * W);
-  const T* gy = t.gy;
   for (std::int64_t row = 0; row < t.rows; ++row) {
-    const T* x = t.x + row * t.x_row_stride;
+    const T* gy = t.gy + row * t.gy_ld;
+    const T* x = t.x + row * t.x_ld;
     const T* xr[R];
     for (int r = 0; r < R; ++r) xr[r] = x + t.off[r];
     for (std::int64_t col = 0; col < t.cols; ++col, gy += KB) {
