@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "conv_depthwise_units.h"
@@ -90,7 +89,8 @@ struct InputPlan {
 
 InputPlan plan_input(const ConvGeom& g, int lanes) {
   const std::int64_t Wp = g.W + g.pl + g.pr, eh = g.dh * (g.kh - 1) + 1;
-  const Blocks blocks = row_blocks(g.OH, g.N * g.C, g.sh * Wp * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
+  const Blocks blocks =
+      row_blocks(g.OH, g.N * g.C, g.sh * Wp * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
   InputPlan plan{blocks, make_plane_geom((blocks.rows - 1) * g.sh + eh, Wp, g.pt, g.pl, g.sh, g.sw, lanes), {},
                  StoreMaps(0, lanes)};
   for (std::int64_t i = 0; i < g.kh; ++i)
@@ -151,16 +151,13 @@ void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* 
     const std::int64_t c = k / m, j = k % m;
     for (std::int64_t t = 0; t < taps; ++t) {
       float s = 0.0f;
-      for (std::int64_t b = 0; b < bl.count; ++b) s += partial[static_cast<std::size_t>(((c * bl.count + b) * m + j) * taps + t)];
+      for (std::int64_t b = 0; b < bl.count; ++b)
+        s += partial[static_cast<std::size_t>(((c * bl.count + b) * m + j) * taps + t)];
       gw[k * taps + t] = s;
     }
   }
 }
 
-// Grad-input (the phases: conv_depthwise_units.h). gy is packed once per unit with the
-// phases' U rows / V columns of zeros in front, so the phases' outputs are flat pixels
-// q * Wg + r like the forward's. Stride 1 has one phase, stored straight into gx;
-// otherwise each phase is stored compactly and then spread into gx's rows and columns.
 // out[r*out_stride + i*step] = in[r*in_stride + i]: a phase's rows spread into gx. Stride
 // 2 is a compile-time step so the compiler vectorises it (an AVX-512 version with
 // half-masked stores measured 1.1x slower).
@@ -175,6 +172,10 @@ void spread_strided(const float* in, std::int64_t in_stride, std::int64_t step, 
   }
 }
 
+// Grad-input (the phases: conv_depthwise_units.h). gy is packed once per unit with the
+// phases' U rows / V columns of zeros in front, so the phases' outputs are flat pixels
+// q * Wg + r like the forward's. Stride 1 has one phase, stored straight into gx;
+// otherwise each phase is stored compactly and then spread into gx's rows and columns.
 void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
   const DwKernels& kern = f32_dwconv_kernels(active_isa());
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
