@@ -78,12 +78,15 @@ struct InputPlan {
   Blocks blocks;
   PlaneGeom pg;  // block 0's planes; block b's start b * blocks.rows * sh padded rows lower
   std::vector<std::int64_t> off;
-  StoreMaps maps;
 
   PlaneGeom block_geom(std::int64_t b, std::int64_t sh) const {
     PlaneGeom p = pg;
     p.pt -= b * blocks.rows * sh;
     return p;
+  }
+  // Vectors covering `rows` output rows of `cols` columns as flat pixels.
+  std::int64_t vectors(std::int64_t rows, std::int64_t cols, int lanes) const {
+    return ceil_div((rows - 1) * pg.Wq + cols, lanes);
   }
 };
 
@@ -91,13 +94,9 @@ InputPlan plan_input(const ConvGeom& g, int lanes) {
   const std::int64_t Wp = g.W + g.pl + g.pr, eh = g.dh * (g.kh - 1) + 1;
   const Blocks blocks =
       row_blocks(g.OH, g.N * g.C, g.sh * Wp * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
-  InputPlan plan{blocks, make_plane_geom((blocks.rows - 1) * g.sh + eh, Wp, g.pt, g.pl, g.sh, g.sw, lanes), {},
-                 StoreMaps(0, lanes)};
+  InputPlan plan{blocks, make_plane_geom((blocks.rows - 1) * g.sh + eh, Wp, g.pt, g.pl, g.sh, g.sw, lanes), {}};
   for (std::int64_t i = 0; i < g.kh; ++i)
     for (std::int64_t j = 0; j < g.kw; ++j) plan.off.push_back(plan.pg.offset_of(i * g.dh, j * g.dw));
-  plan.maps = StoreMaps(plan.pg.Wq, lanes);
-  plan.maps.add(blocks.rows, g.OW);
-  plan.maps.add(blocks.rows_of(blocks.count - 1, g.OH), g.OW);
   return plan;
 }
 
@@ -106,12 +105,15 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
   const InputPlan plan = plan_input(g, kern.lanes);
   const Blocks& bl = plan.blocks;
+  StoreMaps maps(plan.pg.Wq, kern.lanes);
+  maps.add(bl.rows, g.OW);
+  maps.add(bl.rows_of(bl.count - 1, g.OH), g.OW);
   parallel_units(g.N * g.C * bl.count, m * bl.rows * g.OW * taps, [&](std::int64_t unit) {
     const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t r0 = b * bl.rows, rows = bl.rows_of(b, g.OH);
     float* planes = scratch(plan.pg.channel_size());
     pack_planes(x + nc * g.H * g.W, g.W, 1, g.H, g.W, plan.block_geom(b, g.sh), planes);
-    const std::vector<DwStore>& map = plan.maps.get(rows, g.OW);
+    const std::vector<DwStore>& map = maps.get(rows, g.OW);
     for (std::int64_t k = c * m; k < (c + 1) * m; ++k)
       kern.conv(planes, plan.off.data(), w + k * taps, taps, static_cast<std::int64_t>(map.size()), map.data(),
                 bias ? bias[k] : 0.0f, relu, y + ((n * g.K + k) * g.OH + r0) * g.OW);
@@ -131,7 +133,7 @@ void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* 
   parallel_units(g.C * bl.count, g.N * m * bl.rows * g.OW * taps, [&](std::int64_t unit) {
     const std::int64_t c = unit / bl.count, b = unit % bl.count;
     const std::int64_t r0 = b * bl.rows, rows = bl.rows_of(b, g.OH), width = plan.pg.Wq;
-    const std::int64_t nvec = static_cast<std::int64_t>(plan.maps.get(rows, g.OW).size());
+    const std::int64_t nvec = plan.vectors(rows, g.OW, kern.lanes);
     float* planes = scratch(plan.pg.channel_size() + nvec * kern.lanes);
     float* gy_rows = planes + plan.pg.channel_size();
     std::fill(gy_rows, gy_rows + nvec * kern.lanes, 0.0f);  // the padding columns, never overwritten below
