@@ -1,10 +1,33 @@
 """algo="auto": which implementation runs for a call, and why.
 
-The rules are a heuristic written from measurements (bench/RESULTS.md); each says why.
+Two ways to choose, both per call shape:
+
+- rules (the default): the small table ``_RULES`` below, first match wins. Each rule
+  comes from side-by-side measurements of the candidates on the layer suite
+  (bench/im2col_vs_direct.py, numbers in bench/RESULTS.md) and says why it holds.
+- measuring: ``convkit.autotune(True)`` (or CONVKIT_AUTOTUNE=1) times every compiled
+  candidate once per new (primitive, geometry, dtype, layout, threads, ISA) on synthetic
+  arrays of that shape and keeps the fastest in an in-process cache. With
+  ``persist=True`` (or CONVKIT_AUTOTUNE=persist) the cache is also kept as JSON in the
+  user's cache directory ($XDG_CACHE_HOME or ~/.cache, then convkit/autotune.json), so a
+  new process starts measured.
+
+``convkit.explain(op, input_shape, weight_shape, ...)`` says which algorithm each
+primitive of an op would run, and why.
 """
 from __future__ import annotations
 
+import json
+import math
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _args
+from ._version import __version__
 
 
 @dataclass(frozen=True)
@@ -13,19 +36,222 @@ class Choice:
     reason: str
 
 
-# Preference when no rule below applies: the hand-written direct kernels are the
-# project's fastest path on every layer of the suite; im2col next; the NumPy reference
-# only when nothing compiled is there (it is exact but slow).
-_PREFERENCE = ("direct", "im2col", "reference")
+# ------------------------------------------------------------------------------ rules
+@dataclass(frozen=True)
+class _Rule:
+    name: str
+    applies: object  # (primitive, geom, dtype) -> bool
+    algo: str
+    why: str
 
 
-def choose(primitive: str, geom, device: str, candidates: list) -> Choice:
+_FORWARD, _GRAD_INPUT, _GRAD_WEIGHT = "conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"
+
+
+# First match wins; a rule whose algorithm is not built is skipped. Every number is a
+# time ratio im2col / direct (below 1: im2col faster) measured per primitive, float32,
+# one thread, CPU time (immune to the shared machine's load), same build: the SIMD
+# direct engine against SciPy's OpenBLAS (bench/im2col_vs_direct.py, bench/RESULTS.md).
+# Re-measure when either side changes. Shapes: suite layers by name, others as
+# C/K/groups/kernel on 56x56.
+_RULES = (
+    # The direct engine's SIMD kernels are float32; its float64 path is plain loops:
+    # 3x3 C=K=64 5.0x / 6.3x / 5.2x slower than dgemm (forward / grad-input / grad-weight).
+    _Rule("float64", lambda p, g, dt: dt == np.float64, "im2col",
+          "float64: the GEMM runs at dgemm speed, the direct engine's float64 path is plain loops (5-6x slower)"),
+    # Depthwise 3x3 on 56x56x144: 3.4 / 3.6 / 3.0; channel multiplier 2: 2.1 / 2.1 / 2.1;
+    # 5x5 on C=64: 4.7 / 5.2 / 4.9. Each group's GEMM is a matrix-vector product.
+    _Rule("depthwise", lambda p, g, dt: g.C == g.groups > 1, "direct",
+          "depthwise: the direct engine's own kernels; a GEMM per channel is a matrix-vector product "
+          "(measured 2-5x slower)"),
+    # DeepLab ASPP (dilation 12, 33x33, padding 12): forward 0.76, grad-input 0.67; at
+    # dilation 2 the direct engine is ahead again (1.17 / 1.03).
+    _Rule("wide dilation", lambda p, g, dt: p != _GRAD_WEIGHT and max(g.dilation) >= 4, "im2col",
+          "dilation >= 4: the column copy takes each tap once, the direct engine sweeps planes padded by the "
+          "dilated extent (ASPP rate 12: im2col 1.3-1.5x faster)"),
+    # Few pixels, many channels: ResNet 3x3 on 14x14x256 grad-input 0.73, grad-weight
+    # 0.83; Xception 1x1 on 19x19x728 1.02 / 0.71; Inception 1x7 on 17x17x128 0.94 /
+    # 1.10. Forward stays direct (1.17-1.18, 0.99); DCGAN's 16x16 with 64 input channels
+    # stays direct (1.19 / 1.30).
+    _Rule("small image", lambda p, g, dt: p != _FORWARD and g.OH * g.OW < 400 and g.C // g.groups >= 128,
+          "im2col",
+          "backward on fewer than 400 output pixels with >= 128 channels per group: long GEMMs over channels, "
+          "while the direct engine's pixel tiles run short"),
+    # Narrow or pointwise weight gradients: LeNet (6 outputs) 0.57, 3x3 C=3 K=8 0.57,
+    # C=1 K=4 0.35, groups of 2 or 4 channels 0.26 / 0.49, ResNet 1x1 256->64 0.91,
+    # Xception 1x1 0.71, 1x1 C=K=16 0.32. At 9 outputs per group (16 groups of 9) the
+    # direct engine wins (2.3), at 64+ outputs with a spatial kernel too (1.2-1.5).
+    _Rule("narrow grad-weight", lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.kh * g.kw == 1),
+          "im2col",
+          "weight gradient with <= 8 outputs per group or a 1x1 kernel: one GEMM over all pixels, where the "
+          "direct engine's outer-product tiles are mostly empty"),
+    # Everything else: forward 1.1-2.9 (ResNet 3x3 64: 1.59, VGG: 1.45, stem: 1.96),
+    # grad-input 1.0-1.5, grad-weight 1.0-1.5 on the dense layers of the suite.
+    _Rule("dense", lambda p, g, dt: True, "direct",
+          "the direct engine's SIMD kernels read the input in place, without the column copy and the BLAS "
+          "packing pass (measured 1.1-2x faster on the suite's dense layers)"),
+)
+
+# When the rule's algorithm is missing (extension not built): the compiled paths first,
+# the NumPy reference (exact but slow) only when nothing compiled is there.
+_FALLBACK = ("direct", "im2col", "reference")
+
+
+def _by_rules(primitive: str, geom, dtype, candidates: list) -> Choice:
+    if geom is not None and primitive.startswith("conv2d"):
+        dt = np.dtype(dtype if dtype is not None else np.float32)
+        for rule in _RULES:
+            if rule.applies(primitive, geom, dt) and rule.algo in candidates:
+                return Choice(rule.algo, f"rule '{rule.name}': {rule.why}")
+    for algo in _FALLBACK:
+        if algo in candidates:
+            return Choice(algo, f"{algo!r} is the first available of {_FALLBACK} (no shape rule applies)")
+    return Choice(candidates[0], "the only implementation registered")
+
+
+# -------------------------------------------------------------------------- autotune
+def _env_mode() -> tuple:
+    raw = os.environ.get("CONVKIT_AUTOTUNE", "").strip().lower()
+    modes = {"": (False, False), "0": (False, False), "off": (False, False), "false": (False, False),
+             "1": (True, False), "on": (True, False), "true": (True, False), "persist": (True, True)}
+    if raw not in modes:
+        raise ValueError(f"CONVKIT_AUTOTUNE must be one of 0, 1, persist, got {raw!r}")
+    return modes[raw]
+
+
+_enabled, _persist = _env_mode()
+_cache: dict = {}  # key -> {"algo": fastest, "seconds": {algo: seconds}}
+# Interleaved timed rounds, the minimum of each candidate kept: at least _ROUNDS, more
+# (up to _MAX_ROUNDS) while the measurement has taken less than _BUDGET seconds, so that
+# on a shared machine one clean round of each fast candidate is very likely. Calls slower
+# than _SLOW_CALL get one round: a disturbance is a small part of them.
+_ROUNDS, _MAX_ROUNDS, _BUDGET, _SLOW_CALL = 3, 10, 0.25, 0.5
+
+
+def autotune(enabled: bool = True, *, persist: bool = False) -> None:
+    """Switch algo="auto" to measuring (True) or back to the rules (False).
+
+    Measuring times every compiled candidate once per new call shape and keeps the fastest
+    in an in-process cache; persist=True also loads and saves it as JSON in the user's
+    cache directory ($XDG_CACHE_HOME or ~/.cache, then convkit/autotune.json).
+    """
+    global _enabled, _persist
+    if not isinstance(enabled, bool) or not isinstance(persist, bool):
+        raise TypeError(f"enabled and persist must be bools, got {enabled!r}, {persist!r}")
+    _enabled, _persist = enabled, enabled and persist
+    if _persist:
+        _cache.update(_load())
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "convkit" / "autotune.json"
+
+
+def _load() -> dict:
+    """Entries of this convkit version (other versions' kernels may differ); {} if none."""
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("convkit") != __version__ or not isinstance(data.get("entries"), dict):
+        return {}
+    return {k: e for k, e in data["entries"].items()  # a hand-edited file must not break a call
+            if isinstance(e, dict) and isinstance(e.get("algo"), str) and isinstance(e.get("seconds"), dict)}
+
+
+def _save() -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"convkit": __version__, "entries": {**_load(), **_cache}}, indent=1))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
+    except OSError:
+        pass  # a read-only home must not break a convolution; the in-process cache still holds
+
+
+if _persist:  # CONVKIT_AUTOTUNE=persist: start from what earlier processes measured
+    _cache.update(_load())
+
+
+def _key(primitive: str, geom, dtype, layout: str) -> str:
+    from ._runtime import get_isa, get_num_threads
+
+    g = geom
+    return (f"{primitive} x{(g.N, g.C, g.H, g.W)} w{(g.K, g.C // g.groups, g.kh, g.kw)} s{g.stride} "
+            f"p{g.padding} d{g.dilation} g{g.groups} {np.dtype(dtype).name} {layout} "
+            f"threads={get_num_threads()} isa={get_isa()}")
+
+
+def _runner(primitive: str, geom, dtype, layout: str):
+    """run(algo): one call of the primitive through the API's own path (layout transposes
+    included: they are part of what a choice costs), on random arrays of the call's shapes."""
+    from . import functional as F
+
+    g, rng = geom, np.random.default_rng(0)
+
+    def arr(n, c, h, w):
+        shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
+        return rng.standard_normal(shape).astype(dtype)  # not zeros: no zero/denormal shortcuts
+
+    w = rng.standard_normal((g.K, g.C // g.groups, g.kh, g.kw)).astype(dtype)
+    if primitive == "conv2d_forward":
+        x = arr(g.N, g.C, g.H, g.W)
+        return lambda algo: F._conv_forward(x, w, None, g, None, layout, algo, "cpu")
+    gy = arr(g.N, g.K, g.OH, g.OW)
+    if primitive == "conv2d_grad_input":
+        return lambda algo: F._conv_grad_input(gy, w, g, layout, algo, "cpu")
+    x = arr(g.N, g.C, g.H, g.W)
+    return lambda algo: F._conv_grad_weight(gy, x, g, layout, algo, "cpu")
+
+
+def _measure(primitive: str, geom, dtype, layout: str, candidates: list) -> dict:
+    """Seconds per call of each candidate: a warm-up call each (first-call costs such as
+    thread wake-up are not the algorithm's), then interleaved timed rounds, minimum kept."""
+    run = _runner(primitive, geom, dtype, layout)
+    seconds = {}
+    for algo in candidates:
+        start = time.perf_counter()
+        run(algo)
+        seconds[algo] = time.perf_counter() - start
+    fewest, most = (1, 1) if max(seconds.values()) > _SLOW_CALL else (_ROUNDS, _MAX_ROUNDS)
+    seconds = dict.fromkeys(candidates, math.inf)
+    begin = time.perf_counter()
+    for done in range(most):
+        if done >= fewest and time.perf_counter() - begin >= _BUDGET:
+            break
+        for algo in candidates:
+            start = time.perf_counter()
+            run(algo)
+            seconds[algo] = min(seconds[algo], time.perf_counter() - start)
+    return seconds
+
+
+def _by_measuring(primitive: str, geom, dtype, layout: str, candidates: list) -> Choice:
+    # The NumPy reference is only a last resort: never worth timing next to compiled code.
+    timed = [a for a in candidates if a != "reference"] or list(candidates)
+    if len(timed) == 1:
+        return Choice(timed[0], "autotune: the only compiled candidate, nothing to measure")
+    key = _key(primitive, geom, dtype, layout)
+    entry = _cache.get(key)
+    if entry is None or entry.get("algo") not in timed:
+        seconds = _measure(primitive, geom, dtype, layout, timed)
+        entry = {"algo": min(seconds, key=seconds.get), "seconds": seconds}
+        _cache[key] = entry
+        if _persist:
+            _save()
+    times = ", ".join(f"{a} {1e3 * s:.3g} ms" for a, s in sorted(entry["seconds"].items(), key=lambda kv: kv[1]))
+    return Choice(entry["algo"], f"autotune: measured fastest for this shape ({times})")
+
+
+def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layout=None) -> Choice:
+    """The algorithm algo="auto" runs for one primitive call."""
     if device == "cuda":
         return _choose_cuda(primitive, geom, candidates)
-    for algo in _PREFERENCE:
-        if algo in candidates:
-            return Choice(algo, f"{algo!r} is the fastest available implementation of {primitive} in general")
-    return Choice(candidates[0], "the only implementation registered")
+    if _enabled and primitive.startswith("conv2d") and geom is not None and dtype is not None:
+        return _by_measuring(primitive, geom, dtype, layout or "NCHW", candidates)
+    return _by_rules(primitive, geom, dtype, candidates)
 
 
 def _choose_cuda(primitive: str, geom, candidates: list) -> Choice:
@@ -43,3 +269,63 @@ def _choose_cuda(primitive: str, geom, candidates: list) -> Choice:
     if "direct" in candidates:
         return Choice("direct", "few channels per group (depthwise, stems) or pooling: the direct kernels")
     return Choice(candidates[0], "the only CUDA implementation registered")
+
+
+# --------------------------------------------------------------------------- explain
+# The primitives each op runs (conv_transpose2d's forward is conv2d's grad-input, its
+# backward conv2d's forward and grad-weight; depthwise is conv2d with groups == C).
+_OP_PRIMITIVES = {
+    "conv2d": ("conv2d_forward",),
+    "conv2d_backward": ("conv2d_grad_input", "conv2d_grad_weight"),
+    "depthwise_conv2d": ("conv2d_forward",),
+    "depthwise_conv2d_backward": ("conv2d_grad_input", "conv2d_grad_weight"),
+    "conv_transpose2d": ("conv2d_grad_input",),
+    "conv_transpose2d_backward": ("conv2d_forward", "conv2d_grad_weight"),
+}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What algo="auto" would run for an op: (primitive, Choice) per step."""
+
+    op: str
+    description: str
+    steps: tuple
+
+    def __str__(self) -> str:
+        lines = [f"{self.op} {self.description}:"]
+        lines += [f"  {primitive} -> {choice.algo}: {choice.reason}" for primitive, choice in self.steps]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, output_padding=0,
+            dtype="float32", layout="NCHW", device="cpu") -> Explanation:
+    """Which algorithm algo="auto" would run for `op` on these shapes, and why.
+
+    op: conv2d, depthwise_conv2d or conv_transpose2d, or its *_backward; input_shape in
+    `layout`, weight_shape as the op takes it. In autotune mode this measures, as the
+    call would, unless the shape is cached. Print the result (or look at .steps).
+    """
+    from ._registry import algos, check_device
+
+    if op not in _OP_PRIMITIVES:
+        raise ValueError(f"op must be one of {tuple(_OP_PRIMITIVES)}, got {op!r}")
+    layout = _args.check_layout(layout)
+    dtype = np.dtype(dtype)
+    if dtype not in _args.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    check_device(device)
+    if len(input_shape) != 4 or len(weight_shape) != 4:
+        raise ValueError(f"input_shape and weight_shape must be 4-D, got {tuple(input_shape)} and {tuple(weight_shape)}")
+    nchw = (input_shape[0], input_shape[3], input_shape[1], input_shape[2]) if layout == "NHWC" else input_shape
+    if op.startswith("conv_transpose2d"):
+        geom, _ = _args.conv_transpose_geometry(nchw, weight_shape, stride, padding, output_padding, groups, dilation)
+    else:
+        groups = nchw[1] if op.startswith("depthwise") else groups
+        geom = _args.conv_geometry(nchw, weight_shape, stride, padding, dilation, groups)
+    steps = tuple((p, choose(p, geom, device, algos(p, device), dtype, layout)) for p in _OP_PRIMITIVES[op])
+    mode = "autotune" if _enabled else "rules"
+    return Explanation(op, f"(input {tuple(input_shape)} {layout}, weight {tuple(weight_shape)}, {dtype.name}, "
+                           f"{device}, {mode})", steps)
