@@ -107,7 +107,7 @@ std::vector<Entry> forward_entries(const ConvGeom& g, const InputPlanes& ip) {
 
 template <typename T>
 void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, const T* bias, bool relu, T* y) {
-  if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_forward(g, x, w, bias, relu, y);
+  if (depthwise_handles<T>(g, layout)) return depthwise_forward(g, layout, x, w, bias, relu, y);
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw;
   const ConvKernels<T>& ks = conv_kernels<T>();
@@ -178,7 +178,7 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
 // zeroed first (a phase without taps stores zeros).
 template <typename T>
 void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w, T* gx) {
-  if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_grad_input(g, gy, w, gx);
+  if (depthwise_handles<T>(g, layout)) return depthwise_grad_input(g, layout, gy, w, gx);
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
 
@@ -306,7 +306,7 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
 // batch slices are added in order at the end. No atomics.
 template <typename T>
 void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* x, T* gw) {
-  if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_grad_weight(g, gy, x, gw);
+  if (depthwise_handles<T>(g, layout)) return depthwise_grad_weight(g, layout, gy, x, gw);
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw, OHW = g.OH * g.OW;
   if (g.N == 0) {
     std::fill(gw, gw + g.K * E, T(0));
