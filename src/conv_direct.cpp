@@ -53,14 +53,15 @@ const T* pack_all(const T* src, Layout layout, std::int64_t N, std::int64_t C, s
 struct InputPlanes {
   PlaneGeom pg;
   std::int64_t fold, dw, pl, sw;  // windows per channel, and the folded windows' origin and steps
+  bool folded;                    // tap-column windows (even when kw == 1 makes fold 1)
 
   std::int64_t channel_size() const { return fold * pg.channel_size(); }
   std::int64_t offset_of(std::int64_t ih, std::int64_t j) const {
-    return fold == 1 ? pg.offset_of(ih, j * dw) : j * pg.channel_size() + pg.offset_of(ih, 0);
+    return folded ? j * pg.channel_size() + pg.offset_of(ih, 0) : pg.offset_of(ih, j * dw);
   }
   template <typename T>
   void pack(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t H, std::int64_t W, T* dst) const {
-    if (fold == 1) return pack_planes(src, rs, cs, H, W, pg, dst);
+    if (!folded) return pack_planes(src, rs, cs, H, W, pg, dst);
     for (std::int64_t j = 0; j < fold; ++j)
       for (std::int64_t a = 0; a < pg.sh; ++a) {
         T* plane = dst + (j * pg.sh + a) * pg.size;
@@ -72,11 +73,11 @@ struct InputPlanes {
 
 InputPlanes stride_phase_planes(const ConvGeom& g, std::int64_t overrun) {
   return {make_plane_geom(g.H + g.pt + g.pb, g.W + g.pl + g.pr, g.pt, g.pl, g.sh, g.sw, overrun), 1, g.dw, g.pl,
-          g.sw};
+          g.sw, false};
 }
 
 InputPlanes folded_planes(const ConvGeom& g, std::int64_t overrun) {
-  return {make_plane_geom(g.H + g.pt + g.pb, g.OW, g.pt, 0, g.sh, 1, overrun), g.kw, g.dw, g.pl, g.sw};
+  return {make_plane_geom(g.H + g.pt + g.pb, g.OW, g.pt, 0, g.sh, 1, overrun), g.kw, g.dw, g.pl, g.sw, true};
 }
 
 // Kernel time of a pass over a flat domain plus its packing, in MACs: a packed element
@@ -108,6 +109,7 @@ std::vector<Entry> forward_entries(const ConvGeom& g, const InputPlanes& ip) {
 template <typename T>
 void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, const T* bias, bool relu, T* y) {
   if (depthwise_handles<T>(g, layout)) return depthwise_forward(g, layout, x, w, bias, relu, y);
+  if (!planes_pay_off(g)) return conv2d_forward_loops(g, layout, x, w, bias, relu, y);
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw;
   const ConvKernels<T>& ks = conv_kernels<T>();
@@ -123,14 +125,14 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
   // planes would be a copy with slack), the last tile moved back (DirectJob::exact).
   const bool in_place = layout == Layout::NCHW && !fold && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 &&
                         g.pl == 0 && g.pr == 0 && (g.OH - 1) * g.W + g.OW >= kern.P;
-  const InputPlanes ip = in_place ? InputPlanes{PlaneGeom{1, 1, 0, 0, g.H, g.W, g.H * g.W}, 1, g.dw, 0, 1}
+  const InputPlanes ip = in_place ? InputPlanes{PlaneGeom{1, 1, 0, 0, g.H, g.W, g.H * g.W}, 1, g.dw, 0, 1, false}
                          : fold   ? folded_planes(g, kern.P)
                                   : stride_phase_planes(g, kern.P);
   const PlaneGeom& pg = ip.pg;
   const std::vector<Entry> ent = forward_entries(g, ip);
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.C * ip.channel_size());
+  const auto planes_at = ws.add<T>(in_place ? 0 : buffer_size({g.N, g.C, ip.channel_size()}));
   ws.allocate();
   const T* planes = in_place ? x
                              : pack_all(x, layout, g.N, g.C, g.H, g.W, ip.channel_size(),
@@ -179,6 +181,7 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
 template <typename T>
 void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w, T* gx) {
   if (depthwise_handles<T>(g, layout)) return depthwise_grad_input(g, layout, gy, w, gx);
+  if (!planes_pay_off(g)) return conv2d_grad_input_loops(g, layout, gy, w, gx);
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
 
@@ -193,8 +196,12 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   };
   std::vector<Phase> phases;
   std::int64_t Lh = 0, Lw = 0, Hq = 0, Wq = 0, max_rows = 0;
-  for (std::int64_t ra = 0; ra < g.sh; ++ra) {
-    for (std::int64_t rb = 0; rb < g.sw; ++rb) {
+  // Only the phases that hold gx pixels: row phase (ih + pt) % sh of gx rows ih < H, at
+  // most min(H, sh) of them (a stride near 2^31 must not loop over every residue).
+  for (std::int64_t ih = 0; ih < std::min(g.H, g.sh); ++ih) {
+    const std::int64_t ra = (ih + g.pt) % g.sh;
+    for (std::int64_t iw = 0; iw < std::min(g.W, g.sw); ++iw) {
+      const std::int64_t rb = (iw + g.pl) % g.sw;
       Phase ph{ra, rb, 0, 0, 0, 0, {}, {}};
       ph.rows = span(ra, g.sh, g.pt, g.H, ph.qh0);
       ph.cols = span(rb, g.sw, g.pl, g.W, ph.qw0);
@@ -262,7 +269,7 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   }
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.K * cs);
+  const auto planes_at = ws.add<T>(in_place ? 0 : buffer_size({g.N, g.K, cs}));
   ws.allocate();
   // A folded window j starts at the gy column its phase's first pixel reads.
   std::vector<std::int64_t> col0(static_cast<std::size_t>(g.kw), 0);
@@ -307,6 +314,7 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
 template <typename T>
 void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* x, T* gw) {
   if (depthwise_handles<T>(g, layout)) return depthwise_grad_weight(g, layout, gy, x, gw);
+  if (!planes_pay_off(g)) return conv2d_grad_weight_loops(g, layout, gy, x, gw);
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw, OHW = g.OH * g.OW;
   if (g.N == 0) {
     std::fill(gw, gw + g.K * E, T(0));
@@ -351,7 +359,7 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const std::int64_t acc_block = neb * R * KB, acc_slice = blocks * acc_block;
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
+  const auto planes_at = ws.add<T>(buffer_size({g.N, g.C, pg.channel_size()}));
   const auto gyp_at = ws.add<T>(blocks * g.N * OHW * KB);
   const auto acc_at = ws.add<T>(nslices * acc_slice);
   const bool permute = g.kh * g.kw > 1 && Cg > 1;  // acc's (tap, c) rows differ from gw's (c, tap)
