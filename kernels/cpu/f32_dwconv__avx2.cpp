@@ -19,7 +19,7 @@ struct CompressIndices {
 constexpr CompressIndices kCompress{};
 
 struct Avx2 : VecAvx2F32 {
-  static constexpr int tile = 8, gw_taps = 12;
+  static constexpr int tile = 8, nhwc_tile = 8, gw_taps = 12;
 
   // Full vectors (most of them) are plain stores; a vector holding a row end is packed by
   // a permutation and written by a masked store, which never touches masked-off memory.

@@ -10,7 +10,7 @@ namespace convkit {
 namespace {
 
 struct Avx512 : VecAvx512F32 {
-  static constexpr int tile = 4, gw_taps = 16;
+  static constexpr int tile = 4, nhwc_tile = 8, gw_taps = 16;
 
   // Compress in a register, then one masked store: a row end inside the vector costs no
   // branch (compress straight to memory is microcoded and slow on AMD).
