@@ -71,6 +71,11 @@ cdef Geom make_geom(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_s
         raise ValueError(f"conv2d sizes must be positive: {desc}")
     if min(sh, sw, dh, dw) <= 0 or min(pt, pb, pl, pr) < 0:
         raise ValueError(f"stride and dilation must be > 0 and padding >= 0: {desc}")
+    # Below 2^31, as the C++ bindings' parameters: the kernels' index arithmetic (ceil
+    # divisions by the stride, o*s - p + i*d) stays far from int64 overflow; a stride of
+    # 2^63 - 1 wrapped into a negative memset length.
+    if max(sh, sw, dh, dw, pt, pb, pl, pr) > INT_MAX:
+        raise ValueError(f"stride, padding and dilation must be < 2^31: {desc}")
     if groups <= 0 or C % groups or K % groups or Cg * groups != C:
         raise ValueError(f"groups must divide C and K with C/groups matching the weight: {desc}")
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
