@@ -234,6 +234,8 @@ def conv_transpose2d_backward(grad_output, input, weight, stride=1, padding=0, o
 # ------------------------------------------------------------ depthwise and separable
 def _depthwise_groups(x, w, layout):
     C = _nchw_shape(x.shape, layout)[1]
+    if C == 0:  # before the modulo below
+        raise ValueError(f"input must have non-empty C, got shape {_args.shape_of(x)} (layout {layout})")
     if w.shape[1] != 1 or w.shape[0] % C:
         raise ValueError(f"depthwise weight must be (C*multiplier, 1, kh, kw) with C={C}, got {_args.shape_of(w)}")
     return C
