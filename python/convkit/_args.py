@@ -285,7 +285,7 @@ def maxout_groups(x_shape, k) -> int:
     if k < 1 or C % k:
         raise ValueError(f"k must be a positive divisor of the channel count C={C} (input NCHW shape "
                          f"{tuple(x_shape)}), got k={k}")
-    if H == 0 or W == 0:
-        raise ValueError(f"input must have non-empty H, W, got NCHW shape {tuple(x_shape)}")
+    if C == 0 or H == 0 or W == 0:
+        raise ValueError(f"input must have non-empty C, H, W, got NCHW shape {tuple(x_shape)}")
     return int(k)
 
