@@ -320,3 +320,58 @@ def test_compiled_rows_survive_a_lying_geometry(row, data):
             event(type(err).__name__)
         else:
             event("returned")
+
+
+# ------------------------------------------------------- what the fuzzing found, pinned
+def _f32(*shape):
+    return np.ones(shape, np.float32)
+
+
+_REFUSED = {  # each raised something else, crashed or was accepted by one algorithm only
+    "depthwise conv, empty channels (ZeroDivisionError)": lambda algo: convkit.depthwise_conv2d(
+        _f32(1, 0, 2, 2), _f32(1, 1, 1, 1), algo=algo),
+    "maxout, empty channels (accepted by the reference only)": lambda algo: convkit.maxout2d(
+        _f32(1, 0, 2, 2), 1, algo=algo),
+    "max-pool backward, index -2 (skipped by direct)": lambda algo: convkit.max_pool2d_backward(
+        _f32(1, 1, 1, 1), _f32(1, 1, 1, 2), (1, 2), indices=np.full((1, 1, 1, 1), -2), algo=algo),
+    "conv, stride 2^63-1 (im2col: segfault)": lambda algo: convkit.conv2d(
+        _f32(2, 3, 16, 6), _f32(3, 3, 1, 4), stride=(3, 2**63 - 1), padding=(0, 0, 3, 4), dilation=(2, 3), algo=algo),
+}
+
+
+def _refusing_algos(what):
+    op = "maxout2d" if "maxout" in what else "max_pool2d_backward" if "pool" in what else "conv2d"
+    # the reference has no 2^31 limit: it computes the stride-2^63 call exactly
+    return [a for a in oc.cpu_algos(op) if not ("2^63" in what and a == "reference")]
+
+
+@pytest.mark.parametrize("what,algo", [(w, a) for w in _REFUSED for a in _refusing_algos(w)])
+def test_fuzzing_finds_refused_cleanly(what, algo):
+    with pytest.raises(ValueError):
+        _REFUSED[what](algo)
+
+
+@pytest.mark.parametrize("algo", oc.cpu_algos("conv2d_backward"))
+@pytest.mark.parametrize("stride,padding", [((2**31 - 1, 2**31 - 1), 2**30), ((4096, 4096), 0), ((70000, 70000), 70000)],
+                         ids=["stride-2^31", "stride-4096", "padding-70000"])
+@pytest.mark.parametrize("groups", [1, 2], ids=["dense", "depthwise"])
+def test_fuzzing_finds_strides_and_paddings_dwarfing_the_image(algo, stride, padding, groups):
+    """Found crashing (SIGFPE), hanging (a loop over 2^62 phases) or taking seconds and
+    gigabytes: now exact, at the cost of the taps."""
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 2, 3, 3)).astype(np.float32)
+    w = np.random.default_rng(1).uniform(-1, 1, (2, 2 // groups, 1, 1)).astype(np.float32)
+    conv = dict(stride=stride, padding=padding, groups=groups)
+    try:
+        y = convkit.conv2d(x, w, **conv, algo=algo)
+        gy = np.ones_like(y)
+        gx, gw, _ = convkit.conv2d_backward(gy, x, w, **conv, algo=algo)
+    except ValueError as err:  # im2col's 32-bit BLAS sizes, algo="reference"'s explicit padding
+        assert "32-bit BLAS" in str(err) or "too big" in str(err), err
+        return
+    except MemoryError:
+        assert algo == "reference"
+        return
+    pads = (padding,) * 4
+    want = _gather_conv2d(x, w, None, gy, stride, pads, (1, 1), groups)
+    for got, ref in zip((y, gx, gw), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
