@@ -1,12 +1,13 @@
 """convkit's depthwise engine against torch.nn.functional.conv2d(groups=C), side by side.
 
-Runs the depthwise layers (groups == C) of the layer suite, float32, NCHW, forward and
-backward (grad-input + grad-weight, counted as 2x the forward FLOPs), the same number of
-threads for both libraries, in interleaved blocks (convkit x reps, torch x reps, ...;
-the first call of each block wakes that library's threads and is dropped), and prints the
-median over the blocks:
+Runs the depthwise layers (groups == C) of the layer suite, float32, forward and backward
+(grad-input + grad-weight, counted as 2x the forward FLOPs), in NCHW (the suite's layout)
+and NHWC (torch: channels_last), the same number of threads for both libraries, in
+interleaved blocks (convkit x reps, torch x reps, ...; the first call of each block wakes
+that library's threads and is dropped), and prints the median over the blocks:
 
     python bench/depthwise_vs_torch.py [--suite suite.json] [--threads 2] [--blocks 9] [--reps 10]
+                                       [--layouts NCHW,NHWC]
 
 GB/s counts the bytes each pass must move at least: forward reads x and w and writes y;
 backward reads grad_output, x and w and writes grad_input and grad_weight.
@@ -40,7 +41,7 @@ def depthwise_layers(suite: Path) -> list:
     return [L for L in layers if L["op"] == "conv2d" and L["groups"] == L["C"] and L["C"] > 1]
 
 
-def contenders(L: dict):
+def contenders(L: dict, layout: str):
     """(forward, backward) callables for convkit and torch on the same float32 data."""
     rng = np.random.default_rng(0)
     N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
@@ -52,9 +53,13 @@ def contenders(L: dict):
     gy = rng.standard_normal(y.shape, dtype=np.float32)
     xt, wt, gyt = (torch.from_numpy(a) for a in (x, w, gy))
     pair = (lambda v: [v, v] if isinstance(v, int) else list(v))
+    if layout == "NHWC":
+        x, gy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (x, gy))
+        xt, gyt = (a.contiguous(memory_format=torch.channels_last) for a in (xt, gyt))
 
-    ours = (lambda: convkit.conv2d(x, w, None, s, p, d, groups, algo="direct"),
-            lambda: convkit.conv2d_backward(gy, x, w, s, p, d, groups, need_bias=False, algo="direct"))
+    opts = dict(layout=layout, algo="direct")
+    ours = (lambda: convkit.conv2d(x, w, None, s, p, d, groups, **opts),
+            lambda: convkit.conv2d_backward(gy, x, w, s, p, d, groups, need_bias=False, **opts))
     theirs = (lambda: F.conv2d(xt, wt, None, s, p, d, groups),
               lambda: torch.ops.aten.convolution_backward(gyt, xt, wt, None, pair(s), pair(p), pair(d), False,
                                                           [0, 0], groups, [True, True, False]))
@@ -83,6 +88,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--blocks", type=int, default=9)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--layouts", default="NCHW,NHWC", help="comma-separated; torch runs NHWC as channels_last")
     args = ap.parse_args()
     if args.suite is None:
         ap.error("no suite.json found; pass --suite")
@@ -90,16 +96,18 @@ def main() -> None:
     convkit.set_num_threads(args.threads)
     print(f"convkit {convkit.__version__} ({convkit.get_isa()}), torch {torch.__version__}, "
           f"{args.threads} threads, median of {args.blocks} interleaved blocks of {args.reps} calls")
-    head = f"| layer | pass | convkit GFLOP/s | convkit GB/s | torch GFLOP/s | torch GB/s | ratio |"
+    head = "| layer | layout | pass | convkit GFLOP/s | convkit GB/s | torch GFLOP/s | torch GB/s | ratio |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for L in depthwise_layers(args.suite):
-        ours, theirs, flops, nbytes = contenders(L)
-        for pass_, factor, fo, ft, nb in (("fwd", 1, ours[0], theirs[0], nbytes[0]),
-                                          ("bwd", 2, ours[1], theirs[1], nbytes[1])):
-            t_ours, t_theirs = interleaved([fo, ft], args.blocks, args.reps)
-            print(f"| {L['name']} | {pass_} | {factor * flops / t_ours / 1e9:.1f} | {nb / t_ours / 1e9:.1f} | "
-                  f"{factor * flops / t_theirs / 1e9:.1f} | {nb / t_theirs / 1e9:.1f} | {t_theirs / t_ours:.2f}x |")
+    for layout in args.layouts.split(","):
+        for L in depthwise_layers(args.suite):
+            ours, theirs, flops, nbytes = contenders(L, layout)
+            for pass_, factor, fo, ft, nb in (("fwd", 1, ours[0], theirs[0], nbytes[0]),
+                                              ("bwd", 2, ours[1], theirs[1], nbytes[1])):
+                t_ours, t_theirs = interleaved([fo, ft], args.blocks, args.reps)
+                print(f"| {L['name']} | {layout} | {pass_} | {factor * flops / t_ours / 1e9:.1f} | "
+                      f"{nb / t_ours / 1e9:.1f} | {factor * flops / t_theirs / 1e9:.1f} | {nb / t_theirs / 1e9:.1f} | "
+                      f"{t_theirs / t_ours:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

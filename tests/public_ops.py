@@ -96,6 +96,9 @@ OPS = [
     OpCall("global_max_pool2d", "global_max_pool2d", ((N, C, H, W),), (True,), {}, (True,), ("max_pool2d",)),
     OpCall("global_max_pool2d_backward", "global_max_pool2d_backward", ((N, C, 1, 1), (N, C, H, W)), (True, True),
            {}, (True,), ("max_pool2d", "max_pool2d_backward")),
+    OpCall("maxout2d", "maxout2d", ((N, C, H, W),), (True,), dict(k=C), (True,), ("maxout2d",)),
+    OpCall("maxout2d_backward", "maxout2d_backward", ((N, 1, H, W), (N, C, H, W)), (True, True), dict(k=C), (True,),
+           ("maxout2d_backward",)),
 ]
 
 

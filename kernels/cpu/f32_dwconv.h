@@ -1,10 +1,14 @@
-// Depthwise-convolution microkernels over flattened planes (see src/conv_planes.h): the
-// interface the operator (src/conv_depthwise.cpp) calls, one table per instruction set.
+// Depthwise-convolution microkernels: the interface the operators (src/conv_depthwise*.cpp)
+// call, one table per instruction set. A kernel sees only flat arrays and tap offsets, so
+// one body serves every kernel size, stride, dilation and channel multiplier: the
+// operator encodes all of them in the offsets.
 //
-// A kernel sees only flat arrays. Output vector v covers flat pixels [v*lanes, (v+1)*lanes)
-// and tap t reads the `lanes` consecutive values at planes + off[t] + v*lanes, so one body
-// serves every kernel size, stride, dilation and channel multiplier: the operator encodes
-// all of them in the tap offsets.
+// NCHW: vectors run over pixels of flattened planes (src/conv_planes.h). Output vector v
+// covers flat pixels [v*lanes, (v+1)*lanes) and tap t reads the `lanes` consecutive values
+// at planes + off[t] + v*lanes.
+// NHWC: vectors run over channels of packed rows whose pixels hold `ld` channel lanes (a
+// multiple of `lanes`, zeros past the real channels). Output pixel p, channel vector at
+// lane c, tap t reads in[p*pix_step + off[t] + c]; weights are w[t*ld + c].
 #pragma once
 #include <cstdint>
 
@@ -30,10 +34,15 @@ struct DwKernels {
   // sums[t] += sum over v < nvec and lanes of gy[v*lanes + lane] * planes[off[t] + v*lanes + lane].
   void (*grad_weight)(const float* planes, const std::int64_t* off, std::int64_t taps, const float* gy,
                       std::int64_t nvec, float* sums);
-  // out[i] = in[i * step], i < n: packing one row of one column phase (conv_planes.h).
-  void (*copy_strided)(const float* in, std::int64_t step, std::int64_t n, float* out);
-  // out[i * step] = in[i], i < n: grad-input spreading one phase's row into the image.
-  void (*spread_strided)(const float* in, std::int64_t step, std::int64_t n, float* out);
+
+  // NHWC, p < npix, c < channels: out[p*out_step + c] <-
+  //   relu?(bias[c] + sum_t w[t*ld + c] * in[p*pix_step + off[t] + c]).
+  void (*conv_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,
+                    std::int64_t taps, std::int64_t ld, const float* bias, bool relu, std::int64_t npix,
+                    std::int64_t channels, float* out, std::int64_t out_step);
+  // NHWC, c < ld: sums[t*ld + c] += sum over p < npix of gy[p*ld + c] * in[p*pix_step + off[t] + c].
+  void (*grad_weight_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t taps,
+                           std::int64_t ld, const float* gy, std::int64_t npix, float* sums);
 };
 
 // The kernels for an instruction set (the best one compiled in at or below `isa`).

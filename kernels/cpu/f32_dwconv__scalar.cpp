@@ -1,50 +1,47 @@
 // Depthwise microkernels, portable C++: "vectors" of 8 floats as plain arrays, which the
 // compiler maps onto whatever SIMD the baseline target has (SSE2 on x86-64, NEON on arm64).
-#include "conv_planes.h"  // portable like this file: copy_strided
 #include "f32_dwconv_body.h"
 
 namespace convkit {
 namespace {
 
 struct Scalar {
-  static constexpr int lanes = 8, tile = 4, gw_taps = 8;
+  static constexpr int W = 8, tile = 4, nhwc_tile = 4, gw_taps = 8;
   struct Vec {
-    float v[lanes];
+    float v[W];
   };
 
-  static Vec broadcast(float x) {
+  static Vec set1(float x) {
     Vec r;
-    for (int l = 0; l < lanes; ++l) r.v[l] = x;
+    for (int l = 0; l < W; ++l) r.v[l] = x;
     return r;
   }
-  static Vec load(const float* p) {
+  static Vec loadu(const float* p) {
     Vec r;
-    for (int l = 0; l < lanes; ++l) r.v[l] = p[l];
+    for (int l = 0; l < W; ++l) r.v[l] = p[l];
     return r;
   }
   static Vec fma(const Vec& a, const Vec& b, Vec c) {
-    for (int l = 0; l < lanes; ++l) c.v[l] += a.v[l] * b.v[l];
+    for (int l = 0; l < W; ++l) c.v[l] += a.v[l] * b.v[l];
     return c;
   }
   static Vec relu(Vec a) {  // NaN passes through: NaN < 0 is false
-    for (int l = 0; l < lanes; ++l) a.v[l] = a.v[l] < 0.0f ? 0.0f : a.v[l];
+    for (int l = 0; l < W; ++l) a.v[l] = a.v[l] < 0.0f ? 0.0f : a.v[l];
     return a;
+  }
+  static void storeu(float* p, const Vec& a) { store_lanes(p, a, 0, W); }
+  static void store_lanes(float* dst, const Vec& a, int first, int n) {
+    for (int l = 0; l < n; ++l) dst[l] = a.v[first + l];
   }
   static void store(float* out, const Vec& a, const DwStore& s) {
     float* dst = out + s.dst;
-    for (int l = 0; l < lanes; ++l)
+    for (int l = 0; l < W; ++l)
       if (s.keep >> l & 1) *dst++ = a.v[l];
   }
   static float sum(const Vec& a) {
     float r = 0.0f;
-    for (int l = 0; l < lanes; ++l) r += a.v[l];
+    for (int l = 0; l < W; ++l) r += a.v[l];
     return r;
-  }
-  static void copy_strided(const float* in, std::int64_t step, std::int64_t n, float* out) {
-    convkit::copy_strided(in, step, n, out);
-  }
-  static void spread_strided(const float* in, std::int64_t step, std::int64_t n, float* out) {
-    for (std::int64_t i = 0; i < n; ++i) out[i * step] = in[i];
   }
 };
 

@@ -21,6 +21,8 @@ from .functional import (
     global_max_pool2d_backward,
     max_pool2d,
     max_pool2d_backward,
+    maxout2d,
+    maxout2d_backward,
     separable_conv2d,
     separable_conv2d_backward,
 )
@@ -37,4 +39,5 @@ __all__ = [
     "depthwise_conv2d", "depthwise_conv2d_backward", "separable_conv2d", "separable_conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d", "global_max_pool2d_backward",
+    "maxout2d", "maxout2d_backward",
 ]

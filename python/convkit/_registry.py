@@ -17,13 +17,17 @@ max_pool2d                  fn(x, geom, layout)                                 
 max_pool2d_backward         fn(grad_y, indices, geom, layout)                   grad_x
 avg_pool2d                  fn(x, geom, layout)                                 y
 avg_pool2d_backward         fn(grad_y, geom, layout)                            grad_x
+maxout2d                    fn(x, k, layout)                                    y
+maxout2d_backward           fn(grad_y, x, k, layout)                            grad_x
 ==========================  ==================================================  =========
 
 Contract: ``geom`` is a checked ``_args.ConvGeom``/``PoolGeom`` (sizes in NCHW terms);
 arrays share one float dtype and arrive in ``layout``, which is always one the
 implementation declared (the API transposes otherwise); on the CPU they are
 C-contiguous NumPy arrays. ``bias`` may be None; ``activation`` is None or "relu";
-indices are int64 flat offsets within each H*W plane. Results are new arrays of the
+indices are int64 flat offsets within each H*W plane (an implementation may return None
+for them when ``geom.return_indices`` is False). maxout2d's ``k`` is the channel group
+size, already checked to divide C. Results are new arrays of the
 input dtype, owned by the caller; nothing aliases an input.
 """
 from __future__ import annotations
@@ -33,7 +37,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 PRIMITIVES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight",
-              "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward")
+              "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+              "maxout2d", "maxout2d_backward")
 DEVICES = ("cpu", "cuda")
 
 # Modules that register implementations when imported, by device. A module that cannot
@@ -129,6 +134,8 @@ def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout
     keys its measurements on the call's geometry, dtype and layout."""
     check_device(device)
     valid = algos(primitive, device)
+    if not valid:
+        raise ValueError(f"{primitive} has no implementation on device={device!r}")
     if not isinstance(algo, str):
         raise ValueError(f"algo must be a string, one of {['auto', *valid]}, got {algo!r}")
     if algo == "auto":

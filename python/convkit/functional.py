@@ -22,6 +22,7 @@ __all__ = [
     "depthwise_conv2d", "depthwise_conv2d_backward", "separable_conv2d", "separable_conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d", "global_max_pool2d_backward",
+    "maxout2d", "maxout2d_backward",
 ]
 
 _ACTIVATIONS = (None, "relu")
@@ -315,7 +316,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                layout="NCHW", algo="auto", device="cpu"):
     """Max pooling, as torch.nn.functional.max_pool2d. Indices are flat offsets within each H*W plane."""
     x, layout = _pool_input(input, layout, device)
-    geom = _args.pool_geometry(_nchw_shape(x.shape, layout), kernel_size, stride, padding, dilation, ceil_mode)
+    geom = _args.pool_geometry(_nchw_shape(x.shape, layout), kernel_size, stride, padding, dilation, ceil_mode,
+                               return_indices=return_indices)
     y, idx = _pool_run("max_pool2d", [x], geom, layout, algo, device)
     return (y, idx) if return_indices else y
 
@@ -390,3 +392,24 @@ def global_max_pool2d_backward(grad_output, input, indices=None, *, layout="NCHW
     x, layout = _pool_input(input, layout, device)
     return max_pool2d_backward(grad_output, x, _global_kernel(x, layout), indices=indices, layout=layout, algo=algo,
                                device=device)
+
+
+def maxout2d(input, k, *, layout="NCHW", algo="auto", device="cpu"):
+    """Maxout across channels: the max over each group of k consecutive channels.
+
+    (N, C, H, W) -> (N, C/k, H, W); ties take the group's first channel, NaN propagates.
+    """
+    x, layout = _pool_input(input, layout, device)
+    k = _args.maxout_groups(_nchw_shape(x.shape, layout), k)
+    return _pool_run("maxout2d", [x], k, layout, algo, device)
+
+
+def maxout2d_backward(grad_output, input, k, *, layout="NCHW", algo="auto", device="cpu"):
+    """Gradient of maxout2d: grad_output routed to each group's maximum (recomputed from input)."""
+    x, layout = _pool_input(input, layout, device)
+    gy = _prepare(grad_output, "grad_output", device, layout)
+    _args.same_dtype({"grad_output": gy, "input": x})
+    N, C, H, W = _nchw_shape(x.shape, layout)
+    k = _args.maxout_groups((N, C, H, W), k)
+    _check_grad_shape(gy, (N, C // k, H, W), layout, "maxout2d's output shape")
+    return _pool_run("maxout2d_backward", [gy, x], k, layout, algo, device)
