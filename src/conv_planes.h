@@ -89,10 +89,12 @@ void pack_planes(const T* src, std::int64_t row_stride, std::int64_t col_stride,
       std::fill(plane, plane + qh0 * pg.Wq + qw0, T(0));
       copy_strided(src + (qh0 * pg.sh + a - pg.pt) * row_stride + (qw0 * pg.sw + b - pg.pl) * col_stride,
                    pg.sh * row_stride, pg.sw * col_stride, qw1 - qw0, qh1 - qh0, plane + qh0 * pg.Wq + qw0, pg.Wq);
-      // Between two copied rows: the first row's columns from qw1, the next one's before qw0.
-      const std::int64_t gap = pg.Wq - qw1 + qw0;
-      for (T* z = plane + qh0 * pg.Wq + qw1; z < plane + (qh1 - 1) * pg.Wq + qw1; z += pg.Wq)
-        for (std::int64_t i = 0; i < gap; ++i) z[i] = T(0);
+      // Between two copied rows: the first row's columns from qw1, the next one's before qw0
+      // (a few elements; rows innermost, so the compiler cannot make each gap a memset call,
+      // which measured 1.2x slower for a whole stride-2 pack).
+      T* gaps = plane + qh0 * pg.Wq + qw1;
+      for (std::int64_t i = 0; i < pg.Wq - qw1 + qw0; ++i)
+        for (std::int64_t r = 0; r + 1 < qh1 - qh0; ++r) gaps[r * pg.Wq + i] = T(0);
       std::fill(plane + (qh1 - 1) * pg.Wq + qw1, plane + pg.size, T(0));
     }
   }
