@@ -104,7 +104,7 @@ def block_time(fn, calls):
 
 
 def interleaved(fns, blocks, budget=0.04):
-    """Median over blocks of each fn's per-call time, blocks alternating between fns.
+    """Per fn, its per-call times of `blocks` blocks, blocks alternating between fns.
 
     A `fn` may be a (setup, fn) pair: setup runs before each of its blocks, untimed.
     """
@@ -122,7 +122,14 @@ def interleaved(fns, blocks, budget=0.04):
             if setup:
                 setup()
             per[i].append(block_time(fn, calls[i]))
-    return [statistics.median(p) for p in per]
+    return per
+
+
+def paired_ratio(a, b):
+    """Median over blocks of b[i] / a[i]: neighbouring blocks share the machine's load
+    (other users' jobs come and go), so the ratio of a pair holds better than the ratio
+    of two medians."""
+    return statistics.median(y / x for x, y in zip(a, b))
 
 
 def machine_peak(threads):
@@ -153,7 +160,7 @@ def main(argv=None):
 
     lines = [f"peak (float32 matmul, {args.threads} threads): {peak:.0f} GFLOP/s; isa {convkit.get_isa()}; "
              f"torch {torch.__version__}; blocks {args.blocks}", "",
-             "| layer | kind | dir | convkit GFLOP/s | torch GFLOP/s | ratio | target | % peak | 1->N threads |",
+             "| layer | kind | dir | convkit GFLOP/s | torch GFLOP/s | ratio (paired) | target | % peak | 1->N threads |",
              "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for layer in layers:
@@ -161,16 +168,17 @@ def main(argv=None):
             ck, tt = layer.fns[d]
             t_ck, t_t = interleaved([ck, tt], args.blocks)
             flops = layer.flops * (2 if d == "bwd" else 1)
-            g_ck, g_t = flops / t_ck / 1e9, flops / t_t / 1e9
+            g_ck, g_t = flops / statistics.median(t_ck) / 1e9, flops / statistics.median(t_t) / 1e9
+            ratio = paired_ratio(t_ck, t_t)
             scaling = ""
             if layer.cat.startswith("dense") and not args.no_scaling and args.threads > 1:
                 t1, tn = interleaved([(lambda: convkit.set_num_threads(1), ck),
                                       (lambda: convkit.set_num_threads(args.threads), ck)], args.blocks)
                 convkit.set_num_threads(args.threads)
-                scaling = f"{t1 / tn:.2f}x"
+                scaling = f"{paired_ratio(tn, t1):.2f}x"
             tgt = target(layer.cat)
-            mark = "" if g_ck / g_t >= tgt else " (miss)"
-            row = (f"| {layer.name} | {layer.cat} | {d} | {g_ck:.0f} | {g_t:.0f} | {g_ck / g_t:.2f}{mark} | "
+            mark = "" if ratio >= tgt else " (miss)"
+            row = (f"| {layer.name} | {layer.cat} | {d} | {g_ck:.0f} | {g_t:.0f} | {ratio:.2f}{mark} | "
                    f"{tgt:.0f}x | {100 * g_ck / peak:.0f}% | {scaling} |")
             lines.append(row)
             print(row, flush=True)

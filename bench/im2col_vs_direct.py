@@ -9,8 +9,9 @@ forward FLOPs) the candidates run side by side in one process, in interleaved bl
 counted (calls slower than WARMUP_NEEDLESS seconds skip it: wake-up is lost in them), a
 block's time is the mean of its counted calls, a candidate's time the median over blocks.
 "auto" is the rule table; "tune" is autotune mode (the shape is measured once, by
-convkit.explain before the timing, then served from the cache). GFLOP/s per candidate, then ratios: im2col / direct (time), auto and
-tune against the best of im2col and direct (time, 1.00 = as fast as the best).
+convkit.explain before the timing, then served from the cache). GFLOP/s per candidate,
+then time ratios: im2col / direct, auto and tune against the best of im2col and direct
+(1.00 = as fast as the best).
 
 Memory: "col MiB" is the largest column buffer im2col allocated over the pass (its own
 record: convkit._im2col.last_call_stats()); "peak MiB" the peak of NumPy/Python
@@ -228,7 +229,7 @@ def main(args) -> None:
             row = [L["name"], pass_, f"{gf['im2col']:.1f}", f"{gf['direct']:.1f}", f"{gf['auto']:.1f}", auto_pick,
                    f"{gf['tune']:.1f}", tune_pick, f"{t['im2col'] / t['direct']:.2f}", f"{t['auto'] / best:.2f}",
                    f"{t['tune'] / best:.2f}", f"{column_bytes(fn) / 2**20:.1f}",
-                   f"{traced_peak(lambda: fn('im2col')) / 2**20:.1f}", f"{traced_peak(lambda: fn('direct')) / 2**20:.1f}"]
+                   *(f"{traced_peak(lambda a=a: fn(a)) / 2**20:.1f}" for a in ("im2col", "direct"))]
             rows.append(row)
             print(" | ".join(row), file=sys.stderr, flush=True)
     table = "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] +

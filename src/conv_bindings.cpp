@@ -196,8 +196,9 @@ void bind_conv(py::module_& m) {
     if (dtype == "float64") return kernel_list<double>();
     throw std::invalid_argument("dtype must be 'float32' or 'float64', got '" + dtype + "'");
   }, py::arg("dtype"), R"doc(The direct engine's microkernels (name, tile shape) for the active ISA.)doc");
-  m.def("force_conv_kernels", &force_conv_kernels, py::arg("direct") = "", py::arg("gw") = "",
-        R"doc(Tests only: use these kernels (by name) instead of the cost model's choice; "" restores it.)doc");
+  m.def("force_conv_kernels", &force_conv_kernels, py::arg("direct") = "", py::arg("gw") = "", py::arg("fold") = -1,
+        R"doc(Tests only: use these kernels (by name) and input layout (fold 0/1) instead of the cost
+model's choice; "" and -1 restore it.)doc");
 }
 
 }  // namespace convkit

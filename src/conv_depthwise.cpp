@@ -248,29 +248,32 @@ void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* g
 template <typename T>
 void depthwise_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, const T* bias, bool relu, T* y) {
   if constexpr (std::is_same_v<T, float>) {
-    if (layout == Layout::NHWC) return depthwise_forward_nhwc(g, x, w, bias, relu, y);
-    forward_f32(g, x, w, bias, relu, y);
-  } else {
-    conv2d_forward_loops(g, x, w, bias, relu, y);
+    if (planes_pay_off(g)) {
+      if (layout == Layout::NHWC) return depthwise_forward_nhwc(g, x, w, bias, relu, y);
+      return forward_f32(g, x, w, bias, relu, y);
+    }
   }
+  conv2d_forward_loops(g, layout, x, w, bias, relu, y);
 }
 template <typename T>
 void depthwise_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w, T* gx) {
   if constexpr (std::is_same_v<T, float>) {
-    if (layout == Layout::NHWC) return depthwise_grad_input_nhwc(g, gy, w, gx);
-    grad_input_f32(g, gy, w, gx);
-  } else {
-    conv2d_grad_input_loops(g, gy, w, gx);
+    if (planes_pay_off(g)) {
+      if (layout == Layout::NHWC) return depthwise_grad_input_nhwc(g, gy, w, gx);
+      return grad_input_f32(g, gy, w, gx);
+    }
   }
+  conv2d_grad_input_loops(g, layout, gy, w, gx);
 }
 template <typename T>
 void depthwise_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* x, T* gw) {
   if constexpr (std::is_same_v<T, float>) {
-    if (layout == Layout::NHWC) return depthwise_grad_weight_nhwc(g, gy, x, gw);
-    grad_weight_f32(g, gy, x, gw);
-  } else {
-    conv2d_grad_weight_loops(g, gy, x, gw);
+    if (planes_pay_off(g)) {
+      if (layout == Layout::NHWC) return depthwise_grad_weight_nhwc(g, gy, x, gw);
+      return grad_weight_f32(g, gy, x, gw);
+    }
   }
+  conv2d_grad_weight_loops(g, layout, gy, x, gw);
 }
 
 #define CONVKIT_INSTANTIATE(T)                                                                            \

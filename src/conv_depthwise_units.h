@@ -41,7 +41,9 @@ struct Blocks {
 };
 
 inline Blocks row_blocks(std::int64_t total, std::int64_t planes, std::int64_t bytes_per_row, std::int64_t max_bytes) {
-  const std::int64_t want = std::max(ceil_div(kMinTasks, planes), ceil_div(total * bytes_per_row, max_bytes));
+  // planes is N*C, 0 for an empty batch (which then has no units to run)
+  const std::int64_t want = std::max(ceil_div(kMinTasks, std::max<std::int64_t>(planes, 1)),
+                                     ceil_div(total * bytes_per_row, max_bytes));
   const std::int64_t rows = std::max(ceil_div(total, want), std::min(total, kMinBlockRows));
   return {rows, ceil_div(total, rows)};
 }

@@ -14,6 +14,7 @@
 #include "conv_depthwise.h"
 #include "conv_jobs.h"
 #include "conv_planes.h"
+#include "conv_reference_loops.h"
 #include "thread_pool.h"
 #include "workspace.h"
 
@@ -29,35 +30,78 @@ void parallel_ranges(std::int64_t n, std::int64_t grain, Fn fn) {
   parallel_for(ceil_div(n, per), [&](std::int64_t t) { fn(t * per, std::min(n, (t + 1) * per)); });
 }
 
-// Packs channel c of image n, for every (n, c) of an N x C x H x W activation stored in
-// `layout`, into planes + (n*C + c) * channel_size; returns planes.
-template <typename T>
-T* pack_all_planes(const T* src, Layout layout, std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
-                   const PlaneGeom& pg, T* planes) {
+// Packs every channel c of every image n of an N x C x H x W activation stored in
+// `layout` with pack(channel, row_stride, col_stride, dst) into planes + (n*C + c) * cs.
+template <typename T, typename PackChannel>
+const T* pack_all(const T* src, Layout layout, std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
+                  std::int64_t cs, PackChannel pack, T* planes) {
   const ActStrides s = act_strides(layout, C, H, W);
-  const std::int64_t cs = pg.channel_size();
   parallel_ranges(N * C, (1 << 16) / cs, [&](std::int64_t i0, std::int64_t i1) {
-    for (std::int64_t i = i0; i < i1; ++i)
-      pack_planes(src + (i / C) * s.n + (i % C) * s.c, s.h, s.w, H, W, pg, planes + i * cs);
+    for (std::int64_t i = i0; i < i1; ++i) pack(src + (i / C) * s.n + (i % C) * s.c, s.h, s.w, planes + i * cs);
   });
   return planes;
+}
+
+// The forward's input layout, one of two schemes (conv_planes.h):
+//   stride-phase planes (fold 1): Wq = ceil(padded width / sw) columns per row, of
+//     which Wq - OW are computed and discarded;
+//   folded tap columns (fold kw): one window per tap column j (columns j*dw - pl,
+//     step sw), exactly OW wide: nothing discarded, but kw windows to pack per row.
+// Folding pays on narrow images, wide kernels and large dilation (Inception's 1x7 on
+// 17 columns: 23 -> 17; DeepLab's ASPP: 57 -> 33), and never on a 3x3 layer of
+// 56 columns or more (2 discarded columns cost less than packing 3 windows).
+struct InputPlanes {
+  PlaneGeom pg;
+  std::int64_t fold, dw, pl, sw;  // windows per channel, and the folded windows' origin and steps
+  bool folded;                    // tap-column windows (even when kw == 1 makes fold 1)
+
+  std::int64_t channel_size() const { return fold * pg.channel_size(); }
+  std::int64_t offset_of(std::int64_t ih, std::int64_t j) const {
+    return folded ? j * pg.channel_size() + pg.offset_of(ih, 0) : pg.offset_of(ih, j * dw);
+  }
+  template <typename T>
+  void pack(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t H, std::int64_t W, T* dst) const {
+    if (!folded) return pack_planes(src, rs, cs, H, W, pg, dst);
+    for (std::int64_t j = 0; j < fold; ++j)
+      for (std::int64_t a = 0; a < pg.sh; ++a) {
+        T* plane = dst + (j * pg.sh + a) * pg.size;
+        pack_window(src, rs, cs, H, W, a - pg.pt, pg.sh, pg.Hq, j * dw - pl, sw, pg.Wq, plane);
+        std::fill(plane + pg.Hq * pg.Wq, plane + pg.size, T(0));
+      }
+  }
+};
+
+InputPlanes stride_phase_planes(const ConvGeom& g, std::int64_t overrun) {
+  return {make_plane_geom(g.H + g.pt + g.pb, g.W + g.pl + g.pr, g.pt, g.pl, g.sh, g.sw, overrun), 1, g.dw, g.pl,
+          g.sw, false};
+}
+
+InputPlanes folded_planes(const ConvGeom& g, std::int64_t overrun) {
+  return {make_plane_geom(g.H + g.pt + g.pb, g.OW, g.pt, 0, g.sh, 1, overrun), g.kw, g.dw, g.pl, g.sw, true};
+}
+
+// Kernel time of a pass over a flat domain plus its packing, in MACs: a packed element
+// costs about 35 MACs (narrow folded windows pack at 0.26 ns per element, the kernel
+// does 32 MACs a cycle at 4 GHz). With it the choice matches measurements: folded wins
+// on DeepLab's dilated layers (+7% at dilation 2, +50% with ASPP's bands), loses on
+// LeNet, AlexNet conv1 and stride-2 3x3 layers (-10 to -24%), ties on Inception's 1x7.
+template <typename T>
+double pass_cost(const DirectKernel<T>& k, std::int64_t nk, std::int64_t npix, std::int64_t entries, double packed) {
+  return double(ceil_div(nk, k.R) * k.R) * double(ceil_div(npix, k.P) * k.P) * double(entries) / k.eff +
+         35.0 * packed;
 }
 
 // The forward's (and grad-weight's) reduction: one entry per (input channel c, tap
 // (i, j)) of a group, taps innermost so consecutive entries read neighbouring input;
 // the weight offset (c*kh + i)*kw + j is the entry's index in a weight row.
-std::vector<Entry> forward_entries(const ConvGeom& g, const PlaneGeom& pg) {
+std::vector<Entry> forward_entries(const ConvGeom& g, const InputPlanes& ip) {
   std::vector<Entry> ent;
   ent.reserve(static_cast<std::size_t>(g.Cg() * g.kh * g.kw));
   for (std::int64_t c = 0; c < g.Cg(); ++c)
     for (std::int64_t i = 0; i < g.kh; ++i)
       for (std::int64_t j = 0; j < g.kw; ++j)
-        ent.push_back({c * pg.channel_size() + pg.offset_of(i * g.dh, j * g.dw), static_cast<std::int64_t>(ent.size())});
+        ent.push_back({c * ip.channel_size() + ip.offset_of(i * g.dh, j), static_cast<std::int64_t>(ent.size())});
   return ent;
-}
-
-PlaneGeom input_planes(const ConvGeom& g, std::int64_t overrun) {
-  return make_plane_geom(g.H + g.pt + g.pb, g.W + g.pl + g.pr, g.pt, g.pl, g.sh, g.sw, overrun);
 }
 
 }  // namespace
@@ -65,26 +109,60 @@ PlaneGeom input_planes(const ConvGeom& g, std::int64_t overrun) {
 template <typename T>
 void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, const T* bias, bool relu, T* y) {
   if (depthwise_handles<T>(g, layout)) return depthwise_forward(g, layout, x, w, bias, relu, y);
+  if (!planes_pay_off(g)) return conv2d_forward_loops(g, layout, x, w, bias, relu, y);
   if (g.N == 0) return;
-  const std::int64_t Cg = g.Cg(), Kg = g.Kg();
-  const DirectKernel<T>& kern = choose_direct_kernel(conv_kernels<T>(), Kg, g.OH * ceil_div(g.W + g.pl + g.pr, g.sw));
-  const PlaneGeom pg = input_planes(g, kern.P);
-  const std::vector<Entry> ent = forward_entries(g, pg);
-  const std::int64_t E = static_cast<std::int64_t>(ent.size());
+  const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw;
+  const ConvKernels<T>& ks = conv_kernels<T>();
+  const InputPlanes phased = stride_phase_planes(g, 0), folded = folded_planes(g, 0);
+  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Kg, g.OH * phased.pg.Wq);
+  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Kg, g.OH * folded.pg.Wq);
+  const int forced = forced_conv_fold();
+  const bool fold = forced >= 0 ? forced == 1
+                                : pass_cost(kern_f, Kg, g.OH * folded.pg.Wq, E, double(g.C * folded.channel_size())) <
+                                      pass_cost(kern_p, Kg, g.OH * phased.pg.Wq, E, double(g.C * phased.channel_size()));
+  const DirectKernel<T>& kern = fold ? kern_f : kern_p;
+  // A stride-1 layer without padding in NCHW reads its input as is (its stride-phase
+  // planes would be a copy with slack), the last tile moved back (DirectJob::exact).
+  const bool in_place = layout == Layout::NCHW && !fold && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 &&
+                        g.pl == 0 && g.pr == 0 && (g.OH - 1) * g.W + g.OW >= kern.P;
+  const InputPlanes ip = in_place ? InputPlanes{PlaneGeom{1, 1, 0, 0, g.H, g.W, g.H * g.W}, 1, g.dw, 0, 1, false}
+                         : fold   ? folded_planes(g, kern.P)
+                                  : stride_phase_planes(g, kern.P);
+  const PlaneGeom& pg = ip.pg;
+  const std::vector<Entry> ent = forward_entries(g, ip);
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
+  const auto planes_at = ws.add<T>(in_place ? 0 : buffer_size({g.N, g.C, ip.channel_size()}));
   ws.allocate();
-  const T* planes = pack_all_planes(x, layout, g.N, g.C, g.H, g.W, pg, ws.at<T>(planes_at));
+  const T* planes = in_place ? x
+                             : pack_all(x, layout, g.N, g.C, g.H, g.W, ip.channel_size(),
+                                        [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
+                                          ip.pack(src, rs, cs, g.H, g.W, dst);
+                                        },
+                                        ws.at<T>(planes_at));
 
   const ActStrides ys = act_strides(layout, g.K, g.OH, g.OW);
+  // Tap (i, j) reads real input on output rows [lo, hi) of tap_range; a tap whose
+  // columns are all padding reads none.
+  std::vector<RowRange> valid;
+  for (std::int64_t c = 0; c < Cg; ++c)
+    for (std::int64_t i = 0; i < g.kh; ++i)
+      for (std::int64_t j = 0; j < g.kw; ++j) {
+        std::int64_t lo, hi, clo, chi;
+        tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, lo, hi);
+        tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, clo, chi);
+        valid.push_back(clo < chi ? RowRange{lo, hi} : RowRange{0, 0});
+      }
+  const std::vector<Band> bands = row_bands(ent, valid, g.OH, pg.Wq, kern.P);
   std::vector<DirectJob<T>> jobs;
   for (std::int64_t n = 0; n < g.N; ++n)
     for (std::int64_t grp = 0; grp < g.groups; ++grp)
-      jobs.push_back({planes + (n * g.C + grp * Cg) * pg.channel_size(), ent.data(), E, w + grp * Kg * E, E,
-                      bias ? bias + grp * Kg : nullptr,
-                      OutMap<T>{y + n * ys.n + grp * Kg * ys.c, ys.c, ys.h, ys.w, g.OH, g.OW, pg.Wq}, Kg,
-                      g.OH * pg.Wq});
+      for (const Band& b : bands)
+        jobs.push_back({planes + (n * g.C + grp * Cg) * ip.channel_size() + b.r0 * pg.Wq, b.ent.data(),
+                        static_cast<std::int64_t>(b.ent.size()), w + grp * Kg * E, E, bias ? bias + grp * Kg : nullptr,
+                        OutMap<T>{y + n * ys.n + grp * Kg * ys.c + b.r0 * ys.h, ys.c, ys.h, ys.w, b.r1 - b.r0, g.OW,
+                                  pg.Wq},
+                        Kg, (b.r1 - b.r0 - 1) * pg.Wq + g.OW, in_place});
   run_direct_jobs(kern, jobs, relu);
 }
 
@@ -103,6 +181,7 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
 template <typename T>
 void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w, T* gx) {
   if (depthwise_handles<T>(g, layout)) return depthwise_grad_input(g, layout, gy, w, gx);
+  if (!planes_pay_off(g)) return conv2d_grad_input_loops(g, layout, gy, w, gx);
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
 
@@ -117,8 +196,12 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   };
   std::vector<Phase> phases;
   std::int64_t Lh = 0, Lw = 0, Hq = 0, Wq = 0, max_rows = 0;
-  for (std::int64_t ra = 0; ra < g.sh; ++ra) {
-    for (std::int64_t rb = 0; rb < g.sw; ++rb) {
+  // Only the phases that hold gx pixels: row phase (ih + pt) % sh of gx rows ih < H, at
+  // most min(H, sh) of them (a stride near 2^31 must not loop over every residue).
+  for (std::int64_t ih = 0; ih < std::min(g.H, g.sh); ++ih) {
+    const std::int64_t ra = (ih + g.pt) % g.sh;
+    for (std::int64_t iw = 0; iw < std::min(g.W, g.sw); ++iw) {
+      const std::int64_t rb = (iw + g.pl) % g.sw;
       Phase ph{ra, rb, 0, 0, 0, 0, {}, {}};
       ph.rows = span(ra, g.sh, g.pt, g.H, ph.qh0);
       ph.cols = span(rb, g.sw, g.pl, g.W, ph.qw0);
@@ -131,25 +214,79 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
       phases.push_back(std::move(ph));
     }
   }
+  std::int64_t Wf = 0;  // folded windows' width: the widest phase
   for (const Phase& ph : phases) {
     Hq = std::max(Hq, ph.qh0 + ph.rows + Lh);
     Wq = std::max(Wq, ph.qw0 + ph.cols + Lw);
+    Wf = std::max(Wf, ph.cols);
   }
-  const DirectKernel<T>& kern = choose_direct_kernel(conv_kernels<T>(), Cg, max_rows * Wq);
-  const PlaneGeom pg = make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, kern.P);
+  // As in the forward: stride-phase planes of gy, Wq wide, or folded tap columns, one
+  // window per tap column j (the gy columns its phase's pixels read, from qw0 - bj),
+  // Wf wide: nothing discarded, kw windows to pack. ASPP's grad-input: 57 -> 33.
+  const ConvKernels<T>& ks = conv_kernels<T>();
+  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Cg, max_rows * Wq);
+  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Cg, max_rows * Wf);
+  double cost_p = 35.0 * double(g.K * Hq * Wq), cost_f = 35.0 * double(g.K * g.kw * Hq * Wf);
+  for (const Phase& ph : phases) {
+    const std::int64_t entries = Kg * static_cast<std::int64_t>(ph.i.size() * ph.j.size());
+    cost_p += pass_cost(kern_p, Cg, ph.rows * Wq, entries, 0);
+    cost_f += pass_cost(kern_f, Cg, ph.rows * Wf, entries, 0);
+  }
+  const int forced = forced_conv_fold();
+  const bool fold = forced >= 0 ? forced == 1 : cost_f < cost_p;
+  const DirectKernel<T>& kern = fold ? kern_f : kern_p;
+  const std::int64_t Wx = fold ? Wf : Wq;  // the flat domain's row width
+  // When no tap of any phase reaches outside gy (1x1 stride 1; U-Net's 2x2 stride 2),
+  // NCHW gy is its own plane: read in place, the last tile moved back (DirectJob::exact).
+  bool in_place = layout == Layout::NCHW && !fold && Lh == 0 && Lw == 0 && Wq == g.OW;
+  for (const Phase& ph : phases) {
+    in_place = in_place && (ph.rows - 1) * Wq + ph.cols >= kern.P;
+    for (std::int64_t i : ph.i) in_place = in_place && ph.qh0 + ph.rows - i * g.dh / g.sh <= g.OH;
+    for (std::int64_t j : ph.j) in_place = in_place && ph.qw0 + ph.cols - j * g.dw / g.sw <= g.OW;
+  }
+  const PlaneGeom pg = in_place ? PlaneGeom{1, 1, 0, 0, g.OH, g.OW, g.OH * g.OW}
+                       : fold   ? make_plane_geom(Hq, Wf, Lh, 0, 1, 1, kern.P)
+                                : make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, kern.P);
+  const std::int64_t cs = fold ? g.kw * pg.size : pg.size;  // per gy channel
   // Entries (k, tap), taps in reverse so that consecutive entries read ascending
-  // addresses within a channel, as in the forward.
-  std::vector<std::vector<Entry>> ent(phases.size());
-  for (std::size_t f = 0; f < phases.size(); ++f)
+  // addresses within a channel, as in the forward. Tap (ai, bj) reads real gy on phase
+  // rows qh with 0 <= qh - ai < OH, and on some column if [qw0, qw0 + cols) meets
+  // [bj, bj + OW).
+  std::vector<std::vector<Band>> bands(phases.size());
+  for (std::size_t f = 0; f < phases.size(); ++f) {
+    const Phase& ph = phases[f];
+    std::vector<Entry> ent;
+    std::vector<RowRange> valid;
     for (std::int64_t k = 0; k < Kg; ++k)
-      for (auto i = phases[f].i.rbegin(); i != phases[f].i.rend(); ++i)
-        for (auto j = phases[f].j.rbegin(); j != phases[f].j.rend(); ++j)
-          ent[f].push_back({k * pg.size - (*i * g.dh / g.sh) * Wq - *j * g.dw / g.sw, k * Cg * taps + *i * g.kw + *j});
+      for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
+        for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j) {
+          const std::int64_t ai = *i * g.dh / g.sh, bj = *j * g.dw / g.sw;
+          ent.push_back({k * cs + (fold ? *j * pg.size - ai * Wx : -ai * Wx - bj), k * Cg * taps + *i * g.kw + *j});
+          const bool cols = std::max(ph.qw0, bj) < std::min(ph.qw0 + ph.cols, bj + g.OW);
+          valid.push_back(cols ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
+        }
+    bands[f] = row_bands(ent, valid, ph.rows, Wx, kern.P);
+  }
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.K * pg.size);
+  const auto planes_at = ws.add<T>(in_place ? 0 : buffer_size({g.N, g.K, cs}));
   ws.allocate();
-  const T* planes = pack_all_planes(gy, layout, g.N, g.K, g.OH, g.OW, pg, ws.at<T>(planes_at));
+  // A folded window j starts at the gy column its phase's first pixel reads.
+  std::vector<std::int64_t> col0(static_cast<std::size_t>(g.kw), 0);
+  for (const Phase& ph : phases)
+    for (std::int64_t j : ph.j) col0[j] = ph.qw0 - j * g.dw / g.sw;
+  const T* planes = in_place ? gy
+                             : pack_all(gy, layout, g.N, g.K, g.OH, g.OW, cs,
+                                        [&](const T* src, std::int64_t rs, std::int64_t cstr, T* dst) {
+                                          if (!fold) return pack_planes(src, rs, cstr, g.OH, g.OW, pg, dst);
+                                          for (std::int64_t j = 0; j < g.kw; ++j) {
+                                            T* window = dst + j * pg.size;
+                                            pack_window(src, rs, cstr, g.OH, g.OW, -Lh, 1, pg.Hq, col0[j], 1, Wf,
+                                                        window);
+                                            std::fill(window + pg.Hq * Wf, window + pg.size, T(0));
+                                          }
+                                        },
+                                        ws.at<T>(planes_at));
 
   const ActStrides xs = act_strides(layout, g.C, g.H, g.W);
   std::vector<DirectJob<T>> jobs;
@@ -159,9 +296,12 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
         const Phase& ph = phases[f];
         T* out = gx + n * xs.n + grp * Cg * xs.c + (ph.qh0 * g.sh + ph.ra - g.pt) * xs.h +
                  (ph.qw0 * g.sw + ph.rb - g.pl) * xs.w;
-        jobs.push_back({planes + (n * g.K + grp * Kg) * pg.size + (ph.qh0 + Lh) * Wq + ph.qw0 + Lw, ent[f].data(),
-                        static_cast<std::int64_t>(ent[f].size()), w + grp * Kg * Cg * taps, taps, nullptr,
-                        OutMap<T>{out, xs.c, g.sh * xs.h, g.sw * xs.w, ph.rows, ph.cols, Wq}, Cg, ph.rows * Wq});
+        const T* in = planes + (n * g.K + grp * Kg) * cs + (ph.qh0 + Lh) * Wx + (fold ? 0 : ph.qw0 + Lw);
+        for (const Band& b : bands[f])
+          jobs.push_back({in + b.r0 * Wx, b.ent.data(), static_cast<std::int64_t>(b.ent.size()),
+                          w + grp * Kg * Cg * taps, taps, nullptr,
+                          OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, ph.cols, Wx},
+                          Cg, (b.r1 - b.r0 - 1) * Wx + ph.cols, in_place});
       }
   run_direct_jobs(kern, jobs, false);
 }
@@ -174,54 +314,80 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
 template <typename T>
 void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* x, T* gw) {
   if (depthwise_handles<T>(g, layout)) return depthwise_grad_weight(g, layout, gy, x, gw);
+  if (!planes_pay_off(g)) return conv2d_grad_weight_loops(g, layout, gy, x, gw);
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw, OHW = g.OH * g.OW;
   if (g.N == 0) {
     std::fill(gw, gw + g.K * E, T(0));
     return;
   }
-  const GwKernel<T>& kern = cheapest(conv_kernels<T>().gw, forced_conv_kernel(true), Kg,
-                                     [](const auto& k) { return k.KB; }, E, [](const auto& k) { return k.R; });
+  const ConvKernels<T>& ks = conv_kernels<T>();
+  const GwKernel<T>& kern = cheapest(ks.gw, forced_conv_kernel(true), Kg, [](const auto& k) { return k.KB; }, E,
+                                     [](const auto& k) { return k.R; });
   const std::int64_t R = kern.R, KB = kern.KB, nkb = ceil_div(Kg, KB), neb = ceil_div(E, R);
-  const PlaneGeom pg = input_planes(g, 0);
-  std::vector<std::int64_t> off;
-  for (const Entry& e : forward_entries(g, pg)) off.push_back(e.x);
-  off.resize(static_cast<std::size_t>(neb * R), off.back());  // padding entries: re-read the last, discarded
+  const InputPlanes ip = stride_phase_planes(g, 0);  // reads only real output pixels: never folded
+  const PlaneGeom& pg = ip.pg;
+  // Entries tap-major, (tap, c), so that a block of R entries mostly shares one tap and
+  // with it the output pixels where that tap reads real input: the block's kernel calls
+  // run over that box only (ASPP's dilation-12 taps read zeros on 40% of the pixels).
+  // Padding entries at the end re-read the last one and are discarded.
+  const std::int64_t taps = g.kh * g.kw;
+  std::vector<std::int64_t> off(static_cast<std::size_t>(neb * R));
+  std::vector<std::int64_t> box(static_cast<std::size_t>(neb * 4));  // rows [0], [1), cols [2], [3) per block
+  for (std::int64_t e = 0; e < neb * R; ++e) {
+    const std::int64_t t = std::min(e, E - 1) / Cg, c = std::min(e, E - 1) % Cg, i = t / g.kw, j = t % g.kw;
+    off[e] = c * ip.channel_size() + ip.offset_of(i * g.dh, j);
+    std::int64_t r0, r1, c0, c1;
+    tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, r0, r1);
+    tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, c0, c1);
+    std::int64_t* b = &box[(e / R) * 4];
+    if (e % R == 0 || b[0] >= b[1] || b[2] >= b[3]) b[0] = r0, b[1] = r1, b[2] = c0, b[3] = c1;
+    if (r0 < r1 && c0 < c1)
+      b[0] = std::min(b[0], r0), b[1] = std::max(b[1], r1), b[2] = std::min(b[2], c0), b[3] = std::max(b[3], c1);
+  }
 
   // Tasks: (batch slice, group, channel block, chunk of entry blocks). The slices and
   // chunks depend on the shape only (the batch split changes the summation order).
   const double flops = 2.0 * double(g.N * OHW) * double(g.groups * nkb * KB) * double(neb * R);
   const std::int64_t want = std::clamp<std::int64_t>(static_cast<std::int64_t>(flops / kMinTaskFlops), 1, 16);
   const std::int64_t blocks = g.groups * nkb;
-  const std::int64_t nec = std::clamp<std::int64_t>(ceil_div(want, blocks), 1, neb);
-  const std::int64_t eb_per_chunk = ceil_div(neb, nec);
+  const std::int64_t eb_per_chunk = ceil_div(neb, std::clamp<std::int64_t>(ceil_div(want, blocks), 1, neb));
+  const std::int64_t nec = ceil_div(neb, eb_per_chunk);  // no empty chunk
   const std::int64_t nslices = std::clamp<std::int64_t>(ceil_div(want, blocks * nec), 1, g.N);
   const std::int64_t n_per_slice = ceil_div(g.N, nslices);
-  const std::int64_t acc_slice = g.groups * neb * nkb * R * KB;
+  // Sums acc[slice][group][channel block][entry][KB]: per block an (entries x KB) matrix,
+  // the transpose of that block of gw.
+  const std::int64_t acc_block = neb * R * KB, acc_slice = blocks * acc_block;
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
-  const auto gyp_at = ws.add<T>(g.groups * nkb * g.N * OHW * KB);
+  const auto planes_at = ws.add<T>(buffer_size({g.N, g.C, pg.channel_size()}));
+  const auto gyp_at = ws.add<T>(blocks * g.N * OHW * KB);
   const auto acc_at = ws.add<T>(nslices * acc_slice);
+  const bool permute = g.kh * g.kw > 1 && Cg > 1;  // acc's (tap, c) rows differ from gw's (c, tap)
+  const auto tmp_at = ws.add<T>(permute ? g.K * E : 0);
   ws.allocate();
   T *gyp = ws.at<T>(gyp_at), *acc = ws.at<T>(acc_at);
-  const T* planes = pack_all_planes(x, layout, g.N, g.C, g.H, g.W, pg, ws.at<T>(planes_at));
+  const T* planes = pack_all(x, layout, g.N, g.C, g.H, g.W, pg.channel_size(),
+                             [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
+                               pack_planes(src, rs, cs, g.H, g.W, pg, dst);
+                             },
+                             ws.at<T>(planes_at));
   const ActStrides gys = act_strides(layout, g.K, g.OH, g.OW);
 
-  // gy packed per (group, channel block, image): [pixel][KB channels], zeros past Kg.
-  parallel_ranges(g.groups * nkb * g.N, (1 << 16) / (OHW * KB) , [&](std::int64_t i0, std::int64_t i1) {
+  // gy packed per (group, channel block, image): [pixel][KB channels], zeros past Kg. For
+  // NCHW a transpose (the SIMD one: element by element it took up to half of
+  // grad-weight's time); pixel p is at p * gys.w in either layout.
+  parallel_ranges(blocks * g.N, (1 << 16) / (OHW * KB), [&](std::int64_t i0, std::int64_t i1) {
     for (std::int64_t i = i0; i < i1; ++i) {
-      const std::int64_t n = i % g.N, kb = (i / g.N) % nkb, grp = i / (g.N * nkb);
+      const std::int64_t n = i % g.N, blk = i / g.N, kk1 = std::min(KB, Kg - (blk % nkb) * KB);
+      const T* src = gy + n * gys.n + ((blk / nkb) * Kg + (blk % nkb) * KB) * gys.c;
       T* dst = gyp + i * OHW * KB;
-      for (std::int64_t kk = 0; kk < KB; ++kk) {
-        const std::int64_t k = kb * KB + kk;
-        if (k >= Kg) {
-          for (std::int64_t p = 0; p < OHW; ++p) dst[p * KB + kk] = T(0);
-          continue;
-        }
-        const T* src = gy + n * gys.n + (grp * Kg + k) * gys.c;
-        for (std::int64_t oh = 0, p = 0; oh < g.OH; ++oh)
-          for (std::int64_t ow = 0; ow < g.OW; ++ow, ++p) dst[p * KB + kk] = src[oh * gys.h + ow * gys.w];
+      if (gys.w == 1) {
+        ks.transpose(src, gys.c, dst, KB, kk1, OHW);
+      } else {
+        for (std::int64_t p = 0; p < OHW; ++p) std::copy_n(src + p * gys.w, kk1, dst + p * KB);
       }
+      if (kk1 < KB)
+        for (std::int64_t p = 0; p < OHW; ++p) std::fill(dst + p * KB + kk1, dst + (p + 1) * KB, T(0));
     }
   });
 
@@ -229,40 +395,45 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const std::int64_t chunk_rows = std::max<std::int64_t>(1, (8192 / KB) / g.OW);
   parallel_for(nslices * blocks * nec, [&](std::int64_t task) {
     const std::int64_t ec = task % nec, blk = (task / nec) % blocks, slice = task / (nec * blocks);
-    const std::int64_t grp = blk / nkb, kb = blk % nkb;
+    const std::int64_t grp = blk / nkb;
     const std::int64_t eb0 = ec * eb_per_chunk, eb1 = std::min(neb, eb0 + eb_per_chunk);
-    T* acc_blk = acc + slice * acc_slice + (grp * neb * nkb) * R * KB;
-    for (std::int64_t eb = eb0; eb < eb1; ++eb) std::fill_n(acc_blk + (eb * nkb + kb) * R * KB, R * KB, T(0));
+    T* acc_blk = acc + slice * acc_slice + blk * acc_block;
+    std::fill(acc_blk + eb0 * R * KB, acc_blk + eb1 * R * KB, T(0));
     const std::int64_t n1 = std::min(g.N, (slice + 1) * n_per_slice);
     for (std::int64_t n = slice * n_per_slice; n < n1; ++n) {
-      const T* gyn = gyp + ((grp * nkb + kb) * g.N + n) * OHW * KB;
+      const T* gyn = gyp + (blk * g.N + n) * OHW * KB;
       const T* xn = planes + (n * g.C + grp * Cg) * pg.channel_size();
       for (std::int64_t oh0 = 0; oh0 < g.OH; oh0 += chunk_rows) {
-        const std::int64_t rows = std::min(chunk_rows, g.OH - oh0);
-        for (std::int64_t eb = eb0; eb < eb1; ++eb)
-          kern.fn(GwTile<T>{gyn + oh0 * g.OW * KB, xn + oh0 * pg.Wq, off.data() + eb * R, rows, g.OW, pg.Wq,
-                            acc_blk + (eb * nkb + kb) * R * KB});
-      }
-    }
-  });
-
-  // gw[k][e] = sum over slices, in order, of acc[slice][grp][eb][kb][r][kk], block by
-  // block: each (eb, kb) block of R x KB sums is read once and written as KB runs of R.
-  parallel_ranges(g.groups * neb * nkb, (1 << 14) / (R * KB), [&](std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t kb = b % nkb, eb = (b / nkb) % neb, grp = b / (nkb * neb);
-      const T* blk = acc + b * R * KB;
-      const std::int64_t kk1 = std::min(KB, Kg - kb * KB), r1 = std::min(R, E - eb * R);
-      for (std::int64_t kk = 0; kk < kk1; ++kk) {
-        T* dst = gw + (grp * Kg + kb * KB + kk) * E + eb * R;
-        for (std::int64_t r = 0; r < r1; ++r) {
-          T s = blk[r * KB + kk];
-          for (std::int64_t slice = 1; slice < nslices; ++slice) s += blk[slice * acc_slice + r * KB + kk];
-          dst[r] = s;
+        for (std::int64_t eb = eb0; eb < eb1; ++eb) {
+          const std::int64_t* b = &box[eb * 4];
+          const std::int64_t r0 = std::max(oh0, b[0]), r1 = std::min(oh0 + chunk_rows, b[1]);
+          if (r0 >= r1 || b[2] >= b[3]) continue;
+          kern.fn(GwTile<T>{gyn + (r0 * g.OW + b[2]) * KB, xn + r0 * pg.Wq + b[2], off.data() + eb * R, r1 - r0,
+                            b[3] - b[2], g.OW * KB, pg.Wq, acc_blk + eb * R * KB});
         }
       }
     }
   });
+
+  // gw = the slices' sums added in order, each block transposed: acc rows are entries
+  // (tap, c), so into tmp as gw[k][t][c], then each row of it into place as gw[k][c][t].
+  T* tmp = permute ? ws.at<T>(tmp_at) : gw;
+  const std::int64_t rows_per_task = 256;
+  const std::int64_t echunks = ceil_div(E, rows_per_task);
+  parallel_for(blocks * echunks, [&](std::int64_t t) {
+    const std::int64_t blk = t / echunks, e0 = (t % echunks) * rows_per_task, e1 = std::min(E, e0 + rows_per_task);
+    const std::int64_t kb = blk % nkb, kk1 = std::min(KB, Kg - kb * KB);
+    T* sum = acc + blk * acc_block + e0 * KB;
+    for (std::int64_t slice = 1; slice < nslices; ++slice) {
+      const T* part = sum + slice * acc_slice;
+      for (std::int64_t i = 0; i < (e1 - e0) * KB; ++i) sum[i] += part[i];
+    }
+    ks.transpose(sum, KB, tmp + ((blk / nkb) * Kg + kb * KB) * E + e0, E, e1 - e0, kk1);
+  });
+  if (permute)
+    parallel_ranges(g.K, (1 << 14) / E, [&](std::int64_t k0, std::int64_t k1) {
+      for (std::int64_t k = k0; k < k1; ++k) ks.transpose(tmp + k * E, Cg, gw + k * E, taps, taps, Cg);
+    });
 }
 
 #define CONVKIT_INSTANTIATE(T)                                                                                  \

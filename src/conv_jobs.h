@@ -20,7 +20,31 @@ struct DirectJob {
   OutMap<T> out;             // at output channel 0
   std::int64_t nk;           // output channels
   std::int64_t npix;         // flat pixels
+  // The input is the activation itself, not packed planes with slack: no tile may read
+  // past npix, so the last tile is moved back to end there (npix >= P), overlapping
+  // its neighbour, whose pixels it recomputes identically and does not store again.
+  bool exact;
 };
+
+// A run of output rows [r0, r1) of a flat domain and the reduction entries that read
+// real input (not only padding) somewhere in it.
+struct Band {
+  std::int64_t r0, r1;
+  std::vector<Entry> ent;
+};
+
+// Output rows [lo, hi) where an entry reads real input; lo >= hi: nowhere (dropped).
+struct RowRange {
+  std::int64_t lo, hi;
+};
+
+// Splits rows [0, rows) into bands of constant valid entries when that costs fewer tile
+// passes (P-pixel tiles x entries) than running every entry on every row; else one band
+// with the entries valid somewhere. Large padding (DeepLab's ASPP, dilation 12) leaves
+// a third of the taps reading zeros on a third of the rows: bands skip them. With the
+// usual padding of 1, one-row bands would waste more on partial tiles than they save.
+std::vector<Band> row_bands(const std::vector<Entry>& ent, const std::vector<RowRange>& valid, std::int64_t rows,
+                            std::int64_t Wq, std::int64_t P);
 
 // Below this many FLOPs a task costs more to hand to another thread than to run.
 constexpr double kMinTaskFlops = 4e5;

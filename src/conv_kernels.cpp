@@ -10,13 +10,20 @@ namespace {
 
 std::mutex forced_mutex;
 std::string forced_direct, forced_gw;
+int forced_fold = -1;
 
 }  // namespace
 
-void force_conv_kernels(const std::string& direct, const std::string& gw) {
+void force_conv_kernels(const std::string& direct, const std::string& gw, int fold) {
   std::lock_guard<std::mutex> lock(forced_mutex);
   forced_direct = direct;
   forced_gw = gw;
+  forced_fold = fold;
+}
+
+int forced_conv_fold() {
+  std::lock_guard<std::mutex> lock(forced_mutex);
+  return forced_fold;
 }
 
 std::string forced_conv_kernel(bool gw) {

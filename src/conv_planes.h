@@ -20,6 +20,9 @@
 #include <cstdint>
 #include <cstring>
 
+#include "conv_geometry.h"
+#include "workspace.h"
+
 namespace convkit {
 
 struct PlaneGeom {
@@ -43,59 +46,68 @@ struct PlaneGeom {
 inline PlaneGeom make_plane_geom(std::int64_t Hp, std::int64_t Wp, std::int64_t pt, std::int64_t pl,
                                  std::int64_t sh, std::int64_t sw, std::int64_t overrun) {
   PlaneGeom pg{sh, sw, pt, pl, (Hp + sh - 1) / sh, (Wp + sw - 1) / sw, 0};
-  pg.size = ((pg.Hq + 1) * pg.Wq + overrun + 15) / 16 * 16;
+  pg.size = (buffer_size({pg.Hq + 1, pg.Wq}) + overrun + 15) / 16 * 16;
+  buffer_size({pg.phases(), pg.size});  // channel_size() fits in int64 (or std::bad_alloc)
   return pg;
 }
 
-// Rows of strided elements, one column phase of a block of image rows: element i of row r
-// moves from in[r*in_stride + i*step] to out[r*out_stride + i]. Stride 2 is a compile-time
-// step so the compiler vectorises the deinterleave. (An AVX-512 version, permutes with
-// masked loads at the row ends, measured 1.4x slower on a stride-2 layer's 14 MB input.)
+// Whether padded stride-phase planes pay for a geometry: not when the stride outgrows the
+// image (sh*sw phases, nearly all empty) or the padding dwarfs it (planes of zeros). Both
+// are valid calls (a stride or padding up to 2^31) that would ask for gigabytes, or more
+// than int64 counts, to compute a few pixels; they run the plain loops instead
+// (conv_reference_loops.h), which read the image in place.
+inline bool planes_pay_off(const ConvGeom& g) {
+  const double image = double(g.H) * double(g.W);
+  const double padded = double(g.H + g.pt + g.pb) * double(g.W + g.pl + g.pr);
+  return double(g.sh) * double(g.sw) <= image && padded <= std::max(64.0 * image, 65536.0);
+}
+
+// Packs a strided window of one channel of an H x W image (element (h, w) at
+// src[h*row_stride + w*col_stride]) into rows x cols at dst, zeros outside the image:
+//   dst[r*cols + t] = image[row0 + r*row_step][col0 + t*col_step].
+// Every plane layout here is windows: a stride phase is the window (a - pt, sh) x
+// (b - pl, sw) of the padded image; a folded tap column (conv_direct.cpp) is
+// (a - pt, sh) x (j*dw - pl, sw), exactly OW wide.
 template <typename T>
-void copy_strided(const T* in, std::int64_t in_stride, std::int64_t step, std::int64_t n, std::int64_t rows, T* out,
-                  std::int64_t out_stride) {
-  for (std::int64_t r = 0; r < rows; ++r, in += in_stride, out += out_stride) {
-    if (step == 1) {
-      std::memcpy(out, in, sizeof(T) * static_cast<std::size_t>(n));
-    } else if (step == 2) {
-      for (std::int64_t i = 0; i < n; ++i) out[i] = in[2 * i];
-    } else {
-      for (std::int64_t i = 0; i < n; ++i) out[i] = in[i * step];
+void pack_window(const T* src, std::int64_t row_stride, std::int64_t col_stride, std::int64_t H, std::int64_t W,
+                 std::int64_t row0, std::int64_t row_step, std::int64_t rows, std::int64_t col0,
+                 std::int64_t col_step, std::int64_t cols, T* dst) {
+  // Columns t in [t0, t1) fall inside the image: 0 <= col0 + t*col_step < W.
+  const std::int64_t t0 = std::min(cols, col0 >= 0 ? 0 : (-col0 + col_step - 1) / col_step);
+  const std::int64_t t1 = std::max(t0, std::min(cols, col0 >= W ? 0 : (W - 1 - col0) / col_step + 1));
+  // Plain loops, no memcpy/memset calls: windows are often narrow (17 columns), and a
+  // library call per row cost more than the copy (measured 2x on Inception's 1x7).
+  const std::int64_t step = col_step * col_stride;
+  for (std::int64_t r = 0; r < rows; ++r, dst += cols) {
+    const std::int64_t h = row0 + r * row_step;
+    const bool inside = h >= 0 && h < H;
+    const std::int64_t a = inside ? t0 : cols, b = inside ? t1 : cols;
+    for (std::int64_t t = 0; t < a; ++t) dst[t] = T(0);
+    if (inside) {
+      const T* in = src + h * row_stride + (col0 + t0 * col_step) * col_stride;
+      // Step 2 (stride-2 phases of NCHW) as a compile-time step, so the compiler
+      // vectorises the deinterleave (measured on the depthwise stride-2 layer).
+      if (step == 1)
+        for (std::int64_t t = a; t < b; ++t) dst[t] = in[t - a];
+      else if (step == 2)
+        for (std::int64_t t = a; t < b; ++t) dst[t] = in[2 * (t - a)];
+      else
+        for (std::int64_t t = a; t < b; ++t) dst[t] = in[(t - a) * step];
     }
+    for (std::int64_t t = b; t < cols; ++t) dst[t] = T(0);
   }
 }
 
 // Packs one channel of an H x W image (element (h, w) at src[h*row_stride + w*col_stride],
-// so NCHW and NHWC are the same call) into pg.phases() planes at dst, writing every
-// element once: per phase plane one copy_strided of the image's rows and columns that fall
-// in it, and zeros around them (per-row bookkeeping measured 1.3x slower on stride-2
-// 56-wide images; zero-filling whole planes before copying, 1.5x slower on stride-1 ones).
+// so NCHW and NHWC are the same call) into pg.phases() planes at dst.
 template <typename T>
 void pack_planes(const T* src, std::int64_t row_stride, std::int64_t col_stride, std::int64_t H, std::int64_t W,
                  const PlaneGeom& pg, T* dst) {
   for (std::int64_t a = 0; a < pg.sh; ++a) {
-    // Padded row qh*sh + a is image row qh*sh + a - pt: inside for qh in [qh0, qh1).
-    const std::int64_t qh0 = std::min(pg.Hq, std::max<std::int64_t>(0, (pg.pt - a + pg.sh - 1) / pg.sh));
-    const std::int64_t qh1 = std::max(qh0, std::min<std::int64_t>(pg.Hq, (H + pg.pt - a + pg.sh - 1) / pg.sh));
     for (std::int64_t b = 0; b < pg.sw; ++b) {
-      // Padded column qw*sw + b is image column qw*sw + b - pl: inside for qw in [qw0, qw1).
-      const std::int64_t qw0 = std::min(pg.Wq, std::max<std::int64_t>(0, (pg.pl - b + pg.sw - 1) / pg.sw));
-      const std::int64_t qw1 = std::max(qw0, std::min<std::int64_t>(pg.Wq, (W + pg.pl - b + pg.sw - 1) / pg.sw));
       T* plane = dst + (a * pg.sw + b) * pg.size;
-      if (qh0 == qh1 || qw0 == qw1) {
-        std::fill(plane, plane + pg.size, T(0));
-        continue;
-      }
-      std::fill(plane, plane + qh0 * pg.Wq + qw0, T(0));
-      copy_strided(src + (qh0 * pg.sh + a - pg.pt) * row_stride + (qw0 * pg.sw + b - pg.pl) * col_stride,
-                   pg.sh * row_stride, pg.sw * col_stride, qw1 - qw0, qh1 - qh0, plane + qh0 * pg.Wq + qw0, pg.Wq);
-      // Between two copied rows: the first row's columns from qw1, the next one's before qw0
-      // (a few elements; rows innermost, so the compiler cannot make each gap a memset call,
-      // which measured 1.2x slower for a whole stride-2 pack).
-      T* gaps = plane + qh0 * pg.Wq + qw1;
-      for (std::int64_t i = 0; i < pg.Wq - qw1 + qw0; ++i)
-        for (std::int64_t r = 0; r + 1 < qh1 - qh0; ++r) gaps[r * pg.Wq + i] = T(0);
-      std::fill(plane + (qh1 - 1) * pg.Wq + qw1, plane + pg.size, T(0));
+      pack_window(src, row_stride, col_stride, H, W, a - pg.pt, pg.sh, pg.Hq, b - pg.pl, pg.sw, pg.Wq, plane);
+      std::fill(plane + pg.Hq * pg.Wq, plane + pg.size, T(0));  // the slack read past the last row
     }
   }
 }

@@ -45,19 +45,20 @@ struct DirectTile {
   const T* bias;             // kr values or nullptr
   bool relu;
   int kr;                    // valid output channels of the block, 1..R
+  int skip;                  // leading pixels not stored (a last tile moved back, see DirectJob)
   std::int64_t p0;           // the tile's first flat pixel
   OutMap<T> out;
 };
 
 // One call of a grad-weight kernel `R x KB` (R reduction entries, KB output channels):
 // for r < R, k < KB, acc[r*KB + k] += sum over rows, cols of
-//   gy[(row*cols + col)*KB + k] * x[off[r] + row*x_row_stride + col].
+//   gy[row*gy_ld + col*KB + k] * x[off[r] + row*x_ld + col].
 template <typename T>
 struct GwTile {
-  const T* gy;                // packed grad_output of the channel block, [rows*cols][KB]
-  const T* x;                 // input planes of one image, shifted to the first row
+  const T* gy;                // packed grad_output of the channel block, [rows][cols][KB] with row stride gy_ld
+  const T* x;                 // input planes of one image, shifted to the first row and column
   const std::int64_t* off;    // R entries' offsets into x
-  std::int64_t rows, cols, x_row_stride;
+  std::int64_t rows, cols, gy_ld, x_ld;
   T* acc;                     // [R][KB] running sums, updated in place
 };
 
@@ -81,6 +82,9 @@ template <typename T>
 struct ConvKernels {
   std::vector<DirectKernel<T>> direct;  // the tile shapes the operator may choose from
   std::vector<GwKernel<T>> gw;
+  // dst[c*dst_ld + r] = src[r*src_ld + c] for a rows x cols matrix.
+  void (*transpose)(const T* src, std::int64_t src_ld, T* dst, std::int64_t dst_ld, std::int64_t rows,
+                    std::int64_t cols);
 };
 
 // The kernels of the active ISA (tables filled once per ISA, on first use).
@@ -88,10 +92,13 @@ template <typename T>
 const ConvKernels<T>& conv_kernels();
 
 // For tests: operators use the kernels of these names, where the active table has them,
-// instead of the cost model's choice ("" restores the choice). Every tile shape's edges
-// can then be exercised, not only the shapes the cost model picks for small layers.
-void force_conv_kernels(const std::string& direct, const std::string& gw);
+// instead of the cost model's choice ("" restores the choice), and the forward packs
+// folded tap-column planes (fold 1) or stride-phase planes (fold 0) whatever the cost
+// (-1 restores the choice). Every tile shape's edges and both input layouts can then
+// be exercised, not only what the cost model picks for small layers.
+void force_conv_kernels(const std::string& direct, const std::string& gw, int fold);
 std::string forced_conv_kernel(bool gw);
+int forced_conv_fold();
 
 // Per-ISA tables, defined in kernels/cpu/*conv__<isa>.cpp.
 const ConvKernels<float>& conv_kernels_f32_scalar();

@@ -103,7 +103,8 @@ struct AvgTables {
 // Max backward: grad_output scattered by index into zeroed grad_input. A task owns a run
 // of whole planes (NCHW, about kTaskBytes) or one image's block of channels (NHWC), small
 // enough to stay in cache between the zeroing and the scatter: no races, one write to
-// memory. False if an index >= H*W.
+// memory. False if an index is >= H*W or < -1 (-1: a window without input, as the
+// reference's; any other value is a caller's bug, refused as the reference refuses it).
 //
 // Overlapping windows often share their maximum, and an update that reloads what the
 // previous one is still storing makes the CPU replay it. So each output row goes in
@@ -119,7 +120,7 @@ bool scatter_planes(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* 
       for (std::int64_t phase = 0; phase < phases; ++phase) {
         for (std::int64_t o = row + phase; o < row + OW; o += phases) {
           if (static_cast<std::uint64_t>(idx[o]) < static_cast<std::uint64_t>(hw)) dst[idx[o]] += gy[o];
-          else ok = ok && idx[o] < 0;
+          else ok = ok && idx[o] == -1;
         }
       }
     }
@@ -158,7 +159,7 @@ bool scatter_nhwc(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* gx
       for (std::int64_t c = c0; c < c1; ++c) {
         const std::int64_t i = at[o * C + c];
         if (static_cast<std::uint64_t>(i) < static_cast<std::uint64_t>(hw)) dst[i * C + c] += src[o * C + c];
-        else task_ok = task_ok && i < 0;
+        else task_ok = task_ok && i == -1;
       }
     }
     if (!task_ok) ok = false;
@@ -201,8 +202,8 @@ template <typename T>
 void max_pool2d_backward(const PoolGeom& g, PoolLayout layout, const T* gy, const std::int64_t* idx, T* gx) {
   const bool ok = layout == PoolLayout::nchw ? scatter_nchw(g, gy, idx, gx) : scatter_nhwc(g, gy, idx, gx);
   if (!ok)
-    throw std::invalid_argument("indices must be flat positions within each H*W plane, < " +
-                                std::to_string(g.H * g.W) + " (H = " + std::to_string(g.H) +
+    throw std::invalid_argument("indices must be flat positions within each H*W plane, in [-1, " +
+                                std::to_string(g.H * g.W) + ") (H = " + std::to_string(g.H) +
                                 ", W = " + std::to_string(g.W) + ")");
 }
 

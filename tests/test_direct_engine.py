@@ -19,15 +19,16 @@ AVAILABLE = ISAS[: ISAS.index(_cpu.detected_isa()) + 1]
 
 
 @contextlib.contextmanager
-def using(isa_name, direct="", gw=""):
-    """Run on isa_name with the named kernels forced ("" = the cost model's choice)."""
+def using(isa_name, direct="", gw="", fold=-1):
+    """Run on isa_name with the named kernels and the forward's input layout (fold 0:
+    stride-phase planes, 1: folded tap columns) forced ("", -1: the cost model's choice)."""
     before = convkit.get_isa()
     convkit.set_isa(isa_name)
-    _cpu.force_conv_kernels(direct, gw)
+    _cpu.force_conv_kernels(direct, gw, fold)
     try:
         yield
     finally:
-        _cpu.force_conv_kernels("", "")
+        _cpu.force_conv_kernels("", "", -1)
         convkit.set_isa(before)
 
 
@@ -35,6 +36,11 @@ def using(isa_name, direct="", gw=""):
 def isa(request):
     with using(request.param):
         yield request.param
+
+
+@pytest.fixture(params=[0, 1], ids=["phased", "folded"])
+def fold(request):
+    return request.param
 
 
 def assert_close(got, ref, dtype):
@@ -82,12 +88,12 @@ def kernels(kind):
 
 
 @pytest.mark.parametrize("isa_kernel", kernels("direct"), ids=lambda p: p[1]["name"])
-def test_direct_tile_edges(isa_kernel):
+def test_direct_tile_edges(isa_kernel, fold):
     """Output channels around R, flat pixels around P, for one forced direct tile."""
     isa_name, k = isa_kernel
     R, P = k["R"], k["P"]
     rng = np.random.default_rng(R * 1000 + P)
-    with using(isa_name, direct=k["name"]):
+    with using(isa_name, direct=k["name"], fold=fold):
         for K in sorted({1, max(1, R - 1), R, R + 1, 2 * R + 1}):
             # 1x1, one image row: exactly P - 1, P, P + 1 flat pixels.
             for width in (P - 1, P, P + 1):
@@ -110,6 +116,8 @@ def test_grad_weight_tile_edges(isa_kernel):
             for C in sorted({1, max(1, R - 1), R, R + 1}):
                 check_conv2d(rng, 2, C, 3, 4, K, (1, 1))
         check_conv2d(rng, 3, R // 2 + 1, 6, 5, KB + 3, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2))
+        # ResNet-stem-like: 147 entries, in R-blocks that split unevenly over the tasks.
+        check_conv2d(rng, 1, 3, 48, 48, KB, (7, 7), stride=2, padding=3)
 
 
 # --------------------------------------------------------------------- geometry grid
@@ -146,6 +154,18 @@ def test_grid(isa, case, layout):
     N, C, H, W, K, kernel, s, p, d, g = case
     for dtype in (np.float32, np.float64):
         check_conv2d(rng, N, C, H, W, K, kernel, s, p, d, g, dtype=dtype, layout=layout, relu=dtype == np.float32)
+    for fold in (0, 1):  # both input layouts of the forward, whichever the cost model picks
+        with using(isa, fold=fold):
+            check_conv2d(rng, N, C, H, W, K, kernel, s, p, d, g, layout=layout)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_medium_layer(isa, layout):
+    """Sizes past every register block: grad-weight's SIMD transposes (16 x 16 on AVX-512)
+    of grad_output and of its sums run whole blocks, not only their edges."""
+    rng = np.random.default_rng(17)
+    check_conv2d(rng, 2, 20, 18, 19, 37, (3, 3), padding=1, layout=layout)
+    check_conv2d(rng, 1, 33, 9, 40, 18, (1, 1), layout=layout)
 
 
 # ------------------------------------------------------------------ conv_transpose2d
@@ -156,6 +176,7 @@ TRANSPOSED = [
     (1, 3, 6, 5, 2, (3, 3), 2, 1, 1, 1, 1),
     (1, 4, 3, 4, 6, (3, 2), 3, (1, 0), (2, 1), 2, (1, 2)),
     (1, 2, 4, 4, 3, (3, 3), 1, 2, 1, 1, 3),
+    (1, 8, 9, 13, 6, (2, 2), 2, 0, 0, 1, 1),    # U-Net-like: grad_output read in place
 ]
 
 

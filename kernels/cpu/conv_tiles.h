@@ -18,29 +18,31 @@ namespace convkit {
 namespace {
 
 // Stores the R x (V*W) tile acc through the output map (see OutMap): channels r < kr,
-// flat pixels p0 + i that fall inside the map's rows and cols.
+// flat pixels p0 + i, i >= skip, that fall inside the map's rows and cols.
 template <class VT, int R, int V>
-inline void store_tile(const OutMap<typename VT::Elem>& m, std::int64_t p0, int kr,
+inline void store_tile(const OutMap<typename VT::Elem>& m, std::int64_t p0, int skip, int kr,
                        const typename VT::Vec (&acc)[R][V]) {
   using T = typename VT::Elem;
   constexpr int W = VT::W;
   std::int64_t row = p0 / m.Wq, col = p0 - row * m.Wq;
   if (m.col_stride == 1) {
     // Each vector's lanes split into runs that stay within one flat row; a run's valid
-    // part (col < cols) is contiguous in the output. Most vectors are one full run.
+    // part (col < cols, lane index >= skip) is contiguous in the output. Most vectors
+    // are one full run.
     for (int v = 0; v < V; ++v) {
       for (int lane = 0; lane < W;) {
         if (row >= m.rows) return;
         const int len = static_cast<int>(std::min<std::int64_t>(W - lane, m.Wq - col));
-        if (col < m.cols) {
-          const int cnt = static_cast<int>(std::min<std::int64_t>(len, m.cols - col));
-          T* dst = m.base + row * m.row_stride + col;
+        const int from = std::max(lane, skip - v * W);  // first lane of the run to store
+        if (col + (from - lane) < m.cols && from < lane + len) {
+          const int cnt = static_cast<int>(std::min<std::int64_t>(lane + len - from, m.cols - col - (from - lane)));
+          T* dst = m.base + row * m.row_stride + col + (from - lane);
           for (int r = 0; r < R; ++r) {
             if (r >= kr) break;
             if (cnt == W)
               VT::storeu(dst + r * m.k_stride, acc[r][v]);
             else
-              VT::store_lanes(dst + r * m.k_stride, acc[r][v], lane, cnt);
+              VT::store_lanes(dst + r * m.k_stride, acc[r][v], from, cnt);
           }
         }
         lane += len;
@@ -56,7 +58,7 @@ inline void store_tile(const OutMap<typename VT::Elem>& m, std::int64_t p0, int 
     for (int v = 0; v < V; ++v) VT::storeu(&buf[r][v * W], acc[r][v]);
   for (int i = 0; i < V * W; ++i) {
     if (row >= m.rows) return;
-    if (col < m.cols) {
+    if (col < m.cols && i >= skip) {
       T* dst = m.base + row * m.row_stride + col * m.col_stride;
       for (int r = 0; r < kr; ++r) dst[r * m.k_stride] = buf[r][i];
     }
@@ -91,7 +93,7 @@ void conv_direct_tile(const DirectTile<typename VT::Elem>& t) {
   Vec out[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) out[r][v] = t.relu ? VT::relu(acc[r][v]) : acc[r][v];
-  store_tile<VT, R, V>(t.out, t.p0, t.kr, out);
+  store_tile<VT, R, V>(t.out, t.p0, t.skip, t.kr, out);
 }
 
 // Grad-weight as outer products: per pixel, V vectors of grad_output (KB = V*W output
@@ -106,9 +108,9 @@ void conv_gw_tile(const GwTile<typename VT::Elem>& t) {
   Vec acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = VT::loadu(t.acc + r * KB + v * W);
-  const T* gy = t.gy;
   for (std::int64_t row = 0; row < t.rows; ++row) {
-    const T* x = t.x + row * t.x_row_stride;
+    const T* gy = t.gy + row * t.gy_ld;
+    const T* x = t.x + row * t.x_ld;
     const T* xr[R];
     for (int r = 0; r < R; ++r) xr[r] = x + t.off[r];
     for (std::int64_t col = 0; col < t.cols; ++col, gy += KB) {
@@ -122,6 +124,24 @@ void conv_gw_tile(const GwTile<typename VT::Elem>& t) {
   }
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) VT::storeu(t.acc + r * KB + v * W, acc[r][v]);
+}
+
+// dst[c*dst_ld + r] = src[r*src_ld + c] for a rows x cols matrix: W x W blocks through
+// registers (VT::transpose_block), the edges element by element. Grad-weight packs
+// grad_output and unpacks its sums with it (a transpose each, in NCHW).
+template <class VT>
+void transpose(const typename VT::Elem* src, std::int64_t src_ld, typename VT::Elem* dst, std::int64_t dst_ld,
+               std::int64_t rows, std::int64_t cols) {
+  constexpr int W = VT::W;
+  std::int64_t r = 0;
+  for (; r + W <= rows; r += W) {
+    std::int64_t c = 0;
+    for (; c + W <= cols; c += W) VT::transpose_block(src + r * src_ld + c, src_ld, dst + c * dst_ld + r, dst_ld);
+    for (; c < cols; ++c)
+      for (int i = 0; i < W; ++i) dst[c * dst_ld + r + i] = src[(r + i) * src_ld + c];
+  }
+  for (; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) dst[c * dst_ld + r] = src[r * src_ld + c];
 }
 
 }  // namespace

@@ -19,6 +19,7 @@ const ConvKernels<float>& conv_kernels_f32_avx2() {
           {&conv_gw_tile<VT, 6, 2>, 6, 16, 0.85f, "f32_conv_gw_6x16__avx2"},
           {&conv_gw_tile<VT, 12, 1>, 12, 8, 0.45f, "f32_conv_gw_12x8__avx2"},
       },
+      &transpose<VT>,
   };
   return kernels;
 }

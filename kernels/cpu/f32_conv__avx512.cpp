@@ -30,6 +30,7 @@ const ConvKernels<float>& conv_kernels_f32_avx512() {
           {&conv_gw_tile<VT, 12, 2>, 12, 32, 0.88f, "f32_conv_gw_12x32__avx512"},
           {&conv_gw_tile<VT, 12, 1>, 12, 16, 0.45f, "f32_conv_gw_12x16__avx512"},
       },
+      &transpose<VT>,
   };
   return kernels;
 }

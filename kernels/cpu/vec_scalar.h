@@ -2,6 +2,7 @@
 // The tile templates (conv_tiles.h) are written once over a traits struct; with W = 1
 // they become plain C++ loops that the compiler may still vectorise for the baseline ISA.
 #pragma once
+#include <cstdint>
 
 namespace convkit {
 
@@ -22,6 +23,7 @@ struct VecScalar {
   static Vec relu(Vec x) { return x > T(0) || x != x ? x : T(0); }
   // Lanes [a, a + n) of v to dst[0, n): with one lane, a == 0 and n == 1.
   static void store_lanes(T* dst, Vec v, int, int) { *dst = v; }
+  static void transpose_block(const T* src, std::int64_t, T* dst, std::int64_t) { *dst = *src; }
 };
 
 }  // namespace convkit

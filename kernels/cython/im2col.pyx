@@ -323,7 +323,8 @@ cdef require_nchw(name, tuple got, tuple want, bint nhwc):
 
 
 cdef void launch(Primitive prim, Geom* g, const floating[:, :, :, ::1] img, const floating[:, :, :, ::1] outs,
-                 const floating[:, :, :, ::1] wt, const floating[::1] bias, bint relu, Py_ssize_t buffer_limit) except *:
+                 const floating[:, :, :, ::1] wt, const floating[::1] bias, bint relu,
+                 Py_ssize_t buffer_limit) except *:
     """Allocates the column buffer of one tile (recorded in last_call_stats) and runs the
     primitive without the GIL. The array it writes (img, outs or wt, per Primitive) is a
     fresh array of ours, passed read-only only to share one signature."""

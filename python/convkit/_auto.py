@@ -17,6 +17,7 @@ primitive of an op would run, and why.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _args
+from ._runtime import get_isa, get_num_threads
 from ._version import __version__
 
 
@@ -48,6 +50,10 @@ class _Rule:
 _FORWARD, _GRAD_INPUT, _GRAD_WEIGHT = "conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"
 
 
+def _padded_area(g) -> int:
+    return (g.H + g.padding[0] + g.padding[1]) * (g.W + g.padding[2] + g.padding[3])
+
+
 # First match wins; a rule whose algorithm is not built is skipped. Every number is a
 # time ratio im2col / direct (below 1: im2col faster) measured per primitive, float32,
 # one thread, CPU time (immune to the shared machine's load), same build: the SIMD
@@ -64,27 +70,43 @@ _RULES = (
     _Rule("depthwise", lambda p, g, dt: g.C == g.groups > 1, "direct",
           "depthwise: the direct engine's own kernels; a GEMM per channel is a matrix-vector product "
           "(measured 2-5x slower)"),
-    # DeepLab ASPP (dilation 12, 33x33, padding 12): forward 0.76, grad-input 0.67; at
-    # dilation 2 the direct engine is ahead again (1.17 / 1.03).
-    _Rule("wide dilation", lambda p, g, dt: p != _GRAD_WEIGHT and max(g.dilation) >= 4, "im2col",
-          "dilation >= 4: the column copy takes each tap once, the direct engine sweeps planes padded by the "
-          "dilated extent (ASPP rate 12: im2col 1.3-1.5x faster)"),
-    # Few pixels, many channels: ResNet 3x3 on 14x14x256 grad-input 0.73, grad-weight
-    # 0.83; Xception 1x1 on 19x19x728 1.02 / 0.71; Inception 1x7 on 17x17x128 0.94 /
-    # 1.10. Forward stays direct (1.17-1.18, 0.99); DCGAN's 16x16 with 64 input channels
-    # stays direct (1.19 / 1.30).
-    _Rule("small image", lambda p, g, dt: p != _FORWARD and g.OH * g.OW < 400 and g.C // g.groups >= 128,
+    # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
+    # the image) forward 0.73-0.76, grad-input 0.61-0.67. Dilation alone is not it: 3x3
+    # on 56x56x64 at dilation 4 (padded plane 1.3x) stays direct (1.40 / 1.23).
+    _Rule("mostly padding",
+          lambda p, g, dt: p != _GRAD_WEIGHT and _padded_area(g) >= 2 * g.H * g.W,
           "im2col",
-          "backward on fewer than 400 output pixels with >= 128 channels per group: long GEMMs over channels, "
+          "the padded input is at least twice the image: the direct engine sweeps padded planes, the column "
+          "copy visits each output pixel's taps once (ASPP rate 12: im2col 1.3-1.6x faster)"),
+    # Few pixels per channel (<= 5 output pixels per input channel, >= 128 channels):
+    # ResNet 3x3 on 14x14x256 grad-input 0.64-0.77, grad-weight 0.78-0.83; Xception 1x1
+    # on 19x19x728 0.90-1.02 / 0.64-0.71; Inception 1x7 on 17x17x128 0.94 / 1.10; DeepLab
+    # 3x3 on 33x33x256 0.70-0.92 / 1.02-1.07. Forward stays direct (1.16-1.27, 0.98).
+    # More pixels per channel stay direct: 3x3 on 28x28x128 1.07-1.13 / 1.16-1.18, and
+    # DCGAN's 16x16 from 64 channels 1.19 / 1.30.
+    _Rule("few pixels per channel",
+          lambda p, g, dt: p != _FORWARD and g.C // g.groups >= 128 and g.OH * g.OW <= 5 * (g.C // g.groups),
+          "im2col",
+          "backward with <= 5 output pixels per input channel (>= 128 channels): long GEMMs over the channels, "
           "while the direct engine's pixel tiles run short"),
-    # Narrow or pointwise weight gradients: LeNet (6 outputs) 0.57, 3x3 C=3 K=8 0.57,
-    # C=1 K=4 0.35, groups of 2 or 4 channels 0.26 / 0.49, ResNet 1x1 256->64 0.91,
-    # Xception 1x1 0.71, 1x1 C=K=16 0.32. At 9 outputs per group (16 groups of 9) the
-    # direct engine wins (2.3), at 64+ outputs with a spatial kernel too (1.2-1.5).
-    _Rule("narrow grad-weight", lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.kh * g.kw == 1),
+    # One input channel (grayscale first layers), grad-input on small images: LeNet
+    # (64 x 32x32, K=6, 5x5) 0.81, K=16 0.42, K=32 0.23, 3x3 0.92; the direct engine's
+    # tiles over input channels are mostly empty. On a 224x224 image it wins again (1.93).
+    _Rule("one input channel", lambda p, g, dt: p == _GRAD_INPUT and g.C == g.groups and g.OH * g.OW < 4096,
           "im2col",
-          "weight gradient with <= 8 outputs per group or a 1x1 kernel: one GEMM over all pixels, where the "
-          "direct engine's outer-product tiles are mostly empty"),
+          "grad-input into one channel per group on fewer than 4096 pixels per image: the direct engine's "
+          "channel tiles are mostly empty, the GEMM is over all the taps"),
+    # Narrow weight gradients: LeNet 0.62 (6 outputs, one input channel), one input
+    # channel with 16 / 32 outputs 0.69 / 0.51, 3x3 C=3 K=8 0.57, C=1 K=4 0.35, groups of
+    # 2 or 4 channels 0.26 / 0.49; pointwise: ResNet 1x1 256->64 0.91, Xception 1x1 0.71,
+    # 1x1 C=K=16 0.32. The direct engine wins at 9 outputs per group with 9 inputs (2.3)
+    # and with 64+ outputs and a spatial kernel (1.2-1.5; LeNet's second layer, 16
+    # outputs from 6 channels: 4.6).
+    _Rule("narrow grad-weight",
+          lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.C == g.groups or g.kh * g.kw == 1),
+          "im2col",
+          "weight gradient with <= 8 outputs or one input channel per group, or a 1x1 kernel: one GEMM over "
+          "all pixels, where the direct engine's outer-product tiles are mostly empty"),
     # Everything else: forward 1.1-2.9 (ResNet 3x3 64: 1.59, VGG: 1.45, stem: 1.96),
     # grad-input 1.0-1.5, grad-weight 1.0-1.5 on the dense layers of the suite.
     _Rule("dense", lambda p, g, dt: True, "direct",
@@ -97,7 +119,8 @@ _RULES = (
 _FALLBACK = ("direct", "im2col", "reference")
 
 
-def _by_rules(primitive: str, geom, dtype, candidates: list) -> Choice:
+@functools.lru_cache(maxsize=4096)  # per call shape: a cached call is one lookup
+def _by_rules(primitive: str, geom, dtype, candidates: tuple) -> Choice:
     if geom is not None and primitive.startswith("conv2d"):
         dt = np.dtype(dtype if dtype is not None else np.float32)
         for rule in _RULES:
@@ -120,7 +143,11 @@ def _env_mode() -> tuple:
 
 
 _enabled, _persist = _env_mode()
-_cache: dict = {}  # key -> {"algo": fastest, "seconds": {algo: seconds}}
+# The measurements, keyed by text (as persisted): {"algo": fastest, "seconds": {algo: s}};
+# and the choices made from them, keyed by the call's tuple, so that a cached call costs
+# a dict lookup rather than formatting its key and reason again.
+_measured: dict = {}
+_cache: dict = {}
 # Interleaved timed rounds, the minimum of each candidate kept: at least _ROUNDS, more
 # (up to _MAX_ROUNDS) while the measurement has taken less than _BUDGET seconds, so that
 # on a shared machine one clean round of each fast candidate is very likely. Calls slower
@@ -140,7 +167,7 @@ def autotune(enabled: bool = True, *, persist: bool = False) -> None:
         raise TypeError(f"enabled and persist must be bools, got {enabled!r}, {persist!r}")
     _enabled, _persist = enabled, enabled and persist
     if _persist:
-        _cache.update(_load())
+        _measured.update(_load())
 
 
 def cache_path() -> Path:
@@ -165,23 +192,19 @@ def _save() -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"convkit": __version__, "entries": {**_load(), **_cache}}, indent=1))
+        tmp.write_text(json.dumps({"convkit": __version__, "entries": {**_load(), **_measured}}, indent=1))
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
     except OSError:
         pass  # a read-only home must not break a convolution; the in-process cache still holds
 
 
 if _persist:  # CONVKIT_AUTOTUNE=persist: start from what earlier processes measured
-    _cache.update(_load())
+    _measured.update(_load())
 
 
-def _key(primitive: str, geom, dtype, layout: str) -> str:
-    from ._runtime import get_isa, get_num_threads
-
-    g = geom
+def _key_text(primitive: str, g, dtype: str, layout: str, threads: int, isa: str) -> str:
     return (f"{primitive} x{(g.N, g.C, g.H, g.W)} w{(g.K, g.C // g.groups, g.kh, g.kw)} s{g.stride} "
-            f"p{g.padding} d{g.dilation} g{g.groups} {np.dtype(dtype).name} {layout} "
-            f"threads={get_num_threads()} isa={get_isa()}")
+            f"p{g.padding} d{g.dilation} g{g.groups} {dtype} {layout} threads={threads} isa={isa}")
 
 
 def _runner(primitive: str, geom, dtype, layout: str):
@@ -233,16 +256,20 @@ def _by_measuring(primitive: str, geom, dtype, layout: str, candidates: list) ->
     timed = [a for a in candidates if a != "reference"] or list(candidates)
     if len(timed) == 1:
         return Choice(timed[0], "autotune: the only compiled candidate, nothing to measure")
-    key = _key(primitive, geom, dtype, layout)
-    entry = _cache.get(key)
-    if entry is None or entry.get("algo") not in timed:
+    key = (primitive, geom, np.dtype(dtype).name, layout, get_num_threads(), get_isa())
+    choice = _cache.get(key)
+    if choice is not None and choice.algo in timed:
+        return choice
+    text = _key_text(*key)
+    entry = _measured.get(text)
+    if entry is None or entry["algo"] not in timed:
         seconds = _measure(primitive, geom, dtype, layout, timed)
-        entry = {"algo": min(seconds, key=seconds.get), "seconds": seconds}
-        _cache[key] = entry
+        entry = _measured[text] = {"algo": min(seconds, key=seconds.get), "seconds": seconds}
         if _persist:
             _save()
     times = ", ".join(f"{a} {1e3 * s:.3g} ms" for a, s in sorted(entry["seconds"].items(), key=lambda kv: kv[1]))
-    return Choice(entry["algo"], f"autotune: measured fastest for this shape ({times})")
+    choice = _cache[key] = Choice(entry["algo"], f"autotune: measured fastest for this shape ({times})")
+    return choice
 
 
 def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layout=None) -> Choice:
@@ -251,7 +278,7 @@ def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layo
         return _choose_cuda(primitive, geom, candidates)
     if _enabled and primitive.startswith("conv2d") and geom is not None and dtype is not None:
         return _by_measuring(primitive, geom, dtype, layout or "NCHW", candidates)
-    return _by_rules(primitive, geom, dtype, candidates)
+    return _by_rules(primitive, geom, dtype, tuple(candidates))
 
 
 def _choose_cuda(primitive: str, geom, candidates: list) -> Choice:
@@ -318,7 +345,8 @@ def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1,
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     check_device(device)
     if len(input_shape) != 4 or len(weight_shape) != 4:
-        raise ValueError(f"input_shape and weight_shape must be 4-D, got {tuple(input_shape)} and {tuple(weight_shape)}")
+        raise ValueError(f"input_shape and weight_shape must be 4-D, got {tuple(input_shape)} and "
+                         f"{tuple(weight_shape)}")
     nchw = (input_shape[0], input_shape[3], input_shape[1], input_shape[2]) if layout == "NHWC" else input_shape
     if op.startswith("conv_transpose2d"):
         geom, _ = _args.conv_transpose_geometry(nchw, weight_shape, stride, padding, output_padding, groups, dilation)
