@@ -28,6 +28,10 @@ import sys
 from pathlib import Path
 
 WARMUP_NEEDLESS = 0.5  # seconds per call
+# Pause before each block: OpenBLAS's idle threads spin for ~30 ms after a GEMM (measured:
+# 25-35 ms of CPU during a sleep after one call), which would take a core from the next
+# block's library. The block's discarded first call then wakes that library's threads.
+SETTLE = 0.05
 CANDIDATES = ("im2col", "direct", "auto", "tune")
 
 
@@ -84,6 +88,7 @@ def interleaved(fns: dict, blocks: int, block_seconds: float, clock=time.perf_co
     try:
         for _ in range(blocks):
             for name, fn in fns.items():
+                time.sleep(SETTLE)
                 if warm[name]:
                     fn()
                 start = clock()

@@ -65,13 +65,20 @@ void require_shape(const py::array& a, const char* name, const std::vector<py::s
   }
 }
 
-PoolGeom geometry(Nchw s, Pair kernel, Pair stride, Pair padding, Pair dilation, bool ceil_mode,
-                  bool count_include_pad = true, std::optional<std::int64_t> divisor_override = std::nullopt) {
+// avg_pool2d's divisor_override as PoolGeom keeps it: 0 for none, else checked > 0.
+std::int64_t divisor(std::optional<std::int64_t> divisor_override) {
   if (divisor_override && *divisor_override <= 0)
     throw std::invalid_argument("divisor_override must be a positive int, got " + std::to_string(*divisor_override));
+  return divisor_override.value_or(0);
+}
+
+// (The divisor is a plain int here: an empty std::optional defaulted in the max bindings
+// let GCC test its unset payload, harmless but a branch on uninitialised memory to valgrind.)
+PoolGeom geometry(Nchw s, Pair kernel, Pair stride, Pair padding, Pair dilation, bool ceil_mode,
+                  bool count_include_pad = true, std::int64_t divisor_override = 0) {
   PoolGeom g{s.N, s.C, s.H, s.W, kernel.first, kernel.second, stride.first, stride.second,
              padding.first, padding.second, dilation.first, dilation.second, ceil_mode, count_include_pad,
-             divisor_override.value_or(0), 0, 0};
+             divisor_override, 0, 0};
   g.finalize();
   return g;
 }
@@ -115,7 +122,7 @@ Array<T> avg_forward(Array<T> x, Pair kernel, Pair stride, Pair padding, bool ce
                      std::optional<std::int64_t> divisor_override, const std::string& layout_name) {
   const PoolLayout layout = parse_layout(layout_name);
   const PoolGeom g = geometry(sizes_of(x, "input", layout), kernel, stride, padding, {1, 1}, ceil_mode,
-                              count_include_pad, divisor_override);
+                              count_include_pad, divisor(divisor_override));
   Array<T> y(shape_in(layout, output_sizes(g)));
   {
     py::gil_scoped_release release;
@@ -131,7 +138,7 @@ Array<T> avg_backward(Array<T> gy, Pair input_hw, Pair kernel, Pair stride, Pair
   const PoolLayout layout = parse_layout(layout_name);
   const Nchw s = sizes_of(gy, "grad_output", layout);
   const PoolGeom g = geometry({s.N, s.C, input_hw.first, input_hw.second}, kernel, stride, padding, {1, 1},
-                              ceil_mode, count_include_pad, divisor_override);
+                              ceil_mode, count_include_pad, divisor(divisor_override));
   require_shape(gy, "grad_output", shape_in(layout, output_sizes(g)));
   Array<T> gx(shape_in(layout, {g.N, g.C, g.H, g.W}));
   {

@@ -5,6 +5,7 @@
 // window must start inside the input or the left padding; padding at most half the
 // kernel; avg_pool2d's divisor as in torch (see avg_divisor).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -98,6 +99,12 @@ struct PoolGeom {
     if (sh <= 0 || sw <= 0) fail("stride must be >= 1, got " + pair(sh, sw));
     if (dh <= 0 || dw <= 0) fail("dilation must be >= 1, got " + pair(dh, dw));
     if (ph < 0 || pw < 0) fail("padding must be >= 0, got " + pair(ph, pw));
+    // Below 2^31 like the conv bindings' parameters: then d*(k-1) < 2^62 and no size
+    // computed from them overflows int64 (a hostile dilation or stride is refused, not wrapped).
+    constexpr std::int64_t kMaxParam = (std::int64_t{1} << 31) - 1;
+    if (std::max({kh, kw, sh, sw, dh, dw, ph, pw}) > kMaxParam)
+      fail("kernel_size " + pair(kh, kw) + ", stride " + pair(sh, sw) + ", padding " + pair(ph, pw) +
+           " and dilation " + pair(dh, dw) + " must be < 2^31");
     if (ph > kh / 2 || pw > kw / 2)
       fail("padding " + pair(ph, pw) + " must be at most half the kernel_size " + pair(kh, kw));
     if (divisor_override < 0) fail("divisor_override must be a positive int, got " + std::to_string(divisor_override));

@@ -14,8 +14,10 @@ namespace convkit {
 namespace {
 
 constexpr std::size_t kHugePage = std::size_t(2) << 20;
-constexpr std::size_t kMaxCachedBlocks = 4;             // concurrent calls from Python threads
-constexpr std::size_t kMaxCachedBytes = std::size_t(1) << 30;  // larger blocks go back at once
+// What stays cached between calls: a few blocks (concurrent calls from Python threads),
+// at most this many bytes in all; the oldest go first. A larger block is freed at once.
+constexpr std::size_t kMaxCachedBlocks = 4;
+constexpr std::size_t kMaxCachedBytes = std::size_t(256) << 20;
 
 class BlockCache {
  public:
@@ -42,17 +44,17 @@ class BlockCache {
     return {p, bytes};
   }
 
-  // Keeps the block for the next call; drops the smallest when too many are kept.
+  // Keeps the block for the next call, within the limits above.
   void release(char* p, std::size_t bytes) {
     if (bytes > kMaxCachedBytes) return std::free(p);
     std::lock_guard<std::mutex> lock(mutex_);
     free_.emplace_back(p, bytes);
-    if (free_.size() > kMaxCachedBlocks) {
-      std::size_t smallest = 0;
-      for (std::size_t i = 1; i < free_.size(); ++i)
-        if (free_[i].second < free_[smallest].second) smallest = i;
-      std::free(free_[smallest].first);
-      free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(smallest));
+    std::size_t total = 0;
+    for (const auto& b : free_) total += b.second;
+    while (free_.size() > kMaxCachedBlocks || total > kMaxCachedBytes) {
+      total -= free_.front().second;
+      std::free(free_.front().first);
+      free_.erase(free_.begin());
     }
   }
 

@@ -107,7 +107,7 @@ _RULES = (
           "im2col",
           "weight gradient with <= 8 outputs or one input channel per group, or a 1x1 kernel: one GEMM over "
           "all pixels, where the direct engine's outer-product tiles are mostly empty"),
-    # Everything else: forward 1.1-2.9 (ResNet 3x3 64: 1.59, VGG: 1.45, stem: 1.96),
+    # Everything else: forward 1.1-2.9 (ResNet 3x3 64: 1.57-1.60, VGG: 1.33-1.45, stem: 1.85-1.96),
     # grad-input 1.0-1.5, grad-weight 1.0-1.5 on the dense layers of the suite.
     _Rule("dense", lambda p, g, dt: True, "direct",
           "the direct engine's SIMD kernels read the input in place, without the column copy and the BLAS "
