@@ -43,40 +43,93 @@ const T* pack_all(const T* src, Layout layout, std::int64_t N, std::int64_t C, s
 }
 
 // The forward's input layout, one of two schemes (conv_planes.h):
-//   stride-phase planes (fold 1): Wq = ceil(padded width / sw) columns per row, of
-//     which Wq - OW are computed and discarded;
-//   folded tap columns (fold kw): one window per tap column j (columns j*dw - pl,
-//     step sw), exactly OW wide: nothing discarded, but kw windows to pack per row.
+//   stride-phase planes: Wq = ceil(padded width / sw) columns per row, of which
+//     Wq - OW are computed and discarded;
+//   folded tap columns: one window per tap column j (columns j*dw - pl, step sw),
+//     exactly as wide as the output: nothing discarded, but kw windows to pack per row.
 // Folding pays on narrow images, wide kernels and large dilation (Inception's 1x7 on
 // 17 columns: 23 -> 17; DeepLab's ASPP: 57 -> 33), and never on a 3x3 layer of
 // 56 columns or more (2 discarded columns cost less than packing 3 windows).
-struct InputPlanes {
-  PlaneGeom pg;
-  std::int64_t fold, dw, pl, sw;  // windows per channel, and the folded windows' origin and steps
+// Folded windows also split the output columns into bands where the same tap columns
+// read real input (ASPP, dilation 12 on 33 columns: taps j = 0 and 2 read only padding
+// on 12 columns each): a band packs windows of its own width for its valid taps only.
+struct ColumnBand {
+  std::int64_t c0, cols;              // output columns [c0, c0 + cols)
+  PlaneGeom pg;                       // one plane set, Wq >= cols wide
+  std::vector<std::int64_t> window;   // folded: per tap column j, its windows' offset in a channel, -1: none
+};
 
-  std::int64_t channel_size() const { return fold * pg.channel_size(); }
-  std::int64_t offset_of(std::int64_t ih, std::int64_t j) const {
-    return fold == 1 ? pg.offset_of(ih, j * dw) : j * pg.channel_size() + pg.offset_of(ih, 0);
+struct InputPlanes {
+  std::vector<ColumnBand> bands;
+  std::int64_t cs;                    // elements per input channel, every band
+  std::int64_t dw, pl, sw;
+
+  bool folded() const { return !bands.front().window.empty(); }
+  // Offset within a channel's planes of tap (ih = i*dh, j), as band b reads it.
+  std::int64_t offset_of(const ColumnBand& b, std::int64_t ih, std::int64_t j) const {
+    return b.window.empty() ? b.pg.offset_of(ih, j * dw) : b.window[j] + b.pg.offset_of(ih, 0);
   }
   template <typename T>
-  void pack(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t H, std::int64_t W, T* dst) const {
-    if (fold == 1) return pack_planes(src, rs, cs, H, W, pg, dst);
-    for (std::int64_t j = 0; j < fold; ++j)
-      for (std::int64_t a = 0; a < pg.sh; ++a) {
-        T* plane = dst + (j * pg.sh + a) * pg.size;
-        pack_window(src, rs, cs, H, W, a - pg.pt, pg.sh, pg.Hq, j * dw - pl, sw, pg.Wq, plane);
-        std::fill(plane + pg.Hq * pg.Wq, plane + pg.size, T(0));
+  void pack(const T* src, std::int64_t rs, std::int64_t cs_, std::int64_t H, std::int64_t W, T* dst) const {
+    if (!folded()) return pack_planes(src, rs, cs_, H, W, bands.front().pg, dst);
+    for (const ColumnBand& b : bands)
+      for (std::size_t j = 0; j < b.window.size(); ++j) {
+        if (b.window[j] < 0) continue;
+        for (std::int64_t a = 0; a < b.pg.sh; ++a) {
+          T* plane = dst + b.window[j] + a * b.pg.size;
+          pack_window(src, rs, cs_, H, W, a - b.pg.pt, b.pg.sh, b.pg.Hq,
+                      b.c0 * sw + static_cast<std::int64_t>(j) * dw - pl, sw, b.pg.Wq, plane);
+          std::fill(plane + b.pg.Hq * b.pg.Wq, plane + b.pg.size, T(0));
+        }
       }
   }
 };
 
 InputPlanes stride_phase_planes(const ConvGeom& g, std::int64_t overrun) {
-  return {make_plane_geom(g.H + g.pt + g.pb, g.W + g.pl + g.pr, g.pt, g.pl, g.sh, g.sw, overrun), 1, g.dw, g.pl,
-          g.sw};
+  const PlaneGeom pg = make_plane_geom(g.H + g.pt + g.pb, g.W + g.pl + g.pr, g.pt, g.pl, g.sh, g.sw, overrun);
+  return {{{0, g.OW, pg, {}}}, pg.channel_size(), g.dw, g.pl, g.sw};
 }
 
-InputPlanes folded_planes(const ConvGeom& g, std::int64_t overrun) {
-  return {make_plane_geom(g.H + g.pt + g.pb, g.OW, g.pt, 0, g.sh, 1, overrun), g.kw, g.dw, g.pl, g.sw};
+// The activation itself as its (only) plane: stride 1, no padding, NCHW.
+InputPlanes in_place_planes(const ConvGeom& g) {
+  return {{{0, g.OW, PlaneGeom{1, 1, 0, 0, g.H, g.W, g.H * g.W}, {}}}, g.H * g.W, g.dw, 0, 1};
+}
+
+// Folded windows in column bands: one band over all output columns, or (split) a band
+// between each pair of consecutive points where a tap column starts or stops reading
+// real input, whichever costs fewer P-pixel tile passes.
+InputPlanes folded_planes(const ConvGeom& g, std::int64_t overrun, std::int64_t P) {
+  std::vector<std::int64_t> lo(static_cast<std::size_t>(g.kw)), hi(lo.size()), cuts{0, g.OW};
+  for (std::int64_t j = 0; j < g.kw; ++j) {
+    tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, lo[j], hi[j]);
+    if (lo[j] < hi[j]) cuts.push_back(lo[j]), cuts.push_back(hi[j]);
+  }
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  auto layout = [&](const std::vector<std::int64_t>& at) {
+    InputPlanes ip{{}, 0, g.dw, g.pl, g.sw};
+    for (std::size_t b = 0; b + 1 < at.size(); ++b) {
+      ColumnBand band{at[b], at[b + 1] - at[b],
+                      make_plane_geom(g.H + g.pt + g.pb, at[b + 1] - at[b], g.pt, 0, g.sh, 1, overrun),
+                      std::vector<std::int64_t>(static_cast<std::size_t>(g.kw), -1)};
+      for (std::int64_t j = 0; j < g.kw; ++j)  // valid anywhere in one band, or all over a split band
+        if (at.size() == 2 ? lo[j] < hi[j] : lo[j] <= band.c0 && hi[j] >= band.c0 + band.cols)
+          band.window[j] = ip.cs, ip.cs += band.pg.channel_size();
+      ip.bands.push_back(std::move(band));
+    }
+    return ip;
+  };
+  auto passes = [&](const InputPlanes& ip) {
+    double n = 0;
+    for (const ColumnBand& b : ip.bands)
+      n += double((g.OH * b.cols + P - 1) / P) *
+           double(std::count_if(b.window.begin(), b.window.end(), [](std::int64_t o) { return o >= 0; }));
+    return n;
+  };
+  InputPlanes whole = layout({0, g.OW});
+  if (cuts.size() == 2) return whole;
+  InputPlanes split = layout(cuts);
+  return passes(split) < passes(whole) ? split : whole;
 }
 
 // Kernel time of a pass over a flat domain plus its packing, in MACs: a packed element
@@ -90,16 +143,24 @@ double pass_cost(const DirectKernel<T>& k, std::int64_t nk, std::int64_t npix, s
          35.0 * packed;
 }
 
-// The forward's (and grad-weight's) reduction: one entry per (input channel c, tap
-// (i, j)) of a group, taps innermost so consecutive entries read neighbouring input;
-// the weight offset (c*kh + i)*kw + j is the entry's index in a weight row.
-std::vector<Entry> forward_entries(const ConvGeom& g, const InputPlanes& ip) {
+// The forward's reduction for a column band: one entry per (input channel c, tap (i, j)
+// the band reads), taps innermost so consecutive entries read neighbouring input; the
+// weight offset (c*kh + i)*kw + j is the entry's index in a weight row. `rows` gets the
+// output rows where each entry reads real input (tap_range), for row_bands.
+std::vector<Entry> forward_entries(const ConvGeom& g, const InputPlanes& ip, const ColumnBand& b,
+                                   std::vector<RowRange>* rows = nullptr) {
   std::vector<Entry> ent;
-  ent.reserve(static_cast<std::size_t>(g.Cg() * g.kh * g.kw));
   for (std::int64_t c = 0; c < g.Cg(); ++c)
     for (std::int64_t i = 0; i < g.kh; ++i)
-      for (std::int64_t j = 0; j < g.kw; ++j)
-        ent.push_back({c * ip.channel_size() + ip.offset_of(i * g.dh, j), static_cast<std::int64_t>(ent.size())});
+      for (std::int64_t j = 0; j < g.kw; ++j) {
+        if (!b.window.empty() && b.window[j] < 0) continue;
+        ent.push_back({c * ip.cs + ip.offset_of(b, i * g.dh, j), (c * g.kh + i) * g.kw + j});
+        if (!rows) continue;
+        std::int64_t lo, hi, clo, chi;
+        tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, lo, hi);
+        tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, clo, chi);
+        rows->push_back(clo < chi ? RowRange{lo, hi} : RowRange{0, 0});
+      }
   return ent;
 }
 
@@ -111,56 +172,60 @@ void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
   if (g.N == 0) return;
   const std::int64_t Cg = g.Cg(), Kg = g.Kg(), E = Cg * g.kh * g.kw;
   const ConvKernels<T>& ks = conv_kernels<T>();
-  const InputPlanes phased = stride_phase_planes(g, 0), folded = folded_planes(g, 0);
-  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Kg, g.OH * phased.pg.Wq);
-  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Kg, g.OH * folded.pg.Wq);
+  const InputPlanes phased = stride_phase_planes(g, 0);
+  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Kg, g.OH * phased.bands[0].pg.Wq);
+  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Kg, g.OH * g.OW);
+  const InputPlanes folded = folded_planes(g, 0, kern_f.P);
+  double cost_f = 35.0 * double(g.C * folded.cs);
+  for (const ColumnBand& b : folded.bands)
+    cost_f += pass_cost(kern_f, Kg, g.OH * b.cols, static_cast<std::int64_t>(forward_entries(g, folded, b).size()), 0);
   const int forced = forced_conv_fold();
-  const bool fold = forced >= 0 ? forced == 1
-                                : pass_cost(kern_f, Kg, g.OH * folded.pg.Wq, E, double(g.C * folded.channel_size())) <
-                                      pass_cost(kern_p, Kg, g.OH * phased.pg.Wq, E, double(g.C * phased.channel_size()));
+  const double cost_p = pass_cost(kern_p, Kg, g.OH * phased.bands[0].pg.Wq, E, double(g.C * phased.cs));
+  const bool fold = forced >= 0 ? forced == 1 : cost_f < cost_p;
   const DirectKernel<T>& kern = fold ? kern_f : kern_p;
   // A stride-1 layer without padding in NCHW reads its input as is (its stride-phase
   // planes would be a copy with slack), the last tile moved back (DirectJob::exact).
   const bool in_place = layout == Layout::NCHW && !fold && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 &&
                         g.pl == 0 && g.pr == 0 && (g.OH - 1) * g.W + g.OW >= kern.P;
-  const InputPlanes ip = in_place ? InputPlanes{PlaneGeom{1, 1, 0, 0, g.H, g.W, g.H * g.W}, 1, g.dw, 0, 1}
-                         : fold   ? folded_planes(g, kern.P)
-                                  : stride_phase_planes(g, kern.P);
-  const PlaneGeom& pg = ip.pg;
-  const std::vector<Entry> ent = forward_entries(g, ip);
+  const InputPlanes ip = in_place ? in_place_planes(g) : fold ? folded_planes(g, kern.P, kern.P)
+                                                              : stride_phase_planes(g, kern.P);
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.C * ip.channel_size());
+  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.C * ip.cs);
   ws.allocate();
   const T* planes = in_place ? x
-                             : pack_all(x, layout, g.N, g.C, g.H, g.W, ip.channel_size(),
+                             : pack_all(x, layout, g.N, g.C, g.H, g.W, ip.cs,
                                         [&](const T* src, std::int64_t rs, std::int64_t cs, T* dst) {
                                           ip.pack(src, rs, cs, g.H, g.W, dst);
                                         },
                                         ws.at<T>(planes_at));
 
+  // Jobs: per image, group, column band and row band (the rows where the same taps
+  // read real input, see row_bands).
   const ActStrides ys = act_strides(layout, g.K, g.OH, g.OW);
-  // Tap (i, j) reads real input on output rows [lo, hi) of tap_range; a tap whose
-  // columns are all padding reads none.
-  std::vector<RowRange> valid;
-  for (std::int64_t c = 0; c < Cg; ++c)
-    for (std::int64_t i = 0; i < g.kh; ++i)
-      for (std::int64_t j = 0; j < g.kw; ++j) {
-        std::int64_t lo, hi, clo, chi;
-        tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, lo, hi);
-        tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, clo, chi);
-        valid.push_back(clo < chi ? RowRange{lo, hi} : RowRange{0, 0});
-      }
-  const std::vector<Band> bands = row_bands(ent, valid, g.OH, pg.Wq, kern.P);
+  struct Region {
+    const ColumnBand* cb;
+    std::vector<Band> rows;
+  };
+  std::vector<Region> regions;
+  for (const ColumnBand& cb : ip.bands) {
+    std::vector<RowRange> valid;
+    const std::vector<Entry> ent = forward_entries(g, ip, cb, &valid);
+    regions.push_back({&cb, row_bands(ent, valid, g.OH, cb.pg.Wq, kern.P)});
+  }
   std::vector<DirectJob<T>> jobs;
   for (std::int64_t n = 0; n < g.N; ++n)
     for (std::int64_t grp = 0; grp < g.groups; ++grp)
-      for (const Band& b : bands)
-        jobs.push_back({planes + (n * g.C + grp * Cg) * ip.channel_size() + b.r0 * pg.Wq, b.ent.data(),
-                        static_cast<std::int64_t>(b.ent.size()), w + grp * Kg * E, E, bias ? bias + grp * Kg : nullptr,
-                        OutMap<T>{y + n * ys.n + grp * Kg * ys.c + b.r0 * ys.h, ys.c, ys.h, ys.w, b.r1 - b.r0, g.OW,
-                                  pg.Wq},
-                        Kg, (b.r1 - b.r0 - 1) * pg.Wq + g.OW, in_place});
+      for (const Region& rg : regions)
+        for (const Band& b : rg.rows) {
+          const std::int64_t Wq = rg.cb->pg.Wq;
+          jobs.push_back({planes + (n * g.C + grp * Cg) * ip.cs + b.r0 * Wq, b.ent.data(),
+                          static_cast<std::int64_t>(b.ent.size()), w + grp * Kg * E, E,
+                          bias ? bias + grp * Kg : nullptr,
+                          OutMap<T>{y + n * ys.n + grp * Kg * ys.c + b.r0 * ys.h + rg.cb->c0 * ys.w, ys.c, ys.h, ys.w,
+                                    b.r1 - b.r0, rg.cb->cols, Wq},
+                          Kg, (b.r1 - b.r0 - 1) * Wq + rg.cb->cols, in_place});
+        }
   run_direct_jobs(kern, jobs, relu);
 }
 
@@ -207,28 +272,110 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
       phases.push_back(std::move(ph));
     }
   }
-  std::int64_t Wf = 0;  // folded windows' width: the widest phase
   for (const Phase& ph : phases) {
     Hq = std::max(Hq, ph.qh0 + ph.rows + Lh);
     Wq = std::max(Wq, ph.qw0 + ph.cols + Lw);
-    Wf = std::max(Wf, ph.cols);
   }
-  // As in the forward: stride-phase planes of gy, Wq wide, or folded tap columns, one
-  // window per tap column j (the gy columns its phase's pixels read, from qw0 - bj),
-  // Wf wide: nothing discarded, kw windows to pack. ASPP's grad-input: 57 -> 33.
+  // As in the forward, gy is packed either as stride-phase planes, Wq wide, tap (ai, bj)
+  // at offset -(ai*Wq + bj) from the output pixel, or folded: per column phase rb (its
+  // row phases share them), bands of its output columns, and in each band one window of
+  // the band's width per tap column valid there (the gy columns the band's pixels read
+  // through that tap). ASPP's grad-input: 57 columns -> bands of 12, 9 and 12.
+  std::vector<std::int64_t> qw0(static_cast<std::size_t>(g.sw), 0), ncols(qw0.size(), 0);
+  for (const Phase& ph : phases) qw0[ph.rb] = ph.qw0, ncols[ph.rb] = ph.cols;
+  auto tap_cols = [&](std::int64_t j, std::int64_t rb) {  // the band-relative columns tap j reads real gy on
+    const std::int64_t bj = j * g.dw / g.sw;
+    return RowRange{std::max<std::int64_t>(0, bj - qw0[rb]), std::min(ncols[rb], bj - qw0[rb] + g.OW)};
+  };
+  // bands[rb] and the elements per gy channel, folded (split where it saves tile passes)
+  // or phased (one band per column phase over the shared planes).
+  auto column_bands = [&](bool folded, std::int64_t overrun, std::int64_t P, std::int64_t& cs) {
+    std::vector<std::vector<ColumnBand>> bands(static_cast<std::size_t>(g.sw));
+    const PlaneGeom phased = make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, overrun);
+    cs = folded ? 0 : phased.size;
+    for (std::int64_t rb = 0; rb < g.sw; ++rb) {
+      if (ncols[rb] <= 0) continue;
+      if (!folded) {
+        bands[rb].push_back({0, ncols[rb], phased, {}});
+        continue;
+      }
+      std::vector<std::int64_t> cuts{0, ncols[rb]};
+      for (std::int64_t j = rb; j < g.kw; ++j) {
+        const RowRange v = (j * g.dw) % g.sw == rb ? tap_cols(j, rb) : RowRange{0, 0};
+        if (v.lo < v.hi) cuts.push_back(v.lo), cuts.push_back(v.hi);
+      }
+      std::sort(cuts.begin(), cuts.end());
+      cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+      auto layout = [&](const std::vector<std::int64_t>& at, std::int64_t& size, double& passes) {
+        std::vector<ColumnBand> out;
+        for (std::size_t b = 0; b + 1 < at.size(); ++b) {
+          ColumnBand band{at[b], at[b + 1] - at[b], make_plane_geom(Hq, at[b + 1] - at[b], Lh, 0, 1, 1, overrun),
+                          std::vector<std::int64_t>(static_cast<std::size_t>(g.kw), -1)};
+          std::int64_t taps_in = 0;
+          for (std::int64_t j = 0; j < g.kw; ++j) {
+            const RowRange v = tap_cols(j, rb);
+            const bool valid = at.size() == 2 ? v.lo < v.hi : v.lo <= band.c0 && v.hi >= band.c0 + band.cols;
+            if ((j * g.dw) % g.sw == rb && valid)
+              band.window[j] = size, size += band.pg.size, ++taps_in;
+          }
+          passes += double(ceil_div(max_rows * band.cols, P) * taps_in);
+          out.push_back(std::move(band));
+        }
+        return out;
+      };
+      std::int64_t size_whole = 0, size_split = 0;
+      double passes_whole = 0, passes_split = 0;
+      std::vector<ColumnBand> whole = layout({0, ncols[rb]}, size_whole, passes_whole);
+      std::vector<ColumnBand> split = cuts.size() > 2 ? layout(cuts, size_split, passes_split) : whole;
+      const bool use_split = cuts.size() > 2 && passes_split < passes_whole;
+      for (ColumnBand& b : use_split ? split : whole) {
+        for (std::int64_t& o : b.window)
+          if (o >= 0) o += cs;
+        bands[rb].push_back(std::move(b));
+      }
+      cs += use_split ? size_split : size_whole;
+    }
+    return bands;
+  };
+  // Entries of phase ph in column band b: (tap, k), taps in reverse: consecutive entries
+  // then read consecutive weights of the transposed rows below (tap-major weights read
+  // k-major were 72 interleaved streams per tile: 30% slower). Tap (ai, bj) reads real
+  // gy on phase rows qh with 0 <= qh - ai < OH (`valid`, for row_bands).
+  auto entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs, std::vector<RowRange>* valid) {
+    std::vector<Entry> ent;
+    for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
+      for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j) {
+        const std::int64_t ai = *i * g.dh / g.sh, bj = *j * g.dw / g.sw;
+        if (!b.window.empty() && b.window[*j] < 0) continue;
+        const RowRange cols = tap_cols(*j, ph.rb);
+        for (std::int64_t k = 0; k < Kg; ++k) {
+          ent.push_back({k * cs + (b.window.empty() ? -ai * b.pg.Wq - bj : b.window[*j] - ai * b.pg.Wq),
+                         (*i * g.kw + *j) * Kg + k});
+          if (valid) valid->push_back(cols.lo < cols.hi ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
+        }
+      }
+    return ent;
+  };
+
   const ConvKernels<T>& ks = conv_kernels<T>();
   const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Cg, max_rows * Wq);
-  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Cg, max_rows * Wf);
-  double cost_p = 35.0 * double(g.K * Hq * Wq), cost_f = 35.0 * double(g.K * g.kw * Hq * Wf);
+  const std::int64_t widest = *std::max_element(ncols.begin(), ncols.end());
+  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Cg, max_rows * widest);
+  std::int64_t cs_p = 0, cs_f = 0;
+  const auto bands_p = column_bands(false, 0, kern_p.P, cs_p), bands_f = column_bands(true, 0, kern_f.P, cs_f);
+  double cost_p = 35.0 * double(g.K * cs_p), cost_f = 35.0 * double(g.K * cs_f);
+  auto n_entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs) {
+    return static_cast<std::int64_t>(entries(ph, b, cs, nullptr).size());
+  };
   for (const Phase& ph : phases) {
-    const std::int64_t entries = Kg * static_cast<std::int64_t>(ph.i.size() * ph.j.size());
-    cost_p += pass_cost(kern_p, Cg, ph.rows * Wq, entries, 0);
-    cost_f += pass_cost(kern_f, Cg, ph.rows * Wf, entries, 0);
+    for (const ColumnBand& b : bands_p[ph.rb])
+      cost_p += pass_cost(kern_p, Cg, ph.rows * b.pg.Wq, n_entries(ph, b, cs_p), 0);
+    for (const ColumnBand& b : bands_f[ph.rb])
+      cost_f += pass_cost(kern_f, Cg, ph.rows * b.pg.Wq, n_entries(ph, b, cs_f), 0);
   }
   const int forced = forced_conv_fold();
   const bool fold = forced >= 0 ? forced == 1 : cost_f < cost_p;
   const DirectKernel<T>& kern = fold ? kern_f : kern_p;
-  const std::int64_t Wx = fold ? Wf : Wq;  // the flat domain's row width
   // When no tap of any phase reaches outside gy (1x1 stride 1; U-Net's 2x2 stride 2),
   // NCHW gy is its own plane: read in place, the last tile moved back (DirectJob::exact).
   bool in_place = layout == Layout::NCHW && !fold && Lh == 0 && Lw == 0 && Wq == g.OW;
@@ -237,30 +384,25 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
     for (std::int64_t i : ph.i) in_place = in_place && ph.qh0 + ph.rows - i * g.dh / g.sh <= g.OH;
     for (std::int64_t j : ph.j) in_place = in_place && ph.qw0 + ph.cols - j * g.dw / g.sw <= g.OW;
   }
-  const PlaneGeom pg = in_place ? PlaneGeom{1, 1, 0, 0, g.OH, g.OW, g.OH * g.OW}
-                       : fold   ? make_plane_geom(Hq, Wf, Lh, 0, 1, 1, kern.P)
-                                : make_plane_geom(Hq, Wq, Lh, Lw, 1, 1, kern.P);
-  const std::int64_t cs = fold ? g.kw * pg.size : pg.size;  // per gy channel
-  // Entries (tap, k), taps in reverse: consecutive entries then read consecutive
-  // weights of the transposed rows below (tap-major weights read k-major were 72
-  // interleaved streams per tile: 30% slower). Tap (ai, bj) reads real gy on phase
-  // rows qh with 0 <= qh - ai < OH, and on some column if [qw0, qw0 + cols) meets
-  // [bj, bj + OW).
-  std::vector<std::vector<Band>> bands(phases.size());
-  for (std::size_t f = 0; f < phases.size(); ++f) {
-    const Phase& ph = phases[f];
-    std::vector<Entry> ent;
-    std::vector<RowRange> valid;
-    for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
-      for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j)
-        for (std::int64_t k = 0; k < Kg; ++k) {
-          const std::int64_t ai = *i * g.dh / g.sh, bj = *j * g.dw / g.sw;
-          ent.push_back({k * cs + (fold ? *j * pg.size - ai * Wx : -ai * Wx - bj), (*i * g.kw + *j) * Kg + k});
-          const bool cols = std::max(ph.qw0, bj) < std::min(ph.qw0 + ph.cols, bj + g.OW);
-          valid.push_back(cols ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
-        }
-    bands[f] = row_bands(ent, valid, ph.rows, Wx, kern.P);
+  std::int64_t cs = 0;
+  std::vector<std::vector<ColumnBand>> cbands = column_bands(fold, kern.P, kern.P, cs);
+  if (in_place) {
+    for (auto& rb : cbands)
+      for (ColumnBand& b : rb) b.pg = PlaneGeom{1, 1, 0, 0, g.OH, g.OW, g.OH * g.OW};
+    cs = g.OH * g.OW;
   }
+  struct Region {
+    const Phase* ph;
+    const ColumnBand* cb;
+    std::vector<Band> rows;
+  };
+  std::vector<Region> regions;
+  for (const Phase& ph : phases)
+    for (const ColumnBand& b : cbands[ph.rb]) {
+      std::vector<RowRange> valid;
+      const std::vector<Entry> ent = entries(ph, b, cs, &valid);
+      regions.push_back({&ph, &b, row_bands(ent, valid, ph.rows, b.pg.Wq, kern.P)});
+    }
 
   Workspace ws;
   const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.K * cs);
@@ -275,20 +417,20 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   parallel_for(g.groups, [&](std::int64_t grp) {
     ks.transpose(w + grp * Kg * Cg * taps, Cg * taps, wt + grp * Cg * taps * Kg, Kg, Kg, Cg * taps);
   });
-  // A folded window j starts at the gy column its phase's first pixel reads.
-  std::vector<std::int64_t> col0(static_cast<std::size_t>(g.kw), 0);
-  for (const Phase& ph : phases)
-    for (std::int64_t j : ph.j) col0[j] = ph.qw0 - j * g.dw / g.sw;
+  const PlaneGeom& phased_pg = cbands[phases[0].rb][0].pg;  // shared by every band when not folded
   const T* planes = in_place ? gy
                              : pack_all(gy, layout, g.N, g.K, g.OH, g.OW, cs,
                                         [&](const T* src, std::int64_t rs, std::int64_t cstr, T* dst) {
-                                          if (!fold) return pack_planes(src, rs, cstr, g.OH, g.OW, pg, dst);
-                                          for (std::int64_t j = 0; j < g.kw; ++j) {
-                                            T* window = dst + j * pg.size;
-                                            pack_window(src, rs, cstr, g.OH, g.OW, -Lh, 1, pg.Hq, col0[j], 1, Wf,
-                                                        window);
-                                            std::fill(window + pg.Hq * Wf, window + pg.size, T(0));
-                                          }
+                                          if (!fold) return pack_planes(src, rs, cstr, g.OH, g.OW, phased_pg, dst);
+                                          for (std::int64_t rb = 0; rb < g.sw; ++rb)
+                                            for (const ColumnBand& b : cbands[rb])
+                                              for (std::int64_t j = 0; j < g.kw; ++j) {
+                                                if (b.window[j] < 0) continue;
+                                                T* window = dst + b.window[j];
+                                                pack_window(src, rs, cstr, g.OH, g.OW, -Lh, 1, b.pg.Hq,
+                                                            qw0[rb] + b.c0 - j * g.dw / g.sw, 1, b.pg.Wq, window);
+                                                std::fill(window + b.pg.Hq * b.pg.Wq, window + b.pg.size, T(0));
+                                              }
                                         },
                                         ws.at<T>(planes_at));
 
@@ -296,16 +438,18 @@ void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   std::vector<DirectJob<T>> jobs;
   for (std::int64_t n = 0; n < g.N; ++n)
     for (std::int64_t grp = 0; grp < g.groups; ++grp)
-      for (std::size_t f = 0; f < phases.size(); ++f) {
-        const Phase& ph = phases[f];
+      for (const Region& rg : regions) {
+        const Phase& ph = *rg.ph;
+        const ColumnBand& cb = *rg.cb;
+        const std::int64_t Wx = cb.pg.Wq;
         T* out = gx + n * xs.n + grp * Cg * xs.c + (ph.qh0 * g.sh + ph.ra - g.pt) * xs.h +
-                 (ph.qw0 * g.sw + ph.rb - g.pl) * xs.w;
+                 ((ph.qw0 + cb.c0) * g.sw + ph.rb - g.pl) * xs.w;
         const T* in = planes + (n * g.K + grp * Kg) * cs + (ph.qh0 + Lh) * Wx + (fold ? 0 : ph.qw0 + Lw);
-        for (const Band& b : bands[f])
+        for (const Band& b : rg.rows)
           jobs.push_back({in + b.r0 * Wx, b.ent.data(), static_cast<std::int64_t>(b.ent.size()),
                           wt + grp * Cg * Kg * taps, Kg * taps, nullptr,
-                          OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, ph.cols, Wx},
-                          Cg, (b.r1 - b.r0 - 1) * Wx + ph.cols, in_place});
+                          OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, cb.cols, Wx},
+                          Cg, (b.r1 - b.r0 - 1) * Wx + cb.cols, in_place});
       }
   run_direct_jobs(kern, jobs, false);
 }
@@ -328,7 +472,7 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
                                      [](const auto& k) { return k.R; });
   const std::int64_t R = kern.R, KB = kern.KB, nkb = ceil_div(Kg, KB), neb = ceil_div(E, R);
   const InputPlanes ip = stride_phase_planes(g, 0);  // reads only real output pixels: never folded
-  const PlaneGeom& pg = ip.pg;
+  const PlaneGeom& pg = ip.bands[0].pg;
   // Entries tap-major, (tap, c), so that a block of R entries mostly shares one tap and
   // with it the output pixels where that tap reads real input: the block's kernel calls
   // run over that box only (ASPP's dilation-12 taps read zeros on 40% of the pixels).
@@ -338,7 +482,7 @@ void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   std::vector<std::int64_t> box(static_cast<std::size_t>(neb * 4));  // rows [0], [1), cols [2], [3) per block
   for (std::int64_t e = 0; e < neb * R; ++e) {
     const std::int64_t t = std::min(e, E - 1) / Cg, c = std::min(e, E - 1) % Cg, i = t / g.kw, j = t % g.kw;
-    off[e] = c * ip.channel_size() + ip.offset_of(i * g.dh, j);
+    off[e] = c * ip.cs + ip.offset_of(ip.bands[0], i * g.dh, j);
     std::int64_t r0, r1, c0, c1;
     tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, r0, r1);
     tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, c0, c1);
