@@ -9,6 +9,8 @@
 
 namespace convkit {
 
+inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
 template <typename T>
 struct DirectJob {
   const T* in;               // input planes at flat pixel 0
