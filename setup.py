@@ -16,6 +16,11 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
 
+# CONVKIT_SANITIZE=address,undefined: the Cython kernels get the same checks as the C++
+# core (CMakeLists.txt); README, "Checking builds".
+SANITIZE = os.environ.get("CONVKIT_SANITIZE", "")
+SANITIZE_FLAGS = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"] if SANITIZE else []
+
 
 class CMakeExtension(Extension):
     """An extension whose sources CMake compiles (sources=[] keeps setuptools away)."""
@@ -39,7 +44,7 @@ class CMakeAwareBuildExt(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={cfg}",
-            f"-DCONVKIT_SANITIZE={os.environ.get('CONVKIT_SANITIZE', '')}",
+            f"-DCONVKIT_SANITIZE={SANITIZE}",
         ]
         try:
             import ninja  # noqa: F401  (the pip-installed ninja puts its binary on PATH)
@@ -59,7 +64,8 @@ def cython_extensions():
         "convkit._im2col",
         sources=["kernels/cython/im2col.pyx"],
         include_dirs=[numpy.get_include()],
-        extra_compile_args=["-O3"],
+        extra_compile_args=["-O3", *SANITIZE_FLAGS],
+        extra_link_args=SANITIZE_FLAGS[:1],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     return cythonize([ext], compiler_directives={"language_level": "3", "boundscheck": False,
@@ -77,7 +83,7 @@ PACKAGE_DIRS = {name: d for name, d in PACKAGE_DIRS.items() if (ROOT / d / "__in
 setup(
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"convkit": ["py.typed", "*.pyi", "data/*.json"]},
+    package_data={"convkit": ["py.typed", "*.pyi", "data/*.json"], "convkit.bench": ["suite.json"]},
     ext_modules=[CMakeExtension("convkit._cpu"), *cy_exts],
     cmdclass={"build_ext": CMakeAwareBuildExt},
     zip_safe=False,

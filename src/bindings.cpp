@@ -20,4 +20,5 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("compiler") = CONVKIT_COMPILER;
 
   convkit::bind_conv(m);
+  convkit::bind_pool(m);
 }

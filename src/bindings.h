@@ -4,5 +4,6 @@
 
 namespace convkit {
 void bind_conv(pybind11::module_& m);
+void bind_pool(pybind11::module_& m);
 
 }  // namespace convkit

@@ -60,17 +60,42 @@ std::vector<py::ssize_t> act_shape(Layout layout, std::int64_t n, std::int64_t c
   return {n, c, h, w};
 }
 
-ConvGeom geometry(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W, const py::array& w,
-                  Pair stride, Quad pad, Pair dil, std::int64_t groups) {
-  require_4d(w, "weight");
-  ConvGeom g{N, C, H, W, w.shape(0), w.shape(2), w.shape(3), stride.first, stride.second,
-             std::get<0>(pad), std::get<1>(pad), std::get<2>(pad), std::get<3>(pad),
-             dil.first, dil.second, groups, 0, 0};
+// Every spatial size and parameter below 2^31 (C++ reads them as int64): then no sum or
+// product in ConvGeom::finalize or in the kernels' index arithmetic can overflow (a
+// dilated kernel extent stays below 2^62), so a huge dilation or padding is refused
+// instead of wrapping around into a wrong "valid" geometry.
+constexpr std::int64_t kMaxParam = (std::int64_t{1} << 31) - 1;
+
+void require_below_2_31(const char* name, std::initializer_list<std::int64_t> values) {
+  for (auto v : values)
+    if (v > kMaxParam) throw std::invalid_argument(std::string(name) + " must be < 2^31, got " + std::to_string(v));
+}
+
+// weight_shape is (K, C/groups, kh, kw), given as numbers so that grad_weight can check
+// the geometry before it allocates a weight-shaped result.
+ConvGeom geometry(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W, Quad weight_shape, Pair stride,
+                  Quad pad, Pair dil, std::int64_t groups) {
+  const auto [K, Cg, kh, kw] = weight_shape;
+  const auto [pt, pb, pl, pr] = pad;
+  require_below_2_31("input height and width", {H, W});
+  require_below_2_31("kernel height and width", {kh, kw});
+  require_below_2_31("stride", {stride.first, stride.second});
+  require_below_2_31("padding", {pt, pb, pl, pr});
+  require_below_2_31("dilation", {dil.first, dil.second});
+  require_below_2_31("groups", {groups});
+  ConvGeom g{N, C, H, W, K, kh, kw, stride.first, stride.second, pt, pb, pl, pr, dil.first, dil.second, groups, 0, 0};
   g.finalize();
-  if (w.shape(1) * groups != C)
-    throw std::invalid_argument("weight " + shape_str(w) + " needs C/groups = " + std::to_string(C / groups) +
-                                " input channels per group, input has C = " + std::to_string(C));
+  if (Cg * groups != C)
+    throw std::invalid_argument("weight shape (" + std::to_string(K) + ", " + std::to_string(Cg) + ", " +
+                                std::to_string(kh) + ", " + std::to_string(kw) + ") needs C/groups = " +
+                                std::to_string(C / groups) + " input channels per group, input has C = " +
+                                std::to_string(C));
   return g;
+}
+
+Quad shape4(const py::array& w) {
+  require_4d(w, "weight");
+  return {w.shape(0), w.shape(1), w.shape(2), w.shape(3)};
 }
 
 void require_shape(const py::array& a, const char* name, const std::vector<py::ssize_t>& want) {
@@ -90,7 +115,7 @@ Array<T> forward(Array<T> x, Array<T> w, std::optional<Array<T>> bias, Pair stri
                  std::int64_t groups, bool relu, const std::string& layout_name) {
   const Layout layout = parse_layout(layout_name);
   const Nchw s = nchw(x, "input", layout);
-  ConvGeom g = geometry(s.N, s.C, s.H, s.W, w, stride, pad, dil, groups);
+  ConvGeom g = geometry(s.N, s.C, s.H, s.W, shape4(w), stride, pad, dil, groups);
   if (bias) require_shape(*bias, "bias", {g.K});
   Array<T> y(act_shape(layout, g.N, g.K, g.OH, g.OW));
   const T* b = bias ? bias->data() : nullptr;
@@ -107,7 +132,9 @@ Array<T> grad_input(Array<T> gy, Array<T> w, Pair input_hw, Pair stride, Quad pa
   const Layout layout = parse_layout(layout_name);
   const Nchw s = nchw(gy, "grad_output", layout);
   require_4d(w, "weight");
-  ConvGeom g = geometry(s.N, w.shape(1) * groups, input_hw.first, input_hw.second, w, stride, pad, dil, groups);
+  require_below_2_31("groups", {groups});
+  ConvGeom g = geometry(s.N, w.shape(1) * groups, input_hw.first, input_hw.second, shape4(w), stride, pad, dil,
+                        groups);
   require_shape(gy, "grad_output", act_shape(layout, g.N, g.K, g.OH, g.OW));
   Array<T> gx(act_shape(layout, g.N, g.C, g.H, g.W));
   {
@@ -124,10 +151,10 @@ Array<T> grad_weight(Array<T> gy, Array<T> x, Pair kernel_hw, Pair stride, Quad 
   const Nchw gs = nchw(gy, "grad_output", layout), s = nchw(x, "input", layout);
   if (groups <= 0) throw std::invalid_argument("groups must be > 0");
   if (s.C % groups) throw std::invalid_argument("groups must divide C = " + std::to_string(s.C));
-  // A weight-shaped placeholder carries (K, C/groups, kh, kw) into the shared checks.
-  Array<T> gw({gs.C, s.C / groups, kernel_hw.first, kernel_hw.second});
-  ConvGeom g = geometry(s.N, s.C, s.H, s.W, gw, stride, pad, dil, groups);
+  ConvGeom g = geometry(s.N, s.C, s.H, s.W, {gs.C, s.C / groups, kernel_hw.first, kernel_hw.second}, stride, pad,
+                        dil, groups);
   require_shape(gy, "grad_output", act_shape(layout, g.N, g.K, g.OH, g.OW));
+  Array<T> gw({g.K, g.Cg(), g.kh, g.kw});
   {
     py::gil_scoped_release release;
     conv2d_grad_weight<T>(g, layout, gy.data(), x.data(), gw.mutable_data());

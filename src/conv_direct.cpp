@@ -1,5 +1,7 @@
-// The convolution operators: depthwise layers in NCHW go to their own kernels
-// (conv_depthwise.h); everything else runs on the direct engine, whose every
+// The convolution operators: depthwise layers go to their own kernels
+// (conv_depthwise.h), geometries whose planes would be mostly padding or empty phases
+// (a stride or padding that dwarfs the image, planes_pay_off) to the plain loops of
+// conv_reference_loops.h; everything else runs on the direct engine, whose every
 // convolution becomes flat-domain correlations over padded, stride-phase-split or
 // folded planes (conv_planes.h, conv_direct_planes.h):
 //   forward      per (image, group): the input's planes, taps at their offsets
@@ -13,22 +15,26 @@
 
 #include "conv_depthwise.h"
 #include "conv_direct_planes.h"
+#include "conv_reference_loops.h"
 
 namespace convkit {
 
 template <typename T>
 void conv2d_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, const T* bias, bool relu, T* y) {
-  if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_forward(g, x, w, bias, relu, y);
+  if (depthwise_handles<T>(g, layout)) return depthwise_forward(g, layout, x, w, bias, relu, y);
+  if (!planes_pay_off(g)) return conv2d_forward_loops(g, layout, x, w, bias, relu, y);
   direct_forward(g, layout, x, w, bias, relu, y);
 }
 template <typename T>
 void conv2d_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w, T* gx) {
-  if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_grad_input(g, gy, w, gx);
+  if (depthwise_handles<T>(g, layout)) return depthwise_grad_input(g, layout, gy, w, gx);
+  if (!planes_pay_off(g)) return conv2d_grad_input_loops(g, layout, gy, w, gx);
   direct_grad_input(g, layout, gy, w, gx);
 }
 template <typename T>
 void conv2d_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* x, T* gw) {
-  if (layout == Layout::NCHW && is_depthwise(g)) return depthwise_grad_weight(g, gy, x, gw);
+  if (depthwise_handles<T>(g, layout)) return depthwise_grad_weight(g, layout, gy, x, gw);
+  if (!planes_pay_off(g)) return conv2d_grad_weight_loops(g, layout, gy, x, gw);
   direct_grad_weight(g, layout, gy, x, gw);
 }
 

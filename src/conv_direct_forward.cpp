@@ -55,7 +55,7 @@ void direct_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
                                                               : stride_phase_planes(g, kern.P);
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.C * ip.cs);
+  const auto planes_at = ws.add<T>(in_place ? 0 : buffer_size({g.N, g.C, ip.cs}));
   ws.allocate();
   const T* planes = in_place ? x
                              : pack_all(x, layout, g.N, g.C, g.H, g.W, ip.cs,

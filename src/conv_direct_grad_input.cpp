@@ -34,8 +34,12 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   };
   std::vector<Phase> phases;
   std::int64_t Lh = 0, Lw = 0, Hq = 0, Wq = 0, max_rows = 0;
-  for (std::int64_t ra = 0; ra < g.sh; ++ra) {
-    for (std::int64_t rb = 0; rb < g.sw; ++rb) {
+  // Only the phases that hold gx pixels: row phase (ih + pt) % sh of gx rows ih < H, at
+  // most min(H, sh) of them (a stride near 2^31 must not loop over every residue).
+  for (std::int64_t ih = 0; ih < std::min(g.H, g.sh); ++ih) {
+    const std::int64_t ra = (ih + g.pt) % g.sh;
+    for (std::int64_t iw = 0; iw < std::min(g.W, g.sw); ++iw) {
+      const std::int64_t rb = (iw + g.pl) % g.sw;
       Phase ph{ra, rb, 0, 0, 0, 0, {}, {}};
       ph.rows = span(ra, g.sh, g.pt, g.H, ph.qh0);
       ph.cols = span(rb, g.sw, g.pl, g.W, ph.qw0);
@@ -181,8 +185,8 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
     }
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(in_place ? 0 : g.N * g.K * cs);
-  const auto wt_at = ws.add<T>(g.K * Cg * taps);
+  const auto planes_at = ws.add<T>(in_place ? 0 : buffer_size({g.N, g.K, cs}));
+  const auto wt_at = ws.add<T>(buffer_size({g.K, Cg, taps}));
   ws.allocate();
   // Weights transposed to (groups, C/groups, kh, kw, K/groups): each output channel c's
   // weights one contiguous row, read in order, as in the forward. In place they are

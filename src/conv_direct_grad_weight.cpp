@@ -58,7 +58,7 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const std::int64_t acc_block = neb * R * KB, acc_slice = blocks * acc_block;
 
   Workspace ws;
-  const auto planes_at = ws.add<T>(g.N * g.C * pg.channel_size());
+  const auto planes_at = ws.add<T>(buffer_size({g.N, g.C, pg.channel_size()}));
   const auto gyp_at = ws.add<T>(blocks * g.N * OHW * KB);
   const auto acc_at = ws.add<T>(nslices * acc_slice);
   const bool permute = g.kh * g.kw > 1 && Cg > 1;  // acc's (tap, c) rows differ from gw's (c, tap)

@@ -27,6 +27,7 @@ void parallel_ranges(std::int64_t n, std::int64_t grain, Fn fn) {
 template <typename T, typename PackChannel>
 const T* pack_all(const T* src, Layout layout, std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
                   std::int64_t cs, PackChannel pack, T* planes) {
+  if (cs == 0) return planes;  // folded, and no tap column ever reads real input: nothing to read
   const ActStrides s = act_strides(layout, C, H, W);
   parallel_ranges(N * C, (1 << 16) / cs, [&](std::int64_t i0, std::int64_t i1) {
     for (std::int64_t i = i0; i < i1; ++i) pack(src + (i / C) * s.n + (i % C) * s.c, s.h, s.w, planes + i * cs);

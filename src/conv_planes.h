@@ -20,6 +20,9 @@
 #include <cstdint>
 #include <cstring>
 
+#include "conv_geometry.h"
+#include "workspace.h"
+
 namespace convkit {
 
 struct PlaneGeom {
@@ -43,8 +46,20 @@ struct PlaneGeom {
 inline PlaneGeom make_plane_geom(std::int64_t Hp, std::int64_t Wp, std::int64_t pt, std::int64_t pl,
                                  std::int64_t sh, std::int64_t sw, std::int64_t overrun) {
   PlaneGeom pg{sh, sw, pt, pl, (Hp + sh - 1) / sh, (Wp + sw - 1) / sw, 0};
-  pg.size = ((pg.Hq + 1) * pg.Wq + overrun + 15) / 16 * 16;
+  pg.size = (buffer_size({pg.Hq + 1, pg.Wq}) + overrun + 15) / 16 * 16;
+  buffer_size({pg.phases(), pg.size});  // channel_size() fits in int64 (or std::bad_alloc)
   return pg;
+}
+
+// Whether padded stride-phase planes pay for a geometry: not when the stride outgrows the
+// image (sh*sw phases, nearly all empty) or the padding dwarfs it (planes of zeros). Both
+// are valid calls (a stride or padding up to 2^31) that would ask for gigabytes, or more
+// than int64 counts, to compute a few pixels; they run the plain loops instead
+// (conv_reference_loops.h), which read the image in place.
+inline bool planes_pay_off(const ConvGeom& g) {
+  const double image = double(g.H) * double(g.W);
+  const double padded = double(g.H + g.pt + g.pb) * double(g.W + g.pl + g.pr);
+  return double(g.sh) * double(g.sw) <= image && padded <= std::max(64.0 * image, 65536.0);
 }
 
 // Packs a strided window of one channel of an H x W image (element (h, w) at
@@ -70,8 +85,12 @@ void pack_window(const T* src, std::int64_t row_stride, std::int64_t col_stride,
     for (std::int64_t t = 0; t < a; ++t) dst[t] = T(0);
     if (inside) {
       const T* in = src + h * row_stride + (col0 + t0 * col_step) * col_stride;
+      // Step 2 (stride-2 phases of NCHW) as a compile-time step, so the compiler
+      // vectorises the deinterleave (measured on the depthwise stride-2 layer).
       if (step == 1)
         for (std::int64_t t = a; t < b; ++t) dst[t] = in[t - a];
+      else if (step == 2)
+        for (std::int64_t t = a; t < b; ++t) dst[t] = in[2 * (t - a)];
       else
         for (std::int64_t t = a; t < b; ++t) dst[t] = in[(t - a) * step];
     }

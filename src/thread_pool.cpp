@@ -60,7 +60,10 @@ class Pool {
     std::lock_guard<std::mutex> lock(run_mutex_);
     stop_workers();
     stopping_.store(false);
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+    // A new worker has seen every job so far: it must wait for the next one, not take the
+    // last (finished) generation for new work and count itself done twice.
+    const std::uint64_t seen = generation_.load(std::memory_order_acquire);
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, seen] { worker_loop(seen); });
   }
 
   void run(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
@@ -122,8 +125,7 @@ class Pool {
 
   // A job is published by bumping generation_ (release) after its fields are written
   // under mutex_; a worker that sees the new generation (acquire) may read them.
-  void worker_loop() {
-    std::uint64_t seen = 0;
+  void worker_loop(std::uint64_t seen) {
     auto ready = [&] {
       return stopping_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
     };

@@ -10,8 +10,20 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <new>
 
 namespace convkit {
+
+// The element count of a buffer with these dimensions. A product past int64 is a buffer
+// no machine holds (a padding or stride near 2^31 can ask for one): std::bad_alloc,
+// MemoryError in Python, never a wrapped-around size that the packing would overrun.
+inline std::int64_t buffer_size(std::initializer_list<std::int64_t> dims) {
+  std::int64_t n = 1;
+  for (std::int64_t d : dims)
+    if (__builtin_mul_overflow(n, d, &n)) throw std::bad_alloc();
+  return n;
+}
 
 class Workspace {
  public:
@@ -24,7 +36,7 @@ class Workspace {
   template <typename U>
   std::size_t add(std::int64_t count) {
     const std::size_t at = size_;
-    size_ += (static_cast<std::size_t>(count) * sizeof(U) + 63) / 64 * 64;
+    size_ += (static_cast<std::size_t>(buffer_size({count, std::int64_t{sizeof(U)}})) + 63) / 64 * 64;
     return at;
   }
   void allocate();  // once, after every add()

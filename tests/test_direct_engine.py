@@ -143,6 +143,7 @@ GRID = [
     (2, 3, 1, 1, 4, (3, 3), 1, 1, 1, 1),            # 1x1 image, 3x3 kernel, padding
     (1, 2, 2, 3, 3, (5, 5), 1, 2, 1, 1),            # kernel larger than the image
     (1, 3, 3, 2, 2, (3, 3), 3, 2, 2, 1),            # kernel and stride larger than the image
+    (1, 2, 3, 1, 2, (1, 2), 1, (0, 2), (1, 4), 1),  # every tap column reads only padding
     (1, 6, 7, 7, 6, (3, 3), 1, 1, 1, 6),            # depthwise (NHWC runs the engine)
     (2, 4, 6, 5, 8, (3, 3), 2, 1, 1, 4),            # depthwise, channel multiplier 2
 ]

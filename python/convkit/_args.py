@@ -58,6 +58,7 @@ class PoolGeom:
     OW: int
     count_include_pad: bool = True
     divisor_override: int | None = None
+    return_indices: bool = True  # max_pool2d: False lets an implementation skip them (return None)
 
 
 def shape_of(a) -> str:
@@ -94,6 +95,8 @@ def as_array(x, name: str) -> np.ndarray:
             arr = np.asarray(memoryview(x))
         except TypeError:
             raise TypeError(f"{name} must be an array (NumPy array, buffer or DLPack), got {type(x).__name__}") from None
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # e.g. big-endian data read from a file
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {arr.dtype} with shape {shape_of(arr)}")
     return arr
@@ -112,10 +115,10 @@ def require_ndim(arr, name: str, ndim: int, what: str) -> None:
 
 def same_dtype(named: dict) -> np.dtype:
     """All given arrays share one float dtype; returns it."""
-    dtypes = {n: a.dtype for n, a in named.items() if a is not None}
-    first = next(iter(dtypes.values()))
-    if any(d != first for d in dtypes.values()):
-        desc = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+    arrays = {n: a for n, a in named.items() if a is not None}
+    first = next(iter(arrays.values())).dtype
+    if any(a.dtype != first for a in arrays.values()):
+        desc = ", ".join(f"{n} {a.dtype} {shape_of(a)}" for n, a in arrays.items())
         raise TypeError(f"dtypes must match: {desc}")
     return first
 
@@ -250,7 +253,7 @@ def pool_output_size(n, k, s, p, d, ceil_mode) -> int:
 
 
 def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, *, count_include_pad=True,
-                  divisor_override=None) -> PoolGeom:
+                  divisor_override=None, return_indices=True) -> PoolGeom:
     N, C, H, W = (int(s) for s in x_shape)
     kernel = pair(kernel_size, "kernel_size", minimum=1)
     stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else pair(
@@ -271,10 +274,18 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, *,
         raise ValueError(f"kernel_size {kernel} (dilation {dilation}) is larger than the padded input: "
                          f"NCHW shape {tuple(x_shape)}, padding {pad}, output would be {OH}x{OW}")
     return PoolGeom(N, C, H, W, kernel[0], kernel[1], stride, pad, dilation, bool(ceil_mode), OH, OW,
-                    bool(count_include_pad), divisor_override)
+                    bool(count_include_pad), divisor_override, bool(return_indices))
 
 
-def check_device_name(device) -> str:
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return device
+def maxout_groups(x_shape, k) -> int:
+    """maxout2d's group size k: a positive int dividing the channel count (x_shape is NCHW)."""
+    N, C, H, W = (int(s) for s in x_shape)
+    if not isinstance(k, (numbers.Integral, np.integer)) or isinstance(k, bool):
+        raise TypeError(f"k must be an int, got {k!r}")
+    if k < 1 or C % k:
+        raise ValueError(f"k must be a positive divisor of the channel count C={C} (input NCHW shape "
+                         f"{tuple(x_shape)}), got k={k}")
+    if H == 0 or W == 0:
+        raise ValueError(f"input must have non-empty H, W, got NCHW shape {tuple(x_shape)}")
+    return int(k)
+

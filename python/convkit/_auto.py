@@ -1,10 +1,35 @@
 """algo="auto": which implementation runs for a call, and why.
 
-The rules are a heuristic written from measurements (bench/RESULTS.md); each says why.
+Two ways to choose, both per call shape:
+
+- rules (the default): the small table ``_RULES`` below, first match wins. Each rule
+  comes from side-by-side measurements of the candidates on the layer suite
+  (bench/im2col_vs_direct.py, numbers in bench/RESULTS.md) and says why it holds.
+- measuring: ``convkit.autotune(True)`` (or CONVKIT_AUTOTUNE=1) times every compiled
+  candidate once per new (primitive, geometry, dtype, layout, threads, ISA) on synthetic
+  arrays of that shape and keeps the fastest in an in-process cache. With
+  ``persist=True`` (or CONVKIT_AUTOTUNE=persist) the cache is also kept as JSON in the
+  user's cache directory ($XDG_CACHE_HOME or ~/.cache, then convkit/autotune.json), so a
+  new process starts measured.
+
+``convkit.explain(op, input_shape, weight_shape, ...)`` says which algorithm each
+primitive of an op would run, and why.
 """
 from __future__ import annotations
 
+import functools
+import json
+import math
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _args
+from ._runtime import get_isa, get_num_threads
+from ._version import __version__
 
 
 @dataclass(frozen=True)
@@ -13,16 +38,322 @@ class Choice:
     reason: str
 
 
-# Preference when no rule below applies: the hand-written direct kernels are the
-# project's fastest path on every layer of the suite; im2col next; the NumPy reference
-# only when nothing compiled is there (it is exact but slow).
-_PREFERENCE = ("direct", "im2col", "reference")
+# ------------------------------------------------------------------------------ rules
+@dataclass(frozen=True)
+class _Rule:
+    name: str
+    applies: object  # (primitive, geom, dtype) -> bool
+    algo: str
+    why: str
 
 
-def choose(primitive: str, geom, device: str, candidates: list) -> Choice:
-    if device == "cuda":
-        return Choice(candidates[0], "the only CUDA implementation family")
-    for algo in _PREFERENCE:
+_FORWARD, _GRAD_INPUT, _GRAD_WEIGHT = "conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"
+
+
+def _padded_area(g) -> int:
+    return (g.H + g.padding[0] + g.padding[1]) * (g.W + g.padding[2] + g.padding[3])
+
+
+# First match wins; a rule whose algorithm is not built is skipped. Every number is a
+# time ratio im2col / direct (below 1: im2col faster) measured per primitive, float32,
+# one thread, CPU time (immune to the shared machine's load), same build: the SIMD
+# direct engine against SciPy's OpenBLAS (bench/im2col_vs_direct.py, bench/RESULTS.md).
+# Re-measure when either side changes. Shapes: suite layers by name, others as
+# C/K/groups/kernel on 56x56.
+_RULES = (
+    # The direct engine's SIMD kernels are float32; its float64 path is plain loops:
+    # 3x3 C=K=64 5.0x / 6.3x / 5.2x slower than dgemm (forward / grad-input / grad-weight).
+    _Rule("float64", lambda p, g, dt: dt == np.float64, "im2col",
+          "float64: the GEMM runs at dgemm speed, the direct engine's float64 path is plain loops (5-6x slower)"),
+    # Depthwise 3x3 on 56x56x144: 3.4 / 3.6 / 3.0; channel multiplier 2: 2.1 / 2.1 / 2.1;
+    # 5x5 on C=64: 4.7 / 5.2 / 4.9. Each group's GEMM is a matrix-vector product.
+    _Rule("depthwise", lambda p, g, dt: g.C == g.groups > 1, "direct",
+          "depthwise: the direct engine's own kernels; a GEMM per channel is a matrix-vector product "
+          "(measured 2-5x slower)"),
+    # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
+    # the image) forward 0.73-0.76, grad-input 0.61-0.67. Dilation alone is not it: 3x3
+    # on 56x56x64 at dilation 4 (padded plane 1.3x) stays direct (1.40 / 1.23).
+    _Rule("mostly padding",
+          lambda p, g, dt: p != _GRAD_WEIGHT and _padded_area(g) >= 2 * g.H * g.W,
+          "im2col",
+          "the padded input is at least twice the image: the direct engine sweeps padded planes, the column "
+          "copy visits each output pixel's taps once (ASPP rate 12: im2col 1.3-1.6x faster)"),
+    # Few pixels per channel (<= 5 output pixels per input channel, >= 128 channels):
+    # ResNet 3x3 on 14x14x256 grad-input 0.64-0.77, grad-weight 0.78-0.83; Xception 1x1
+    # on 19x19x728 0.90-1.02 / 0.64-0.71; Inception 1x7 on 17x17x128 0.94 / 1.10; DeepLab
+    # 3x3 on 33x33x256 0.70-0.92 / 1.02-1.07. Forward stays direct (1.16-1.27, 0.98).
+    # More pixels per channel stay direct: 3x3 on 28x28x128 1.07-1.13 / 1.16-1.18, and
+    # DCGAN's 16x16 from 64 channels 1.19 / 1.30.
+    _Rule("few pixels per channel",
+          lambda p, g, dt: p != _FORWARD and g.C // g.groups >= 128 and g.OH * g.OW <= 5 * (g.C // g.groups),
+          "im2col",
+          "backward with <= 5 output pixels per input channel (>= 128 channels): long GEMMs over the channels, "
+          "while the direct engine's pixel tiles run short"),
+    # One input channel (grayscale first layers), grad-input on small images: LeNet
+    # (64 x 32x32, K=6, 5x5) 0.81, K=16 0.42, K=32 0.23, 3x3 0.92; the direct engine's
+    # tiles over input channels are mostly empty. On a 224x224 image it wins again (1.93).
+    _Rule("one input channel", lambda p, g, dt: p == _GRAD_INPUT and g.C == g.groups and g.OH * g.OW < 4096,
+          "im2col",
+          "grad-input into one channel per group on fewer than 4096 pixels per image: the direct engine's "
+          "channel tiles are mostly empty, the GEMM is over all the taps"),
+    # Narrow weight gradients: LeNet 0.62 (6 outputs, one input channel), one input
+    # channel with 16 / 32 outputs 0.69 / 0.51, 3x3 C=3 K=8 0.57, C=1 K=4 0.35, groups of
+    # 2 or 4 channels 0.26 / 0.49; pointwise: ResNet 1x1 256->64 0.91, Xception 1x1 0.71,
+    # 1x1 C=K=16 0.32. The direct engine wins at 9 outputs per group with 9 inputs (2.3)
+    # and with 64+ outputs and a spatial kernel (1.2-1.5; LeNet's second layer, 16
+    # outputs from 6 channels: 4.6).
+    _Rule("narrow grad-weight",
+          lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.C == g.groups or g.kh * g.kw == 1),
+          "im2col",
+          "weight gradient with <= 8 outputs or one input channel per group, or a 1x1 kernel: one GEMM over "
+          "all pixels, where the direct engine's outer-product tiles are mostly empty"),
+    # Everything else: forward 1.1-2.9 (ResNet 3x3 64: 1.57-1.60, VGG: 1.33-1.45, stem: 1.85-1.96),
+    # grad-input 1.0-1.5, grad-weight 1.0-1.5 on the dense layers of the suite.
+    _Rule("dense", lambda p, g, dt: True, "direct",
+          "the direct engine's SIMD kernels read the input in place, without the column copy and the BLAS "
+          "packing pass (measured 1.1-2x faster on the suite's dense layers)"),
+)
+
+# When the rule's algorithm is missing (extension not built): the compiled paths first,
+# the NumPy reference (exact but slow) only when nothing compiled is there.
+_FALLBACK = ("direct", "im2col", "reference")
+
+
+@functools.lru_cache(maxsize=4096)  # per call shape: a cached call is one lookup
+def _by_rules(primitive: str, geom, dtype, candidates: tuple) -> Choice:
+    if geom is not None and primitive.startswith("conv2d"):
+        dt = np.dtype(dtype if dtype is not None else np.float32)
+        for rule in _RULES:
+            if rule.applies(primitive, geom, dt) and rule.algo in candidates:
+                return Choice(rule.algo, f"rule '{rule.name}': {rule.why}")
+    for algo in _FALLBACK:
         if algo in candidates:
-            return Choice(algo, f"{algo!r} is the fastest available implementation of {primitive} in general")
+            return Choice(algo, f"{algo!r} is the first available of {_FALLBACK} (no shape rule applies)")
     return Choice(candidates[0], "the only implementation registered")
+
+
+# -------------------------------------------------------------------------- autotune
+def _env_mode() -> tuple:
+    raw = os.environ.get("CONVKIT_AUTOTUNE", "").strip().lower()
+    modes = {"": (False, False), "0": (False, False), "off": (False, False), "false": (False, False),
+             "1": (True, False), "on": (True, False), "true": (True, False), "persist": (True, True)}
+    if raw not in modes:
+        raise ValueError(f"CONVKIT_AUTOTUNE must be one of 0, 1, persist, got {raw!r}")
+    return modes[raw]
+
+
+_enabled, _persist = _env_mode()
+# The measurements, keyed by text (as persisted): {"algo": fastest, "seconds": {algo: s}};
+# and the choices made from them, keyed by the call's tuple, so that a cached call costs
+# a dict lookup rather than formatting its key and reason again.
+_measured: dict = {}
+_cache: dict = {}
+# Interleaved timed rounds, the minimum of each candidate kept: at least _ROUNDS, more
+# (up to _MAX_ROUNDS) while the measurement has taken less than _BUDGET seconds, so that
+# on a shared machine one clean round of each fast candidate is very likely. Calls slower
+# than _SLOW_CALL get one round: a disturbance is a small part of them.
+_ROUNDS, _MAX_ROUNDS, _BUDGET, _SLOW_CALL = 3, 10, 0.25, 0.5
+
+
+def autotune(enabled: bool = True, *, persist: bool = False) -> None:
+    """Switch algo="auto" to measuring (True) or back to the rules (False).
+
+    Measuring times every compiled candidate once per new call shape and keeps the fastest
+    in an in-process cache; persist=True also loads and saves it as JSON in the user's
+    cache directory ($XDG_CACHE_HOME or ~/.cache, then convkit/autotune.json).
+    """
+    global _enabled, _persist
+    if not isinstance(enabled, bool) or not isinstance(persist, bool):
+        raise TypeError(f"enabled and persist must be bools, got {enabled!r}, {persist!r}")
+    _enabled, _persist = enabled, enabled and persist
+    if _persist:
+        _measured.update(_load())
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "convkit" / "autotune.json"
+
+
+def _load() -> dict:
+    """Entries of this convkit version (other versions' kernels may differ); {} if none."""
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("convkit") != __version__ or not isinstance(data.get("entries"), dict):
+        return {}
+    return {k: e for k, e in data["entries"].items()  # a hand-edited file must not break a call
+            if isinstance(e, dict) and isinstance(e.get("algo"), str) and isinstance(e.get("seconds"), dict)}
+
+
+def _save() -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"convkit": __version__, "entries": {**_load(), **_measured}}, indent=1))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
+    except OSError:
+        pass  # a read-only home must not break a convolution; the in-process cache still holds
+
+
+if _persist:  # CONVKIT_AUTOTUNE=persist: start from what earlier processes measured
+    _measured.update(_load())
+
+
+def _key_text(primitive: str, g, dtype: str, layout: str, threads: int, isa: str) -> str:
+    return (f"{primitive} x{(g.N, g.C, g.H, g.W)} w{(g.K, g.C // g.groups, g.kh, g.kw)} s{g.stride} "
+            f"p{g.padding} d{g.dilation} g{g.groups} {dtype} {layout} threads={threads} isa={isa}")
+
+
+def _runner(primitive: str, geom, dtype, layout: str):
+    """run(algo): one call of the primitive through the API's own path (layout transposes
+    included: they are part of what a choice costs), on random arrays of the call's shapes."""
+    from . import functional as F
+
+    g, rng = geom, np.random.default_rng(0)
+
+    def arr(n, c, h, w):
+        shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
+        return rng.standard_normal(shape).astype(dtype)  # not zeros: no zero/denormal shortcuts
+
+    w = rng.standard_normal((g.K, g.C // g.groups, g.kh, g.kw)).astype(dtype)
+    if primitive == "conv2d_forward":
+        x = arr(g.N, g.C, g.H, g.W)
+        return lambda algo: F._conv_forward(x, w, None, g, None, layout, algo, "cpu")
+    gy = arr(g.N, g.K, g.OH, g.OW)
+    if primitive == "conv2d_grad_input":
+        return lambda algo: F._conv_grad_input(gy, w, g, layout, algo, "cpu")
+    x = arr(g.N, g.C, g.H, g.W)
+    return lambda algo: F._conv_grad_weight(gy, x, g, layout, algo, "cpu")
+
+
+def _measure(primitive: str, geom, dtype, layout: str, candidates: list) -> dict:
+    """Seconds per call of each candidate: a warm-up call each (first-call costs such as
+    thread wake-up are not the algorithm's), then interleaved timed rounds, minimum kept."""
+    run = _runner(primitive, geom, dtype, layout)
+    seconds = {}
+    for algo in candidates:
+        start = time.perf_counter()
+        run(algo)
+        seconds[algo] = time.perf_counter() - start
+    fewest, most = (1, 1) if max(seconds.values()) > _SLOW_CALL else (_ROUNDS, _MAX_ROUNDS)
+    seconds = dict.fromkeys(candidates, math.inf)
+    begin = time.perf_counter()
+    for done in range(most):
+        if done >= fewest and time.perf_counter() - begin >= _BUDGET:
+            break
+        for algo in candidates:
+            start = time.perf_counter()
+            run(algo)
+            seconds[algo] = min(seconds[algo], time.perf_counter() - start)
+    return seconds
+
+
+def _by_measuring(primitive: str, geom, dtype, layout: str, candidates: list) -> Choice:
+    # The NumPy reference is only a last resort: never worth timing next to compiled code.
+    timed = [a for a in candidates if a != "reference"] or list(candidates)
+    if len(timed) == 1:
+        return Choice(timed[0], "autotune: the only compiled candidate, nothing to measure")
+    key = (primitive, geom, np.dtype(dtype).name, layout, get_num_threads(), get_isa())
+    choice = _cache.get(key)
+    if choice is not None and choice.algo in timed:
+        return choice
+    text = _key_text(*key)
+    entry = _measured.get(text)
+    if entry is None or entry["algo"] not in timed:
+        seconds = _measure(primitive, geom, dtype, layout, timed)
+        entry = _measured[text] = {"algo": min(seconds, key=seconds.get), "seconds": seconds}
+        if _persist:
+            _save()
+    times = ", ".join(f"{a} {1e3 * s:.3g} ms" for a, s in sorted(entry["seconds"].items(), key=lambda kv: kv[1]))
+    choice = _cache[key] = Choice(entry["algo"], f"autotune: measured fastest for this shape ({times})")
+    return choice
+
+
+def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layout=None) -> Choice:
+    """The algorithm algo="auto" runs for one primitive call."""
+    if device == "cuda":
+        return _choose_cuda(primitive, geom, candidates)
+    if _enabled and primitive.startswith("conv2d") and geom is not None and dtype is not None:
+        return _by_measuring(primitive, geom, dtype, layout or "NCHW", candidates)
+    return _by_rules(primitive, geom, dtype, tuple(candidates))
+
+
+def _choose_cuda(primitive: str, geom, candidates: list) -> Choice:
+    """Dense layers to the implicit GEMM, the rest to the direct kernels.
+
+    From the kernels' cost models (no GPU has measured them yet): the GEMM's 4x4 register
+    tile does 16 multiply-adds per 8 shared loads where the direct kernel does about one
+    per load, but its 64-row tiles are mostly empty when a group has few channels
+    (depthwise: one), where the direct kernels' shared input tile wins.
+    """
+    if "implicit_gemm" in candidates and primitive.startswith("conv2d") and geom is not None:
+        if min(geom.C, geom.K) // geom.groups >= 16:
+            return Choice("implicit_gemm", "dense layer (>= 16 channels per group in and out): the register-tiled "
+                                           "GEMM reuses each loaded value 4 times")
+    if "direct" in candidates:
+        return Choice("direct", "few channels per group (depthwise, stems) or pooling: the direct kernels")
+    return Choice(candidates[0], "the only CUDA implementation registered")
+
+
+# --------------------------------------------------------------------------- explain
+# The primitives each op runs (conv_transpose2d's forward is conv2d's grad-input, its
+# backward conv2d's forward and grad-weight; depthwise is conv2d with groups == C).
+_OP_PRIMITIVES = {
+    "conv2d": ("conv2d_forward",),
+    "conv2d_backward": ("conv2d_grad_input", "conv2d_grad_weight"),
+    "depthwise_conv2d": ("conv2d_forward",),
+    "depthwise_conv2d_backward": ("conv2d_grad_input", "conv2d_grad_weight"),
+    "conv_transpose2d": ("conv2d_grad_input",),
+    "conv_transpose2d_backward": ("conv2d_forward", "conv2d_grad_weight"),
+}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What algo="auto" would run for an op: (primitive, Choice) per step."""
+
+    op: str
+    description: str
+    steps: tuple
+
+    def __str__(self) -> str:
+        lines = [f"{self.op} {self.description}:"]
+        lines += [f"  {primitive} -> {choice.algo}: {choice.reason}" for primitive, choice in self.steps]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, output_padding=0,
+            dtype="float32", layout="NCHW", device="cpu") -> Explanation:
+    """Which algorithm algo="auto" would run for `op` on these shapes, and why.
+
+    op: conv2d, depthwise_conv2d or conv_transpose2d, or its *_backward; input_shape in
+    `layout`, weight_shape as the op takes it. In autotune mode this measures, as the
+    call would, unless the shape is cached. Print the result (or look at .steps).
+    """
+    from ._registry import algos, check_device
+
+    if op not in _OP_PRIMITIVES:
+        raise ValueError(f"op must be one of {tuple(_OP_PRIMITIVES)}, got {op!r}")
+    layout = _args.check_layout(layout)
+    dtype = np.dtype(dtype)
+    if dtype not in _args.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    check_device(device)
+    if len(input_shape) != 4 or len(weight_shape) != 4:
+        raise ValueError(f"input_shape and weight_shape must be 4-D, got {tuple(input_shape)} and "
+                         f"{tuple(weight_shape)}")
+    nchw = (input_shape[0], input_shape[3], input_shape[1], input_shape[2]) if layout == "NHWC" else input_shape
+    if op.startswith("conv_transpose2d"):
+        geom, _ = _args.conv_transpose_geometry(nchw, weight_shape, stride, padding, output_padding, groups, dilation)
+    else:
+        groups = nchw[1] if op.startswith("depthwise") else groups
+        geom = _args.conv_geometry(nchw, weight_shape, stride, padding, dilation, groups)
+    steps = tuple((p, choose(p, geom, device, algos(p, device), dtype, layout)) for p in _OP_PRIMITIVES[op])
+    mode = "autotune" if _enabled else "rules"
+    return Explanation(op, f"(input {tuple(input_shape)} {layout}, weight {tuple(weight_shape)}, {dtype.name}, "
+                           f"{device}, {mode})", steps)

@@ -25,3 +25,40 @@ def conv2d_grad_input(grad_y, w, geom, layout):
 def conv2d_grad_weight(grad_y, x, geom, layout):
     return _cpu.conv2d_grad_weight(grad_y, x, (geom.kh, geom.kw), geom.stride, geom.padding, geom.dilation,
                                    geom.groups, layout)
+
+
+# Pooling: the C++ operators of src/pool.cpp, native in both layouts.
+
+
+@register("max_pool2d", "direct", layouts=_LAYOUTS)
+def max_pool2d(x, geom, layout):
+    return _cpu.max_pool2d(x, (geom.kh, geom.kw), geom.stride, geom.padding, geom.dilation, geom.ceil_mode, layout,
+                           geom.return_indices)
+
+
+@register("max_pool2d_backward", "direct", layouts=_LAYOUTS)
+def max_pool2d_backward(grad_y, indices, geom, layout):
+    return _cpu.max_pool2d_backward(grad_y, indices, (geom.H, geom.W), (geom.kh, geom.kw), geom.stride, geom.padding,
+                                    geom.dilation, geom.ceil_mode, layout)
+
+
+@register("avg_pool2d", "direct", layouts=_LAYOUTS)
+def avg_pool2d(x, geom, layout):
+    return _cpu.avg_pool2d(x, (geom.kh, geom.kw), geom.stride, geom.padding, geom.ceil_mode, geom.count_include_pad,
+                           geom.divisor_override, layout)
+
+
+@register("avg_pool2d_backward", "direct", layouts=_LAYOUTS)
+def avg_pool2d_backward(grad_y, geom, layout):
+    return _cpu.avg_pool2d_backward(grad_y, (geom.H, geom.W), (geom.kh, geom.kw), geom.stride, geom.padding,
+                                    geom.ceil_mode, geom.count_include_pad, geom.divisor_override, layout)
+
+
+@register("maxout2d", "direct", layouts=_LAYOUTS)
+def maxout2d(x, k, layout):
+    return _cpu.maxout2d(x, k, layout)
+
+
+@register("maxout2d_backward", "direct", layouts=_LAYOUTS)
+def maxout2d_backward(grad_y, x, k, layout):
+    return _cpu.maxout2d_backward(grad_y, x, k, layout)

@@ -58,3 +58,13 @@ def avg_pool2d_backward(grad_y, geom, layout):
     kernel, stride, padding = _pool_args(geom)
     return ref.avg_pool2d_backward(grad_y, (geom.N, geom.C, geom.H, geom.W), kernel, stride, padding,
                                    geom.ceil_mode, geom.count_include_pad, geom.divisor_override).astype(grad_y.dtype)
+
+
+@register("maxout2d", "reference")
+def maxout2d(x, k, layout):
+    return ref.maxout2d(x, k).astype(x.dtype)
+
+
+@register("maxout2d_backward", "reference")
+def maxout2d_backward(grad_y, x, k, layout):
+    return ref.maxout2d_backward(grad_y, x, k).astype(grad_y.dtype)

@@ -16,12 +16,11 @@ def _cuda_status() -> tuple:
     except ImportError:
         return "not installed (pip install 'convkit[cuda]')", "unavailable: Numba is not installed"
     try:
-        from numba import cuda
+        from .cuda import device_error, device_name
 
-        if cuda.is_available():
-            return numba.__version__, f"yes: {cuda.get_current_device().name.decode()}"
-        return numba.__version__, "no CUDA device found"
-    except Exception as exc:  # a broken driver must not break info()
+        reason = device_error()
+        return numba.__version__, f"no ({reason})" if reason else f"yes: {device_name()}"
+    except Exception as exc:  # a broken driver or a half-installed convkit.cuda must not break info()
         return numba.__version__, f"no ({exc})"
 
 
@@ -40,7 +39,9 @@ def info_dict() -> dict:
         "numba": numba_version,
         "cuda device": cuda_device,
         "cpu algorithms": ", ".join(sorted({i.algo for i in _registry.implementations("cpu")})),
-        "unavailable": "; ".join(f"{m}: {r}" for m, r in _registry.unavailable("cpu").items()) or "nothing",
+        "cuda algorithms": ", ".join(sorted({i.algo for i in _registry.implementations("cuda")})) or "none",
+        "unavailable": "; ".join(f"{m}: {r}" for dev in _registry.DEVICES
+                                 for m, r in _registry.unavailable(dev).items()) or "nothing",
     }
 
 

@@ -17,13 +17,17 @@ max_pool2d                  fn(x, geom, layout)                                 
 max_pool2d_backward         fn(grad_y, indices, geom, layout)                   grad_x
 avg_pool2d                  fn(x, geom, layout)                                 y
 avg_pool2d_backward         fn(grad_y, geom, layout)                            grad_x
+maxout2d                    fn(x, k, layout)                                    y
+maxout2d_backward           fn(grad_y, x, k, layout)                            grad_x
 ==========================  ==================================================  =========
 
 Contract: ``geom`` is a checked ``_args.ConvGeom``/``PoolGeom`` (sizes in NCHW terms);
 arrays share one float dtype and arrive in ``layout``, which is always one the
 implementation declared (the API transposes otherwise); on the CPU they are
 C-contiguous NumPy arrays. ``bias`` may be None; ``activation`` is None or "relu";
-indices are int64 flat offsets within each H*W plane. Results are new arrays of the
+indices are int64 flat offsets within each H*W plane (an implementation may return None
+for them when ``geom.return_indices`` is False). maxout2d's ``k`` is the channel group
+size, already checked to divide C. Results are new arrays of the
 input dtype, owned by the caller; nothing aliases an input.
 """
 from __future__ import annotations
@@ -33,7 +37,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 PRIMITIVES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight",
-              "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward")
+              "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+              "maxout2d", "maxout2d_backward")
 DEVICES = ("cpu", "cuda")
 
 # Modules that register implementations when imported, by device. A module that cannot
@@ -92,6 +97,9 @@ def unavailable(device: str) -> dict:
 
 
 def check_device(device) -> str:
+    """A device that has kernels. A bad name is a ValueError; a device this machine or build
+    cannot run (no Numba) a RuntimeError, like convkit.cuda's when there is no GPU; both
+    list the valid devices."""
     if device in _ready:
         return device
     if device not in DEVICES:
@@ -99,7 +107,8 @@ def check_device(device) -> str:
     load(device)
     if not any(d == device for (_, _, d) in _table):
         reasons = "; ".join(f"{m}: {r}" for m, r in _missing.get(device, {}).items()) or "no kernels registered"
-        raise RuntimeError(f"device={device!r} is not available: {reasons}")
+        usable = [d for d in DEVICES if d != device and implementations(d)]
+        raise RuntimeError(f"device={device!r} is not available ({reasons}); valid: {usable}")
     _ready.add(device)
     return device
 
@@ -120,16 +129,19 @@ def implementations(device: str | None = None) -> list:
     return [impl for impl in _table.values() if device is None or impl.device == device]
 
 
-def lookup(primitive: str, algo: str, device: str, geom=None) -> Impl:
-    """The implementation to run; algo="auto" asks the chooser (convkit._auto)."""
+def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout=None) -> Impl:
+    """The implementation to run; algo="auto" asks the chooser (convkit._auto), which
+    keys its measurements on the call's geometry, dtype and layout."""
     check_device(device)
     valid = algos(primitive, device)
+    if not valid:
+        raise ValueError(f"{primitive} has no implementation on device={device!r}")
     if not isinstance(algo, str):
         raise ValueError(f"algo must be a string, one of {['auto', *valid]}, got {algo!r}")
     if algo == "auto":
         from . import _auto
 
-        algo = _auto.choose(primitive, geom, device, valid).algo
+        algo = _auto.choose(primitive, geom, device, valid, dtype, layout).algo
     impl = _table.get((primitive, algo, device))
     if impl is None:
         raise ValueError(f"algo={algo!r} is not available for {primitive.split('_backward')[0]} on "

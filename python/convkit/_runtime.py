@@ -38,3 +38,41 @@ def set_isa(name: str) -> None:
 
 def get_isa() -> str:
     return _cpu.active_isa()
+
+
+# The im2col column buffer's cap (bytes). Above it the buffer covers a tile of output
+# rows rather than the whole image; 256 MiB keeps a VGG-sized layer in one tile while
+# bounding memory on any input.
+_IM2COL_DEFAULT_MB = 256
+
+
+def _im2col_limit_from_env() -> int:
+    raw = os.environ.get("CONVKIT_IM2COL_BUFFER_MB", "")
+    try:
+        mb = float(raw) if raw else _IM2COL_DEFAULT_MB
+    except ValueError:
+        raise ValueError(f"CONVKIT_IM2COL_BUFFER_MB must be a number of MiB, got {raw!r}") from None
+    if mb <= 0:
+        raise ValueError(f"CONVKIT_IM2COL_BUFFER_MB must be > 0, got {raw!r}")
+    return max(1, int(mb * 2**20))
+
+
+_im2col_buffer_limit = _im2col_limit_from_env()
+
+
+def set_im2col_buffer_limit(nbytes: int) -> None:
+    """Cap (bytes) of algo="im2col"'s column buffer; larger layers are tiled over output rows.
+
+    Default 256 MiB, or CONVKIT_IM2COL_BUFFER_MB. A tile holds at least one output row,
+    so a cap below one row's columns still runs, with one-row tiles.
+    """
+    global _im2col_buffer_limit
+    if not isinstance(nbytes, numbers.Integral) or isinstance(nbytes, bool):
+        raise TypeError(f"nbytes must be an int, got {nbytes!r}")
+    if nbytes <= 0:
+        raise ValueError(f"nbytes must be > 0, got {nbytes}")
+    _im2col_buffer_limit = int(nbytes)
+
+
+def get_im2col_buffer_limit() -> int:
+    return _im2col_buffer_limit

@@ -15,13 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from ._registry import lookup
+from ._registry import check_device, lookup
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "depthwise_conv2d", "depthwise_conv2d_backward", "separable_conv2d", "separable_conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d", "global_max_pool2d_backward",
+    "maxout2d", "maxout2d_backward",
 ]
 
 _ACTIVATIONS = (None, "relu")
@@ -99,19 +100,19 @@ def _check_grad_shape(grad_y, want_nchw, layout, what):
 
 # ----------------------------------------------------------------------- conv primitives
 def _conv_forward(x, w, b, geom, activation, layout, algo, device):
-    impl = lookup("conv2d_forward", algo, device, geom)
+    impl = lookup("conv2d_forward", algo, device, geom, x.dtype, layout)
     xa, have = _to_impl_layout(x, layout, impl)
     return _from_impl_layout(impl.fn(xa, w, b, geom, activation, have), have, layout)
 
 
 def _conv_grad_input(gy, w, geom, layout, algo, device):
-    impl = lookup("conv2d_grad_input", algo, device, geom)
+    impl = lookup("conv2d_grad_input", algo, device, geom, gy.dtype, layout)
     ga, have = _to_impl_layout(gy, layout, impl)
     return _from_impl_layout(impl.fn(ga, w, geom, have), have, layout)
 
 
 def _conv_grad_weight(gy, x, geom, layout, algo, device):
-    impl = lookup("conv2d_grad_weight", algo, device, geom)
+    impl = lookup("conv2d_grad_weight", algo, device, geom, gy.dtype, layout)
     ga, have = _to_impl_layout(gy, layout, impl)
     xa, _ = _to_impl_layout(x, layout, impl)
     return impl.fn(ga, xa, geom, have)
@@ -119,7 +120,7 @@ def _conv_grad_weight(gy, x, geom, layout, algo, device):
 
 def _conv_inputs(input, weight, bias, layout, device, names=("input", "weight")):
     layout = _args.check_layout(layout)
-    _args.check_device_name(device)
+    check_device(device)
     x = _prepare(input, names[0], device, layout)
     w = _weight(weight, names[1], device)
     b = _bias(bias, w.shape[0], device) if bias is not None else None
@@ -173,10 +174,14 @@ def _pad_bottom_right(x, extra, layout):
 def _crop_bottom_right(x, extra, layout):
     if extra == (0, 0):
         return x
+    if not isinstance(x, np.ndarray):
+        from .cuda import crop_bottom_right
+
+        return crop_bottom_right(x, extra, layout)
     h, w = x.shape[1:3] if layout == "NHWC" else x.shape[2:4]
     sl = (slice(None), slice(0, h - extra[0]), slice(0, w - extra[1])) if layout == "NHWC" else \
         (slice(None), slice(None), slice(0, h - extra[0]), slice(0, w - extra[1]))
-    return np.ascontiguousarray(x[sl]) if isinstance(x, np.ndarray) else x[sl]
+    return np.ascontiguousarray(x[sl])
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
@@ -193,8 +198,12 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     b = _bias(bias, geom.C, device)
     _args.same_dtype({"input": x, "weight": w, "bias": b})
     y = _conv_grad_input(_pad_bottom_right(x, extra, layout), w, geom, layout, algo, device)
-    if b is not None:
+    if b is not None and isinstance(y, np.ndarray) and isinstance(b, np.ndarray):
         y = y + (b if layout == "NHWC" else b.reshape(-1, 1, 1))
+    elif b is not None:
+        from .cuda import add_bias
+
+        y = add_bias(y, b, layout)
     return y
 
 
@@ -249,29 +258,47 @@ def depthwise_conv2d_backward(grad_output, input, weight, stride=1, padding=0, d
                            algo=algo, device=device)
 
 
+def _separable_inputs(input, depthwise_weight, pointwise_weight, bias, layout, device, grad_output=None):
+    """Checked arrays of separable_conv2d(_backward), each error under its own argument's name.
+
+    The pointwise weight is a 1x1 conv over the depthwise output: (K, C*m, 1, 1).
+    """
+    x, dw, _, layout = _conv_inputs(input, depthwise_weight, None, layout, device, ("input", "depthwise_weight"))
+    pw = _weight(pointwise_weight, "pointwise_weight", device)
+    if pw.shape[1] != dw.shape[0] or tuple(pw.shape[2:]) != (1, 1):
+        raise ValueError(f"pointwise_weight must have shape (K, {dw.shape[0]}, 1, 1) to follow depthwise_weight "
+                         f"{_args.shape_of(dw)}, got {_args.shape_of(pw)}")
+    b = _bias(bias, pw.shape[0], device)
+    gy = None if grad_output is None else _prepare(grad_output, "grad_output", device, layout)
+    _args.same_dtype({"grad_output": gy, "input": x, "depthwise_weight": dw, "pointwise_weight": pw, "bias": b})
+    return x, dw, pw, b, gy, layout
+
+
 def separable_conv2d(input, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0, dilation=1, *,
                      activation=None, layout="NCHW", algo="auto", device="cpu"):
     """Depthwise (C*m, 1, kh, kw) then pointwise (K, C*m, 1, 1) convolution; bias after the pointwise."""
+    x, dw, pw, b, _, layout = _separable_inputs(input, depthwise_weight, pointwise_weight, bias, layout, device)
     kw = dict(layout=layout, algo=algo, device=device)
-    mid = depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation, **kw)
-    return conv2d(mid, pointwise_weight, bias, activation=activation, **kw)
+    mid = depthwise_conv2d(x, dw, None, stride, padding, dilation, **kw)
+    return conv2d(mid, pw, b, activation=activation, **kw)
 
 
 def separable_conv2d_backward(grad_output, input, depthwise_weight, pointwise_weight, stride=1, padding=0,
                               dilation=1, *, layout="NCHW", algo="auto", device="cpu"):
     """Gradients of separable_conv2d: (grad_input, grad_depthwise_weight, grad_pointwise_weight, grad_bias)."""
+    x, dw, pw, _, gy, layout = _separable_inputs(input, depthwise_weight, pointwise_weight, None, layout, device,
+                                                 grad_output)
     kw = dict(layout=layout, algo=algo, device=device)
-    mid = depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation, **kw)
-    g_mid, g_pw, gb = conv2d_backward(grad_output, mid, pointwise_weight, **kw)
-    gx, g_dw, _ = depthwise_conv2d_backward(g_mid, input, depthwise_weight, stride, padding, dilation,
-                                            need_bias=False, **kw)
+    mid = depthwise_conv2d(x, dw, None, stride, padding, dilation, **kw)
+    g_mid, g_pw, gb = conv2d_backward(gy, mid, pw, **kw)
+    gx, g_dw, _ = depthwise_conv2d_backward(g_mid, x, dw, stride, padding, dilation, need_bias=False, **kw)
     return gx, g_dw, g_pw, gb
 
 
 # ----------------------------------------------------------------------------- pooling
 def _pool_input(input, layout, device):
     layout = _args.check_layout(layout)
-    _args.check_device_name(device)
+    check_device(device)
     return _prepare(input, "input", device, layout), layout
 
 
@@ -289,7 +316,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                layout="NCHW", algo="auto", device="cpu"):
     """Max pooling, as torch.nn.functional.max_pool2d. Indices are flat offsets within each H*W plane."""
     x, layout = _pool_input(input, layout, device)
-    geom = _args.pool_geometry(_nchw_shape(x.shape, layout), kernel_size, stride, padding, dilation, ceil_mode)
+    geom = _args.pool_geometry(_nchw_shape(x.shape, layout), kernel_size, stride, padding, dilation, ceil_mode,
+                               return_indices=return_indices)
     y, idx = _pool_run("max_pool2d", [x], geom, layout, algo, device)
     return (y, idx) if return_indices else y
 
@@ -305,7 +333,12 @@ def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
     if indices is None:
         _, indices = _pool_run("max_pool2d", [x], geom, layout, algo, device)
     else:
-        indices = np.asarray(indices) if device == "cpu" else indices
+        if device == "cpu":
+            indices = np.asarray(indices)
+        else:
+            from .cuda import as_device_or_host_array
+
+            indices = as_device_or_host_array(indices, "indices", dtypes=None)
         if tuple(indices.shape) != tuple(gy.shape) or np.dtype(indices.dtype) != np.int64:
             raise ValueError(f"indices must be int64 with grad_output's shape {_args.shape_of(gy)}, "
                              f"got {indices.dtype} {_args.shape_of(indices)}")
@@ -359,3 +392,24 @@ def global_max_pool2d_backward(grad_output, input, indices=None, *, layout="NCHW
     x, layout = _pool_input(input, layout, device)
     return max_pool2d_backward(grad_output, x, _global_kernel(x, layout), indices=indices, layout=layout, algo=algo,
                                device=device)
+
+
+def maxout2d(input, k, *, layout="NCHW", algo="auto", device="cpu"):
+    """Maxout across channels: the max over each group of k consecutive channels.
+
+    (N, C, H, W) -> (N, C/k, H, W); ties take the group's first channel, NaN propagates.
+    """
+    x, layout = _pool_input(input, layout, device)
+    k = _args.maxout_groups(_nchw_shape(x.shape, layout), k)
+    return _pool_run("maxout2d", [x], k, layout, algo, device)
+
+
+def maxout2d_backward(grad_output, input, k, *, layout="NCHW", algo="auto", device="cpu"):
+    """Gradient of maxout2d: grad_output routed to each group's maximum (recomputed from input)."""
+    x, layout = _pool_input(input, layout, device)
+    gy = _prepare(grad_output, "grad_output", device, layout)
+    _args.same_dtype({"grad_output": gy, "input": x})
+    N, C, H, W = _nchw_shape(x.shape, layout)
+    k = _args.maxout_groups((N, C, H, W), k)
+    _check_grad_shape(gy, (N, C // k, H, W), layout, "maxout2d's output shape")
+    return _pool_run("maxout2d_backward", [gy, x], k, layout, algo, device)

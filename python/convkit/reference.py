@@ -54,6 +54,8 @@ __all__ = [
     "global_avg_pool2d_backward",
     "global_max_pool2d",
     "global_max_pool2d_backward",
+    "maxout2d",
+    "maxout2d_backward",
 ]
 
 
@@ -642,3 +644,37 @@ def global_max_pool2d_backward(grad_out, x, indices=None):
     """Gradient of global_max_pool2d: grad_out to the argmax of each plane."""
     x = _as4d(x, "input")
     return max_pool2d_backward(grad_out, x, x.shape[2:], indices=indices)
+
+
+# ---------------------------------------------------------------------------
+# maxout (max pooling across channels)
+# ---------------------------------------------------------------------------
+
+def _maxout_groups(x, k):
+    """x as (N, C/k, k, H, W) and the position in each group of its first maximum.
+
+    np.argmax takes the first maximum, and the first NaN when there is one.
+    """
+    N, C, H, W = x.shape
+    if not _is_int(k) or k < 1 or C % k:
+        raise ValueError(f"k must be a positive divisor of the channel count {C}, got {k!r}")
+    groups = x.reshape(N, C // k, k, H, W)
+    return groups, np.argmax(groups, axis=2)[:, :, None]
+
+
+def maxout2d(x, k):
+    """Max over each group of k consecutive channels: (N, C, H, W) -> (N, C/k, H, W)."""
+    groups, arg = _maxout_groups(_as4d(x, "input"), k)
+    return np.take_along_axis(groups, arg, axis=2)[:, :, 0]
+
+
+def maxout2d_backward(grad_out, x, k):
+    """Gradient of maxout2d: grad_out to each group's first maximum, zero elsewhere."""
+    x = _as4d(x, "input")
+    go = _as4d(grad_out, "grad_out")
+    groups, arg = _maxout_groups(x, k)
+    if go.shape != (x.shape[0], x.shape[1] // k) + x.shape[2:]:
+        raise ValueError(f"grad_out has shape {go.shape}, expected {(x.shape[0], x.shape[1] // k) + x.shape[2:]}")
+    gx = np.zeros(groups.shape)
+    np.put_along_axis(gx, arg, go[:, :, None], axis=2)
+    return gx.reshape(x.shape)

@@ -1,0 +1,114 @@
+"""convkit's depthwise engine against torch.nn.functional.conv2d(groups=C), side by side.
+
+Runs the depthwise layers (groups == C) of the layer suite, float32, forward and backward
+(grad-input + grad-weight, counted as 2x the forward FLOPs), in NCHW (the suite's layout)
+and NHWC (torch: channels_last), the same number of threads for both libraries, in
+interleaved blocks (convkit x reps, torch x reps, ...; the first call of each block wakes
+that library's threads and is dropped), and prints the median over the blocks:
+
+    python bench/depthwise_vs_torch.py [--suite suite.json] [--threads 2] [--blocks 9] [--reps 10]
+                                       [--layouts NCHW,NHWC]
+
+GB/s counts the bytes each pass must move at least: forward reads x and w and writes y;
+backward reads grad_output, x and w and writes grad_input and grad_weight.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import convkit
+
+
+def default_suite() -> Path | None:
+    """The suite sits at <workspace>/shared/bench/suite.json, beside the checkouts."""
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "bench" / "suite.json"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def depthwise_layers(suite: Path) -> list:
+    layers = json.loads(suite.read_text())["layers"]
+    return [L for L in layers if L["op"] == "conv2d" and L["groups"] == L["C"] and L["C"] > 1]
+
+
+def contenders(L: dict, layout: str):
+    """(forward, backward) callables for convkit and torch on the same float32 data."""
+    rng = np.random.default_rng(0)
+    N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
+    kh, kw = L["kernel"]
+    s, p, d, groups = L["stride"], L["padding"], L["dilation"], L["groups"]
+    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+    w = rng.standard_normal((K, C // groups, kh, kw), dtype=np.float32)
+    y = convkit.conv2d(x, w, None, s, p, d, groups)
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    xt, wt, gyt = (torch.from_numpy(a) for a in (x, w, gy))
+    pair = (lambda v: [v, v] if isinstance(v, int) else list(v))
+    if layout == "NHWC":
+        x, gy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (x, gy))
+        xt, gyt = (a.contiguous(memory_format=torch.channels_last) for a in (xt, gyt))
+
+    opts = dict(layout=layout, algo="direct")
+    ours = (lambda: convkit.conv2d(x, w, None, s, p, d, groups, **opts),
+            lambda: convkit.conv2d_backward(gy, x, w, s, p, d, groups, need_bias=False, **opts))
+    theirs = (lambda: F.conv2d(xt, wt, None, s, p, d, groups),
+              lambda: torch.ops.aten.convolution_backward(gyt, xt, wt, None, pair(s), pair(p), pair(d), False,
+                                                          [0, 0], groups, [True, True, False]))
+    flops = 2 * N * K * y.shape[2] * y.shape[3] * (C // groups) * kh * kw
+    nbytes = 4 * np.array([x.size + w.size + y.size, gy.size + 2 * x.size + 2 * w.size])
+    return ours, theirs, flops, nbytes
+
+
+def interleaved(fns: list, blocks: int, reps: int) -> list:
+    """Median seconds per call of each fn over `blocks` interleaved blocks of `reps` calls."""
+    times = [[] for _ in fns]
+    with torch.no_grad():
+        for _ in range(blocks):
+            for i, fn in enumerate(fns):
+                fn()  # wakes this library's threads; not counted
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                times[i].append((time.perf_counter() - t0) / reps)
+    return [statistics.median(t) for t in times]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", type=Path, default=default_suite())
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--layouts", default="NCHW,NHWC", help="comma-separated; torch runs NHWC as channels_last")
+    args = ap.parse_args()
+    if args.suite is None:
+        ap.error("no suite.json found; pass --suite")
+    torch.set_num_threads(args.threads)
+    convkit.set_num_threads(args.threads)
+    print(f"convkit {convkit.__version__} ({convkit.get_isa()}), torch {torch.__version__}, "
+          f"{args.threads} threads, median of {args.blocks} interleaved blocks of {args.reps} calls")
+    head = "| layer | layout | pass | convkit GFLOP/s | convkit GB/s | torch GFLOP/s | torch GB/s | ratio |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for layout in args.layouts.split(","):
+        for L in depthwise_layers(args.suite):
+            ours, theirs, flops, nbytes = contenders(L, layout)
+            for pass_, factor, fo, ft, nb in (("fwd", 1, ours[0], theirs[0], nbytes[0]),
+                                              ("bwd", 2, ours[1], theirs[1], nbytes[1])):
+                t_ours, t_theirs = interleaved([fo, ft], args.blocks, args.reps)
+                print(f"| {L['name']} | {layout} | {pass_} | {factor * flops / t_ours / 1e9:.1f} | "
+                      f"{nb / t_ours / 1e9:.1f} | {factor * flops / t_theirs / 1e9:.1f} | {nb / t_theirs / 1e9:.1f} | "
+                      f"{t_theirs / t_ours:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+// Depthwise-convolution microkernels: the interface the operators (src/conv_depthwise*.cpp)
+// call, one table per instruction set. A kernel sees only flat arrays and tap offsets, so
+// one body serves every kernel size, stride, dilation and channel multiplier: the
+// operator encodes all of them in the offsets.
+//
+// NCHW: vectors run over pixels of flattened planes (src/conv_planes.h). Output vector v
+// covers flat pixels [v*lanes, (v+1)*lanes) and tap t reads the `lanes` consecutive values
+// at planes + off[t] + v*lanes.
+// NHWC: vectors run over channels of packed rows whose pixels hold `ld` channel lanes (a
+// multiple of `lanes`, zeros past the real channels). Output pixel p, channel vector at
+// lane c, tap t reads in[p*pix_step + off[t] + c]; weights are w[t*ld + c].
+#pragma once
+#include <cstdint>
+
+#include "cpu_features.h"
+
+namespace convkit {
+
+// Where output vector v goes: its lanes whose bit is set in `keep` (the real output
+// columns, not the plane's padding columns) are written, in order, to the `count`
+// consecutive elements at out + dst. Built once per call by the operator; a kernel never
+// writes anywhere else, so edges need no bounds tests.
+struct DwStore {
+  std::uint32_t keep;
+  std::uint32_t count;
+  std::int64_t dst;
+};
+
+struct DwKernels {
+  int lanes;  // pixels per vector
+  // out at map[v] <- relu?(bias + sum_t w[t] * planes[off[t] + v*lanes + lane]), v < nvec.
+  void (*conv)(const float* planes, const std::int64_t* off, const float* w, std::int64_t taps, std::int64_t nvec,
+               const DwStore* map, float bias, bool relu, float* out);
+  // sums[t] += sum over v < nvec and lanes of gy[v*lanes + lane] * planes[off[t] + v*lanes + lane].
+  void (*grad_weight)(const float* planes, const std::int64_t* off, std::int64_t taps, const float* gy,
+                      std::int64_t nvec, float* sums);
+
+  // NHWC, p < npix, c < channels: out[p*out_step + c] <-
+  //   relu?(bias[c] + sum_t w[t*ld + c] * in[p*pix_step + off[t] + c]).
+  void (*conv_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,
+                    std::int64_t taps, std::int64_t ld, const float* bias, bool relu, std::int64_t npix,
+                    std::int64_t channels, float* out, std::int64_t out_step);
+  // NHWC, c < ld: sums[t*ld + c] += sum over p < npix of gy[p*ld + c] * in[p*pix_step + off[t] + c].
+  void (*grad_weight_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t taps,
+                           std::int64_t ld, const float* gy, std::int64_t npix, float* sums);
+};
+
+// The kernels for an instruction set (the best one compiled in at or below `isa`).
+const DwKernels& f32_dwconv_kernels(Isa isa);
+
+extern const DwKernels f32_dwconv_4x16__avx512;
+extern const DwKernels f32_dwconv_8x8__avx2;
+extern const DwKernels f32_dwconv_4x8__scalar;
+
+}  // namespace convkit

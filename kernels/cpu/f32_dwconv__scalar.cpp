@@ -1,0 +1,52 @@
+// Depthwise microkernels, portable C++: "vectors" of 8 floats as plain arrays, which the
+// compiler maps onto whatever SIMD the baseline target has (SSE2 on x86-64, NEON on arm64).
+#include "f32_dwconv_body.h"
+
+namespace convkit {
+namespace {
+
+struct Scalar {
+  static constexpr int W = 8, tile = 4, nhwc_tile = 4, gw_taps = 8;
+  struct Vec {
+    float v[W];
+  };
+
+  static Vec set1(float x) {
+    Vec r;
+    for (int l = 0; l < W; ++l) r.v[l] = x;
+    return r;
+  }
+  static Vec loadu(const float* p) {
+    Vec r;
+    for (int l = 0; l < W; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static Vec fma(const Vec& a, const Vec& b, Vec c) {
+    for (int l = 0; l < W; ++l) c.v[l] += a.v[l] * b.v[l];
+    return c;
+  }
+  static Vec relu(Vec a) {  // NaN passes through: NaN < 0 is false
+    for (int l = 0; l < W; ++l) a.v[l] = a.v[l] < 0.0f ? 0.0f : a.v[l];
+    return a;
+  }
+  static void storeu(float* p, const Vec& a) { store_lanes(p, a, 0, W); }
+  static void store_lanes(float* dst, const Vec& a, int first, int n) {
+    for (int l = 0; l < n; ++l) dst[l] = a.v[first + l];
+  }
+  static void store(float* out, const Vec& a, const DwStore& s) {
+    float* dst = out + s.dst;
+    for (int l = 0; l < W; ++l)
+      if (s.keep >> l & 1) *dst++ = a.v[l];
+  }
+  static float sum(const Vec& a) {
+    float r = 0.0f;
+    for (int l = 0; l < W; ++l) r += a.v[l];
+    return r;
+  }
+};
+
+}  // namespace
+
+const DwKernels f32_dwconv_4x8__scalar = dwconv_kernels<Scalar>();
+
+}  // namespace convkit

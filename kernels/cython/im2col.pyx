@@ -1,0 +1,392 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""convkit._im2col: convolution as matrix products (im2col / col2im + BLAS GEMM).
+
+The three conv primitives of convkit._registry, for float32 and float64 (fused types),
+NCHW and NHWC natively:
+
+    forward       y_g[Kg x P]   = w_g[Kg x R] . col_g[R x P]              (+ bias, ReLU)
+    grad_input    dcol_g[R x P] = w_g^T . dy_g[Kg x P],  then col2im into dx
+    grad_weight   dw_g[Kg x R] += dy_g . col_g^T      (summed over images and tiles)
+
+per image n and group g, with R = C/groups * kh * kw taps and P output pixels. The
+products go through scipy.linalg.cython_blas (sgemm/dgemm): no GEMM of our own, and the
+BLAS's own threads are the only parallelism (no OpenMP: PyTorch's libgomp and a second
+OpenMP runtime fight). The column copies are single-threaded; they move R*P values per
+image while the GEMM does Kg*R*P multiply-adds, so they are the small part for every
+dense layer (depthwise layers, where Kg is 1, are algo="direct"'s job).
+
+Layouts. In NCHW a column matrix is R x P row-major (one row per tap (c, i, j), a
+contiguous run of pixels, so the copies are row memcpys). In NHWC it is P x R row-major
+(one row per pixel, taps (i, j) each holding the group's channels contiguously, as the
+image holds them); BLAS sees the same R x P matrix column-major. Every matrix below is
+(pointer, leading dimension, column-major flag) and `gemm` maps any mix of orientations
+to one Fortran call, so each primitive is written once for both layouts. The weight
+stays (K, C/groups, kh, kw) in NCHW; for NHWC its taps are reordered to (K, kh, kw,
+C/groups) first (a copy the size of the weight).
+
+1x1 kernels with stride 1 and no padding need no copy: the input is its own column
+matrix. Otherwise the column buffer covers a tile of whole output rows: a cache-sized
+tile (tile_rows), never more than `buffer_limit` bytes (but at least one row), so memory
+stays bounded on any image.
+"""
+cimport cython
+from cython cimport floating
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+import numpy as np
+
+cdef extern from "limits.h":
+    cdef int INT_MAX
+
+# What the last call did (for tests and benchmarks): output-row tiles per image and
+# group, and the bytes of its column buffer (0 when the input was used directly).
+_last_tiles = 0
+_last_buffer_bytes = 0
+
+
+def last_call_stats():
+    """{"row_tiles": tiles per image and group, "buffer_bytes": column buffer size} of the last call."""
+    return {"row_tiles": _last_tiles, "buffer_bytes": _last_buffer_bytes}
+
+
+cdef struct Geom:
+    Py_ssize_t N, C, H, W, K, kh, kw, sh, sw, pt, pl, dh, dw, G, OH, OW
+    Py_ssize_t Cg, Kg, R, P
+    bint nhwc      # layout of x, y and the column matrix (column-major in BLAS terms)
+    bint identity  # 1x1, stride 1, no padding: the input is its own column matrix
+
+
+cdef Geom make_geom(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t K, Py_ssize_t Cg,
+                    Py_ssize_t kh, Py_ssize_t kw, stride, padding, dilation, Py_ssize_t groups,
+                    bint nhwc) except *:
+    """Checks everything a kernel relies on; ValueError names the shapes."""
+    cdef Geom g
+    sh, sw = stride
+    pt, pb, pl, pr = padding
+    dh, dw = dilation
+    desc = (f"input NCHW sizes {(N, C, H, W)}, weight {(K, Cg, kh, kw)}, stride {tuple(stride)}, "
+            f"padding {tuple(padding)}, dilation {tuple(dilation)}, groups {groups}")
+    if min(C, H, W, K, Cg, kh, kw) <= 0 or N < 0:
+        raise ValueError(f"conv2d sizes must be positive: {desc}")
+    if min(sh, sw, dh, dw) <= 0 or min(pt, pb, pl, pr) < 0:
+        raise ValueError(f"stride and dilation must be > 0 and padding >= 0: {desc}")
+    if groups <= 0 or C % groups or K % groups or Cg * groups != C:
+        raise ValueError(f"groups must divide C and K with C/groups matching the weight: {desc}")
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if H + pt + pb < eh or W + pl + pr < ew:
+        raise ValueError(f"kernel larger than the padded input: {desc}")
+    g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.G = N, C, H, W, K, kh, kw, groups
+    g.sh, g.sw, g.pt, g.pl, g.dh, g.dw = sh, sw, pt, pl, dh, dw
+    g.OH = (H + pt + pb - eh) // sh + 1
+    g.OW = (W + pl + pr - ew) // sw + 1
+    g.Cg, g.Kg = Cg, K // groups
+    g.R, g.P = Cg * kh * kw, g.OH * g.OW
+    g.nhwc = nhwc
+    g.identity = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pb == 0 and pl == 0 and pr == 0
+    # BLAS takes 32-bit sizes and leading dimensions.
+    if max(g.R, g.P, g.K, g.C, H * W) > INT_MAX:
+        raise ValueError(f"conv2d too large for 32-bit BLAS sizes: {desc}")
+    return g
+
+
+# Speed, not memory, sets the tile below the cap: a tile of about TILE_BYTES stays in the
+# last-level cache between the copy that writes it and the GEMM that reads it back (one
+# core, VGG-16 block 2, 55 MiB of columns: 120 -> 178 GFLOP/s forward with 4 MiB tiles),
+# as long as the tile keeps TILE_MIN_PIXELS columns: a shorter GEMM loses more than the
+# cache gains (DeepLab's 3x3 on 33x33, 13-row tiles of 429 pixels: grad-input 194 -> 180).
+cdef enum:
+    TILE_BYTES = 4 << 20
+    TILE_MIN_PIXELS = 1024
+
+
+cdef Py_ssize_t tile_rows(Geom* g, Py_ssize_t buffer_limit, Py_ssize_t itemsize):
+    """Output rows per column-buffer tile: about TILE_BYTES of columns (at least
+    TILE_MIN_PIXELS of them), never more than buffer_limit allows, at least one row."""
+    if g.identity:
+        return g.OH
+    cdef Py_ssize_t row_bytes = g.R * g.OW * itemsize
+    cdef Py_ssize_t rows = max((TILE_BYTES + row_bytes - 1) // row_bytes, (TILE_MIN_PIXELS + g.OW - 1) // g.OW)
+    return max(1, min(g.OH, rows, buffer_limit // row_bytes))
+
+
+# ------------------------------------------------------------------------------- GEMM
+cdef void gemm(bint c_cm, int M, int N, int Kd, floating alpha, floating* A, int lda, bint a_cm,
+               floating* B, int ldb, bint b_cm, floating beta, floating* C, int ldc) noexcept nogil:
+    """C[M x N] = alpha A[M x Kd] B[Kd x N] + beta C, each stored row-major (cm=0) or
+    column-major (cm=1) with its leading dimension.
+
+    BLAS is column-major: a row-major C is computed as C^T = B^T A^T. Either way an
+    operand stored in C's orientation goes in as 'N', the other as 'T'.
+    """
+    cdef char ta = b'N' if a_cm == c_cm else b'T'
+    cdef char tb = b'N' if b_cm == c_cm else b'T'
+    if M == 0 or N == 0:
+        return
+    if c_cm:
+        if floating is float:
+            sgemm(&ta, &tb, &M, &N, &Kd, &alpha, A, &lda, B, &ldb, &beta, C, &ldc)
+        else:
+            dgemm(&ta, &tb, &M, &N, &Kd, &alpha, A, &lda, B, &ldb, &beta, C, &ldc)
+    else:
+        if floating is float:
+            sgemm(&tb, &ta, &N, &M, &Kd, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
+        else:
+            dgemm(&tb, &ta, &N, &M, &Kd, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
+
+
+# ------------------------------------------------------------------ im2col / col2im
+cdef inline Py_ssize_t ceil_div_pos(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """ceil(a / b) for b > 0, and 0 when a <= 0."""
+    return (a + b - 1) // b if a > 0 else 0
+
+
+cdef inline (Py_ssize_t, Py_ssize_t) inside(Geom* g, Py_ssize_t off) noexcept nogil:
+    """[lo, hi): the output columns whose tap iw = ow*sw + off lies inside [0, W)."""
+    cdef Py_ssize_t lo = min(g.OW, ceil_div_pos(-off, g.sw))
+    return lo, max(lo, min(g.OW, ceil_div_pos(g.W - off, g.sw)))
+
+
+cdef void transfer_nchw(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py_ssize_t oh0, Py_ssize_t oh1,
+                        bint to_image) noexcept nogil:
+    """Between channels [c0, c0+Cg) of one CHW image and the R x Pt columns of output rows
+    [oh0, oh1), row-major, one row per tap (c, i, j). im2col (to_image=0) writes zeros
+    where a tap falls in the padding; col2im (to_image=1) adds each column value into the
+    pixel it came from."""
+    cdef Py_ssize_t Pt = (oh1 - oh0) * g.OW
+    cdef Py_ssize_t c, i, j, oh, ow, ih, off, lo, hi
+    cdef floating* plane
+    cdef floating* row
+    cdef floating* seg
+    cdef floating* src
+    for c in range(g.Cg):
+        plane = img + (c0 + c) * g.H * g.W
+        for i in range(g.kh):
+            for j in range(g.kw):
+                row = col + ((c * g.kh + i) * g.kw + j) * Pt
+                off = j * g.dw - g.pl
+                lo, hi = inside(g, off)
+                for oh in range(oh0, oh1):
+                    seg = row + (oh - oh0) * g.OW
+                    ih = oh * g.sh - g.pt + i * g.dh
+                    if ih < 0 or ih >= g.H:
+                        if not to_image:
+                            memset(seg, 0, g.OW * sizeof(floating))
+                        continue
+                    src = plane + ih * g.W
+                    if to_image:
+                        for ow in range(lo, hi):
+                            src[ow * g.sw + off] += seg[ow]
+                        continue
+                    memset(seg, 0, lo * sizeof(floating))
+                    memset(seg + hi, 0, (g.OW - hi) * sizeof(floating))
+                    if g.sw == 1:
+                        memcpy(seg + lo, src + lo + off, (hi - lo) * sizeof(floating))
+                    else:
+                        for ow in range(lo, hi):
+                            seg[ow] = src[ow * g.sw + off]
+
+
+cdef void transfer_nhwc(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py_ssize_t oh0, Py_ssize_t oh1,
+                        bint to_image) noexcept nogil:
+    """As transfer_nchw for one HWC image: Pt x R row-major, one row per output pixel
+    holding its taps (i, j), each the Cg contiguous channels [c0, c0+Cg). Tap-major over
+    a row of pixels, so the padding bounds are worked out once per tap."""
+    cdef Py_ssize_t oh, ow, i, j, c, ih, off, lo, hi
+    cdef floating* seg
+    cdef floating* src
+    for oh in range(oh0, oh1):
+        for i in range(g.kh):
+            ih = oh * g.sh - g.pt + i * g.dh
+            for j in range(g.kw):
+                seg = col + (oh - oh0) * g.OW * g.R + (i * g.kw + j) * g.Cg
+                off = j * g.dw - g.pl
+                lo, hi = inside(g, off)
+                if ih < 0 or ih >= g.H:
+                    lo = hi = g.OW
+                if not to_image:
+                    for ow in range(g.OW):
+                        if ow < lo or ow >= hi:
+                            memset(seg + ow * g.R, 0, g.Cg * sizeof(floating))
+                for ow in range(lo, hi):
+                    src = img + (ih * g.W + ow * g.sw + off) * g.C + c0
+                    if to_image:
+                        for c in range(g.Cg):
+                            src[c] += seg[ow * g.R + c]
+                    else:
+                        memcpy(seg + ow * g.R, src, g.Cg * sizeof(floating))
+
+
+cdef inline void transfer(floating* img, floating* col, Geom* g, Py_ssize_t grp, Py_ssize_t oh0, Py_ssize_t oh1,
+                          bint to_image) noexcept nogil:
+    if g.nhwc:
+        transfer_nhwc(img, col, g, grp * g.Cg, oh0, oh1, to_image)
+    else:
+        transfer_nchw(img, col, g, grp * g.Cg, oh0, oh1, to_image)
+
+
+# ------------------------------------------------------------- the matrices of a tile
+cdef inline floating* columns(Geom* g, floating* img, floating* buf, Py_ssize_t grp, Py_ssize_t oh0,
+                              Py_ssize_t oh1, int* ld) noexcept nogil:
+    """Where group grp's R x Pt column matrix for rows [oh0, oh1) lives: the image itself
+    (identity geometry) or the buffer. Column-major iff NHWC."""
+    if g.identity:
+        ld[0] = g.C if g.nhwc else g.P
+        return img + (oh0 * g.OW * g.C + grp * g.Cg if g.nhwc else grp * g.Cg * g.P + oh0 * g.OW)
+    ld[0] = g.R if g.nhwc else (oh1 - oh0) * g.OW
+    return buf
+
+
+cdef inline floating* out_tile(Geom* g, floating* out_img, Py_ssize_t grp, Py_ssize_t oh0, int* ld) noexcept nogil:
+    """Group grp's Kg x Pt slice of an output-shaped image from row oh0. Column-major iff NHWC."""
+    ld[0] = g.K if g.nhwc else g.P
+    return out_img + (oh0 * g.OW * g.K + grp * g.Kg if g.nhwc else grp * g.Kg * g.P + oh0 * g.OW)
+
+
+cdef void epilogue(floating* y, int ld, bint cm, Py_ssize_t M, Py_ssize_t N, floating* bias, bint relu) noexcept nogil:
+    """y[k, p] = max(y[k, p] + bias[k], 0) (bias may be NULL, ReLU optional); NaN stays NaN."""
+    cdef Py_ssize_t rs = 1 if cm else ld, cs = ld if cm else 1
+    cdef Py_ssize_t k, p
+    cdef floating b = 0, v
+    for k in range(M):
+        if bias != NULL:
+            b = bias[k]
+        for p in range(N):
+            v = y[k * rs + p * cs] + b
+            y[k * rs + p * cs] = 0 if (relu and v < 0) else v
+
+
+# ------------------------------------------------------------------- the primitives
+cdef enum Primitive:
+    FORWARD      # img = x (read),   outs = y (written),  wt = w (read)
+    GRAD_INPUT   # img = gx (zeroed, accumulated), outs = gy, wt = w
+    GRAD_WEIGHT  # img = x,          outs = gy,           wt = gw (zeroed, accumulated)
+
+
+cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floating* wt, floating* bias, bint relu,
+                    floating* buf, Py_ssize_t rows) noexcept nogil:
+    """One primitive over every image, tile of output rows and group. img is input-shaped,
+    outs output-shaped, wt weight-shaped (taps in the layout's column order)."""
+    cdef Py_ssize_t n, grp, oh0, oh1, Pt
+    cdef int ldc, ldo
+    cdef floating* imgn
+    cdef floating* colp
+    cdef floating* ot
+    cdef floating* wg
+    for n in range(g.N):
+        imgn = img + n * g.C * g.H * g.W
+        oh0 = 0
+        while oh0 < g.OH:
+            oh1 = min(g.OH, oh0 + rows)
+            Pt = (oh1 - oh0) * g.OW
+            for grp in range(g.G):
+                colp = columns(g, imgn, buf, grp, oh0, oh1, &ldc)
+                ot = out_tile(g, outs + n * g.K * g.P, grp, oh0, &ldo)
+                wg = wt + grp * g.Kg * g.R
+                if prim != GRAD_INPUT and not g.identity:
+                    transfer(imgn, colp, g, grp, oh0, oh1, False)
+                if prim == FORWARD:
+                    gemm(g.nhwc, g.Kg, Pt, g.R, 1, wg, g.R, False, colp, ldc, g.nhwc, 0, ot, ldo)
+                    if bias != NULL or relu:
+                        epilogue(ot, ldo, g.nhwc, g.Kg, Pt, bias + grp * g.Kg if bias != NULL else NULL, relu)
+                elif prim == GRAD_INPUT:
+                    # w_g^T: the row-major Kg x R block read as R x Kg column-major.
+                    gemm(g.nhwc, g.R, Pt, g.Kg, 1, wg, g.R, True, ot, ldo, g.nhwc, 0, colp, ldc)
+                    if not g.identity:
+                        transfer(imgn, colp, g, grp, oh0, oh1, True)
+                else:
+                    # col^T: the same storage read in the other orientation.
+                    gemm(False, g.Kg, g.R, Pt, 1, ot, ldo, g.nhwc, colp, ldc, not g.nhwc, 1, wg, g.R)
+            oh0 = oh1
+
+
+# --------------------------------------------------------------------- Python entries
+cdef tuple nchw_sizes(Py_ssize_t* shape, bint nhwc):
+    """(N, C, H, W) of a 4-D array in either layout."""
+    return (shape[0], shape[3], shape[1], shape[2]) if nhwc else (shape[0], shape[1], shape[2], shape[3])
+
+
+cdef object new_array(Geom* g, Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, dtype, bint zero):
+    shape = (n, h, w, c) if g.nhwc else (n, c, h, w)
+    return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+
+
+cdef object tap_major(w, bint nhwc):
+    """The weight with its taps in the column order of the layout: (K, kh, kw, C/groups) for NHWC."""
+    return np.ascontiguousarray(np.transpose(w, (0, 2, 3, 1))) if nhwc else w
+
+
+cdef require_nchw(name, tuple got, tuple want, bint nhwc):
+    if got != want:
+        order = "NHWC as (N, C, H, W)" if nhwc else "NCHW"
+        raise ValueError(f"{name} has {order} sizes {got}, expected {want}")
+
+
+cdef void launch(Primitive prim, Geom* g, const floating[:, :, :, ::1] img, const floating[:, :, :, ::1] outs,
+                 const floating[:, :, :, ::1] wt, const floating[::1] bias, bint relu,
+                 Py_ssize_t buffer_limit) except *:
+    """Allocates the column buffer of one tile (recorded in last_call_stats) and runs the
+    primitive without the GIL. The array it writes (img, outs or wt, per Primitive) is a
+    fresh array of ours, passed read-only only to share one signature."""
+    global _last_tiles, _last_buffer_bytes
+    if buffer_limit <= 0:
+        raise ValueError(f"buffer_limit must be > 0 bytes, got {buffer_limit}")
+    cdef Py_ssize_t rows = tile_rows(g, buffer_limit, sizeof(floating))
+    cdef Py_ssize_t size = 0 if g.identity else g.R * rows * g.OW
+    _last_tiles = (g.OH + rows - 1) // rows
+    _last_buffer_bytes = size * sizeof(floating)
+    cdef floating[::1] buf = np.empty(max(size, 1), np.float32 if floating is float else np.float64)
+    if g.N == 0:
+        return
+    with nogil:
+        run_tiles(prim, g, <floating*>&img[0, 0, 0, 0], <floating*>&outs[0, 0, 0, 0], <floating*>&wt[0, 0, 0, 0],
+                  <floating*>&bias[0] if bias is not None else NULL, relu, &buf[0], rows)
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, const floating[::1] bias, stride,
+                   padding, dilation, Py_ssize_t groups, bint relu, bint nhwc, Py_ssize_t buffer_limit):
+    """y = conv2d(x, w) + bias (ReLU'd if relu); x and y NCHW or NHWC (nhwc), w (K, C/groups, kh, kw),
+    padding (top, bottom, left, right), bias None or (K,)."""
+    N, C, H, W = nchw_sizes(x.shape, nhwc)
+    cdef Geom g = make_geom(N, C, H, W, w.shape[0], w.shape[1], w.shape[2], w.shape[3], stride, padding, dilation,
+                            groups, nhwc)
+    if bias is not None and bias.shape[0] != g.K:
+        raise ValueError(f"bias has shape ({bias.shape[0]},), expected ({g.K},)")
+    y = new_array(&g, g.N, g.K, g.OH, g.OW, np.asarray(x).dtype, False)
+    cdef floating[:, :, :, ::1] yv = y
+    cdef const floating[:, :, :, ::1] wk = tap_major(np.asarray(w), nhwc)
+    launch(FORWARD, &g, x, yv, wk, bias, relu, buffer_limit)
+    return y
+
+
+def conv2d_grad_input(const floating[:, :, :, ::1] grad_output, const floating[:, :, :, ::1] w, input_hw, stride,
+                      padding, dilation, Py_ssize_t groups, bint nhwc, Py_ssize_t buffer_limit):
+    """Gradient of conv2d with respect to its input of spatial size input_hw."""
+    N, K = nchw_sizes(grad_output.shape, nhwc)[:2]
+    H, W = input_hw
+    cdef Geom g = make_geom(N, w.shape[1] * groups, H, W, w.shape[0], w.shape[1], w.shape[2], w.shape[3], stride,
+                            padding, dilation, groups, nhwc)
+    require_nchw("grad_output", nchw_sizes(grad_output.shape, nhwc), (g.N, g.K, g.OH, g.OW), nhwc)
+    gx = new_array(&g, g.N, g.C, g.H, g.W, np.asarray(w).dtype, True)
+    cdef floating[:, :, :, ::1] gxv = gx
+    cdef const floating[:, :, :, ::1] wk = tap_major(np.asarray(w), nhwc)
+    cdef const floating[::1] no_bias = None
+    launch(GRAD_INPUT, &g, gxv, grad_output, wk, no_bias, False, buffer_limit)
+    return gx
+
+
+def conv2d_grad_weight(const floating[:, :, :, ::1] grad_output, const floating[:, :, :, ::1] x, kernel_hw, stride,
+                       padding, dilation, Py_ssize_t groups, bint nhwc, Py_ssize_t buffer_limit):
+    """Gradient of conv2d with respect to its (K, C/groups, kh, kw) weight."""
+    N, C, H, W = nchw_sizes(x.shape, nhwc)
+    K = nchw_sizes(grad_output.shape, nhwc)[1]
+    kh, kw = kernel_hw
+    if groups <= 0 or C % groups:
+        raise ValueError(f"groups={groups} must divide the input's C={C} (NCHW sizes {(N, C, H, W)})")
+    cdef Geom g = make_geom(N, C, H, W, K, C // groups, kh, kw, stride, padding, dilation, groups, nhwc)
+    require_nchw("grad_output", nchw_sizes(grad_output.shape, nhwc), (g.N, g.K, g.OH, g.OW), nhwc)
+    gw = np.zeros((g.K, g.kh, g.kw, g.Cg) if nhwc else (g.K, g.Cg, g.kh, g.kw), np.asarray(x).dtype)
+    cdef floating[:, :, :, ::1] gwv = gw
+    cdef const floating[::1] no_bias = None
+    launch(GRAD_WEIGHT, &g, x, grad_output, gwv, no_bias, False, buffer_limit)
+    return np.ascontiguousarray(np.transpose(gw, (0, 3, 1, 2))) if nhwc else gw

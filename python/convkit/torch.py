@@ -1,0 +1,329 @@
+"""convkit's ops as PyTorch operators: swap ``F.conv2d`` for ``convkit.torch.conv2d`` and train.
+
+Needs PyTorch (``pip install "convkit[torch]"``); ``import convkit`` never imports it.
+
+Each kernel is a ``torch.library.custom_op`` in the ``convkit`` namespace
+(``torch.ops.convkit.conv2d`` ...) with
+
+- a fake kernel (``register_fake``): output shapes from convkit's own argument checks, so
+  FakeTensor tracing and ``torch.compile`` see the op without running it;
+- an autograd formula (``register_autograd``) whose backward is itself a custom op
+  (``convkit::conv2d_backward`` ...) that calls convkit's ``*_backward`` function and
+  computes only the gradients autograd asks for (``ctx.needs_input_grad``).
+
+Why custom_op and not ``torch.autograd.Function``: AOTAutograd (torch.compile) traces the
+backward with fake tensors too; a Python backward that hands tensors to NumPy cannot be
+traced, a backward custom op with a fake kernel can. A second derivative is not offered:
+asking for one raises PyTorch's "autograd not registered" error for the backward op. The
+price: PyTorch's custom-op dispatch adds a few tens of microseconds to every call (it
+matters only for tiny layers), and the first call imports torch._dynamo (seconds, once).
+
+Memory: a contiguous CPU tensor reaches the kernels as a NumPy view of its own storage
+(``Tensor.numpy()``) and the kernel's new result array becomes the output tensor as it is
+(``torch.from_numpy``): no copy either way. A non-contiguous tensor is made contiguous
+once. CUDA tensors go to convkit's Numba CUDA backend (``device="cuda"``) as Numba views of
+their memory (``__cuda_array_interface__``), and its device arrays come back the same way
+(``torch.as_tensor``). The kernels run on Numba's default stream, the legacy default stream
+that PyTorch also uses unless told otherwise: code that switches PyTorch to another stream
+must synchronise around these ops.
+
+The public functions below have torch.nn.functional's signatures; depthwise, separable and
+global pooling are compositions of the custom ops, so autograd chains through them.
+Beyond torch: conv2d's ``padding`` also takes ``(top, bottom, left, right)`` and ``"same"``
+at any stride (TensorFlow's rule: output ``ceil(H / stride)``, the odd pixel at the
+bottom/right).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.library import custom_op
+
+from convkit import _args
+from convkit import functional as ck
+
+__all__ = [
+    "conv2d", "conv_transpose2d", "depthwise_conv2d", "separable_conv2d",
+    "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d",
+]
+
+
+# ------------------------------------------------------------- tensors <-> kernel arrays
+def _backend_device(device: torch.device) -> str:
+    """convkit's device for a tensor's: CPU tensors to the C++ kernels, CUDA ones to Numba."""
+    if device.type in ("cpu", "cuda"):
+        return device.type
+    raise ValueError(f"convkit.torch runs on CPU and CUDA tensors, got a tensor on {device}")
+
+
+def _array(t: Optional[Tensor]):
+    """What the kernels read: a NumPy (CPU) or Numba (CUDA) array viewing the tensor's memory."""
+    if t is None:
+        return None
+    t = t.detach().contiguous()  # returns t itself when it already is contiguous
+    if t.device.type == "cpu":
+        return t.numpy()
+    from numba import cuda  # the CUDA backend's own dependency (convkit[cuda])
+
+    return cuda.as_cuda_array(t)  # reads __cuda_array_interface__, keeps t alive
+
+
+def _tensor(arr, device: torch.device) -> Tensor:
+    """A kernel's result as a tensor sharing its memory (the result is new: nothing else holds it)."""
+    return torch.from_numpy(arr) if device.type == "cpu" else torch.as_tensor(arr, device=device)
+
+
+def _grads(arrays, like: Tensor) -> tuple:
+    """Gradients as tensors; one that was not asked for is an empty tensor (ops return no None)."""
+    return tuple(like.new_empty(0) if a is None else _tensor(a, like.device) for a in arrays)
+
+
+def _needed(grads, needs) -> tuple:
+    return tuple(g if need else None for g, need in zip(grads, needs))
+
+
+def _batched(x: Tensor) -> tuple:
+    """torch.nn.functional also takes an unbatched (C, H, W) input; the kernels want (N, C, H, W)."""
+    return (x.unsqueeze(0), True) if x.dim() == 3 else (x, False)
+
+
+def _unbatched(y: Tensor, was: bool) -> Tensor:
+    return y.squeeze(0) if was else y
+
+
+# --------------------------------------------------------------------- conv custom ops
+# conv2d and conv_transpose2d share one autograd shape: (input, weight, bias, *params) in,
+# (grad_input, grad_weight, grad_bias) from one backward op that takes a "need" mask.
+def _conv_autograd(op, backward_op):
+    def setup_context(ctx, inputs, output):
+        input, weight, _bias, *params = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.params = params
+
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        needs = list(ctx.needs_input_grad[:3])
+        grads = backward_op(grad_output, input, weight, *ctx.params, needs)
+        return (*_needed(grads, needs), *(None,) * len(ctx.params))
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+def _fake_conv_grads(input, weight, out_channels, needs) -> tuple:
+    shapes = (input.shape, weight.shape, (out_channels,))
+    return tuple(input.new_empty(s if need else (0,)) for s, need in zip(shapes, needs))
+
+
+@custom_op("convkit::conv2d", mutates_args=())
+def _conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+            dilation: Sequence[int], groups: int) -> Tensor:
+    y = ck.conv2d(_array(input), _array(weight), _array(bias), stride, padding, dilation, groups,
+                  device=_backend_device(input.device))
+    return _tensor(y, input.device)
+
+
+@_conv2d.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups):
+    g = _args.conv_geometry(input.shape, weight.shape, stride, padding, dilation, groups)
+    return input.new_empty((g.N, g.K, g.OH, g.OW))
+
+
+@custom_op("convkit::conv2d_backward", mutates_args=())
+def _conv2d_backward(grad_output: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int],
+                     padding: Sequence[int], dilation: Sequence[int], groups: int,
+                     needs: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    grads = ck.conv2d_backward(_array(grad_output), _array(input), _array(weight), stride, padding, dilation, groups,
+                               need_input=needs[0], need_weight=needs[1], need_bias=needs[2],
+                               device=_backend_device(input.device))
+    return _grads(grads, input)
+
+
+@_conv2d_backward.register_fake
+def _(grad_output, input, weight, stride, padding, dilation, groups, needs):
+    return _fake_conv_grads(input, weight, weight.shape[0], needs)
+
+
+_conv_autograd(_conv2d, _conv2d_backward)
+
+
+@custom_op("convkit::conv_transpose2d", mutates_args=())
+def _conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+                      padding: Sequence[int], output_padding: Sequence[int], groups: int,
+                      dilation: Sequence[int]) -> Tensor:
+    y = ck.conv_transpose2d(_array(input), _array(weight), _array(bias), stride, padding, output_padding, groups,
+                            dilation, device=_backend_device(input.device))
+    return _tensor(y, input.device)
+
+
+@_conv_transpose2d.register_fake
+def _(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    g, _extra = _args.conv_transpose_geometry(input.shape, weight.shape, stride, padding, output_padding, groups,
+                                              dilation)
+    return input.new_empty((g.N, g.C, g.H, g.W))
+
+
+@custom_op("convkit::conv_transpose2d_backward", mutates_args=())
+def _conv_transpose2d_backward(grad_output: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int],
+                               padding: Sequence[int], output_padding: Sequence[int], groups: int,
+                               dilation: Sequence[int], needs: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    grads = ck.conv_transpose2d_backward(_array(grad_output), _array(input), _array(weight), stride, padding,
+                                         output_padding, groups, dilation, need_input=needs[0],
+                                         need_weight=needs[1], need_bias=needs[2],
+                                         device=_backend_device(input.device))
+    return _grads(grads, input)
+
+
+@_conv_transpose2d_backward.register_fake
+def _(grad_output, input, weight, stride, padding, output_padding, groups, dilation, needs):
+    # weight is (C, K/groups, kh, kw): the bias has K = weight.shape[1] * groups entries
+    return _fake_conv_grads(input, weight, weight.shape[1] * groups, needs)
+
+
+_conv_autograd(_conv_transpose2d, _conv_transpose2d_backward)
+
+
+# --------------------------------------------------------------------- pool custom ops
+# A pool's backward op takes (grad_output, input, *forward outputs after the first, *params):
+# max_pool2d hands on its indices; the input is there for its shape and dtype.
+def _pool_autograd(op, backward_op):
+    def setup_context(ctx, inputs, output):
+        input, *params = inputs
+        ctx.save_for_backward(input, *(output[1:] if isinstance(output, tuple) else ()))
+        ctx.params = params
+
+    def backward(ctx, grad_output, *_grad_indices):
+        return backward_op(grad_output, *ctx.saved_tensors, *ctx.params), *(None,) * len(ctx.params)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+def _fake_grad_input(grad_output, input, *rest):
+    return torch.empty_like(input)
+
+
+def _fake_pool(input, kernel_size, stride, padding, dilation, ceil_mode, **avg):
+    g = _args.pool_geometry(input.shape, kernel_size, stride, padding, dilation, ceil_mode, **avg)
+    return input.new_empty((g.N, g.C, g.OH, g.OW))
+
+
+@custom_op("convkit::max_pool2d", mutates_args=())
+def _max_pool2d(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                dilation: Sequence[int], ceil_mode: bool) -> tuple[Tensor, Tensor]:
+    y, indices = ck.max_pool2d(_array(input), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True,
+                               device=_backend_device(input.device))
+    return _tensor(y, input.device), _tensor(indices, input.device)
+
+
+@_max_pool2d.register_fake
+def _(input, kernel_size, stride, padding, dilation, ceil_mode):
+    y = _fake_pool(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return y, y.new_empty(y.shape, dtype=torch.int64)
+
+
+@custom_op("convkit::max_pool2d_backward", mutates_args=())
+def _max_pool2d_backward(grad_output: Tensor, input: Tensor, indices: Tensor, kernel_size: Sequence[int],
+                         stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                         ceil_mode: bool) -> Tensor:
+    gx = ck.max_pool2d_backward(_array(grad_output), _array(input), kernel_size, stride, padding, dilation, ceil_mode,
+                                indices=_array(indices), device=_backend_device(input.device))
+    return _tensor(gx, input.device)
+
+
+_max_pool2d_backward.register_fake(_fake_grad_input)
+_pool_autograd(_max_pool2d, _max_pool2d_backward)
+
+
+@custom_op("convkit::avg_pool2d", mutates_args=())
+def _avg_pool2d(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
+    y = ck.avg_pool2d(_array(input), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                      device=_backend_device(input.device))
+    return _tensor(y, input.device)
+
+
+@_avg_pool2d.register_fake
+def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return _fake_pool(input, kernel_size, stride, padding, 1, ceil_mode, count_include_pad=count_include_pad,
+                      divisor_override=divisor_override)
+
+
+@custom_op("convkit::avg_pool2d_backward", mutates_args=())
+def _avg_pool2d_backward(grad_output: Tensor, input: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+                         padding: Sequence[int], ceil_mode: bool, count_include_pad: bool,
+                         divisor_override: Optional[int]) -> Tensor:
+    gx = ck.avg_pool2d_backward(_array(grad_output), _array(input), kernel_size, stride, padding, ceil_mode,
+                                count_include_pad, divisor_override, device=_backend_device(input.device))
+    return _tensor(gx, input.device)
+
+
+_avg_pool2d_backward.register_fake(_fake_grad_input)
+_pool_autograd(_avg_pool2d, _avg_pool2d_backward)
+
+
+# ------------------------------------------------ the public ops (torch.nn.functional's signatures)
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """As torch.nn.functional.conv2d; padding also takes a 4-tuple and "same" at any stride."""
+    x, unbatched = _batched(input)
+    stride = _args.pair(stride, "stride", minimum=1)
+    dilation = _args.pair(dilation, "dilation", minimum=1)
+    padding = _args.resolve_conv_padding(padding, tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, dilation)
+    return _unbatched(_conv2d(x, weight, bias, stride, padding, dilation, groups), unbatched)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """As torch.nn.functional.conv_transpose2d (groups before dilation); weight (C, K/groups, kh, kw)."""
+    x, unbatched = _batched(input)
+    y = _conv_transpose2d(x, weight, bias, _args.pair(stride, "stride", minimum=1),
+                          _args.pair(padding, "padding", minimum=0),
+                          _args.pair(output_padding, "output_padding", minimum=0), groups,
+                          _args.pair(dilation, "dilation", minimum=1))
+    return _unbatched(y, unbatched)
+
+
+def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
+    """Depthwise convolution: conv2d with groups == C, weight (C*multiplier, 1, kh, kw)."""
+    C = input.shape[-3]
+    if weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] % C:
+        raise ValueError(f"depthwise weight must be (C*multiplier, 1, kh, kw) with C={C} (input shape "
+                         f"{tuple(input.shape)}), got {tuple(weight.shape)}")
+    return conv2d(input, weight, bias, stride, padding, dilation, groups=C)
+
+
+def separable_conv2d(input, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0, dilation=1):
+    """Depthwise (C*m, 1, kh, kw) then pointwise (K, C*m, 1, 1) convolution; bias after the pointwise."""
+    return conv2d(depthwise_conv2d(input, depthwise_weight, None, stride, padding, dilation), pointwise_weight, bias)
+
+
+def _pool_params(kernel_size, stride, padding, dilation) -> tuple:
+    kernel = _args.pair(kernel_size, "kernel_size", minimum=1)
+    stride = kernel if stride is None or stride == [] or stride == () else _args.pair(stride, "stride", minimum=1)
+    return kernel, stride, _args.pair(padding, "padding", minimum=0), _args.pair(dilation, "dilation", minimum=1)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """As torch.nn.functional.max_pool2d; indices are flat offsets within each H*W plane, as torch's."""
+    x, unbatched = _batched(input)
+    y, indices = _max_pool2d(x, *_pool_params(kernel_size, stride, padding, dilation), bool(ceil_mode))
+    y, indices = _unbatched(y, unbatched), _unbatched(indices, unbatched)
+    return (y, indices) if return_indices else y
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """As torch.nn.functional.avg_pool2d."""
+    x, unbatched = _batched(input)
+    kernel, stride, padding, _ = _pool_params(kernel_size, stride, padding, 1)
+    y = _avg_pool2d(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override)
+    return _unbatched(y, unbatched)
+
+
+def global_avg_pool2d(input):
+    """Mean over H and W, keeping them as size 1: torch.nn.functional.adaptive_avg_pool2d(input, 1)."""
+    return avg_pool2d(input, tuple(input.shape[-2:]))
+
+
+def global_max_pool2d(input, return_indices=False):
+    """Max over H and W, keeping them as size 1: torch.nn.functional.adaptive_max_pool2d(input, 1)."""
+    return max_pool2d(input, tuple(input.shape[-2:]), return_indices=return_indices)

@@ -1,0 +1,192 @@
+"""algo="auto": the rules pick a registered algorithm and say why; autotune measures
+once per shape, keeps the fastest, and (optionally) persists it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import convkit
+from convkit import _args, _auto, _registry
+from convkit import reference as ref
+
+CONV_PRIMITIVES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
+
+GEOMS = {
+    "dense3x3": ((2, 8, 9, 9), (8, 8, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1)),
+    "pointwise": ((1, 16, 6, 6), (12, 16, 1, 1), dict(stride=1, padding=0, dilation=1, groups=1)),
+    "depthwise": ((1, 6, 9, 9), (6, 1, 3, 3), dict(stride=2, padding=1, dilation=1, groups=6)),
+    "lenet": ((4, 1, 12, 12), (6, 1, 5, 5), dict(stride=1, padding=0, dilation=1, groups=1)),
+    "dilated": ((1, 8, 12, 12), (32, 8, 3, 3), dict(stride=1, padding=4, dilation=4, groups=1)),
+    "small_image": ((1, 128, 9, 9), (16, 128, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1)),
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_auto_state(monkeypatch, tmp_path):
+    """Rules mode, an empty cache and a private cache directory for every test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_auto, "_cache", {})
+    monkeypatch.setattr(_auto, "_measured", {})
+    convkit.autotune(False)
+    yield
+    convkit.autotune(False)
+
+
+def geom_of(name):
+    x_shape, w_shape, kw = GEOMS[name]
+    return _args.conv_geometry(x_shape, w_shape, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+
+
+@pytest.fixture
+def count_measurements(monkeypatch):
+    calls = []
+    real = _auto._measure
+
+    def counting(primitive, geom, dtype, layout, candidates):
+        calls.append((primitive, geom))
+        return real(primitive, geom, dtype, layout, candidates)
+
+    monkeypatch.setattr(_auto, "_measure", counting)
+    return calls
+
+
+# ----------------------------------------------------------------------------- rules
+@pytest.mark.parametrize("name", GEOMS)
+@pytest.mark.parametrize("primitive", CONV_PRIMITIVES)
+def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
+    candidates = _registry.algos(primitive)
+    choice = _auto.choose(primitive, geom_of(name), "cpu", candidates, np.float32, "NCHW")
+    assert choice.algo in candidates and choice.reason
+
+
+@pytest.mark.parametrize("primitive, name, dtype, algo, rule", [
+    ("conv2d_forward", "dense3x3", np.float64, "im2col", "float64"),
+    ("conv2d_grad_input", "depthwise", np.float32, "direct", "depthwise"),
+    ("conv2d_grad_weight", "depthwise", np.float32, "direct", "depthwise"),
+    ("conv2d_forward", "dilated", np.float32, "im2col", "mostly padding"),
+    ("conv2d_grad_weight", "dilated", np.float32, "direct", "dense"),
+    ("conv2d_grad_input", "small_image", np.float32, "im2col", "few pixels per channel"),
+    ("conv2d_forward", "small_image", np.float32, "direct", "dense"),
+    ("conv2d_grad_weight", "lenet", np.float32, "im2col", "narrow grad-weight"),
+    ("conv2d_grad_input", "lenet", np.float32, "im2col", "one input channel"),
+    ("conv2d_forward", "lenet", np.float32, "direct", "dense"),
+    ("conv2d_grad_weight", "pointwise", np.float32, "im2col", "narrow grad-weight"),
+    ("conv2d_grad_input", "pointwise", np.float32, "direct", "dense"),
+    ("conv2d_forward", "dense3x3", np.float32, "direct", "dense"),
+])
+def test_rules_follow_the_table(primitive, name, dtype, algo, rule):
+    choice = _auto.choose(primitive, geom_of(name), "cpu", ["reference", "direct", "im2col"], dtype, "NCHW")
+    assert (choice.algo, choice.reason.split("'")[1]) == (algo, rule)
+
+
+def test_a_rule_whose_algorithm_is_missing_is_skipped():
+    g = geom_of("dense3x3")
+    assert _auto.choose("conv2d_forward", g, "cpu", ["reference", "im2col"], np.float32).algo == "im2col"
+    assert _auto.choose("conv2d_forward", g, "cpu", ["reference", "direct"], np.float64).algo == "direct"
+    assert _auto.choose("conv2d_forward", g, "cpu", ["reference"]).algo == "reference"
+
+
+@pytest.mark.parametrize("name", GEOMS)
+def test_auto_results_match_the_reference(name):
+    x_shape, w_shape, kw = GEOMS[name]
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    y = convkit.conv2d(x, w, **kw)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, None, **kw), rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- explain
+def test_explain_names_the_algorithm_and_the_reason():
+    e = convkit.explain("conv2d_backward", (1, 8, 9, 9), (8, 8, 3, 3), padding=1)
+    assert [p for p, _ in e.steps] == ["conv2d_grad_input", "conv2d_grad_weight"]
+    for primitive, choice in e.steps:
+        assert choice.algo in _registry.algos(primitive)
+        assert f"{primitive} -> {choice.algo}: {choice.reason}" in str(e)
+    assert "rules" in str(e)
+
+
+def test_explain_ops_and_layouts():
+    # conv_transpose2d's forward is conv2d's grad-input; depthwise sets groups = C itself
+    assert [p for p, _ in convkit.explain("conv_transpose2d", (1, 8, 5, 5), (8, 4, 4, 4), stride=2).steps] == \
+        ["conv2d_grad_input"]
+    dw = convkit.explain("depthwise_conv2d", (1, 9, 9, 6), (6, 1, 3, 3), padding=1, layout="NHWC")
+    geom = _args.conv_geometry((1, 6, 9, 9), (6, 1, 3, 3), 1, 1, 1, 6)
+    assert dw.steps[0][1] == _auto.choose("conv2d_forward", geom, "cpu", _registry.algos("conv2d_forward"))
+    with pytest.raises(ValueError, match="op must be"):
+        convkit.explain("conv3d", (1, 8, 5, 5), (8, 8, 3, 3))
+    with pytest.raises(ValueError, match="groups"):
+        convkit.explain("conv2d", (1, 8, 5, 5), (8, 8, 3, 3), groups=3)
+
+
+# -------------------------------------------------------------------------- autotune
+def test_autotune_measures_once_per_shape_and_caches(count_measurements):
+    convkit.autotune(True)
+    x_shape, w_shape, kw = GEOMS["dense3x3"]
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
+    y1 = convkit.conv2d(x, w, **kw)
+    assert len(count_measurements) == 1
+    y2 = convkit.conv2d(x, w, **kw)
+    assert len(count_measurements) == 1  # cached: no second measurement
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_allclose(y1, ref.conv2d(x, w, None, **kw), rtol=1e-4, atol=1e-4 * np.abs(y1).max())
+    (entry,) = _auto._measured.values()
+    assert entry["algo"] in _registry.algos("conv2d_forward") and entry["algo"] != "reference"
+    assert set(entry["seconds"]) == set(_registry.algos("conv2d_forward")) - {"reference"}
+    convkit.conv2d(x.astype(np.float64), w.astype(np.float64), **kw)  # another dtype: another key
+    convkit.conv2d(x[:1], w, **kw)  # another shape
+    assert len(count_measurements) == 3
+    e = convkit.explain("conv2d", x_shape, w_shape, **kw)
+    assert len(count_measurements) == 3 and "autotune: measured fastest" in str(e)
+
+
+@pytest.mark.parametrize("fastest", ["direct", "im2col"])
+def test_autotune_keeps_the_fastest(monkeypatch, fastest):
+    candidates = [a for a in _registry.algos("conv2d_forward") if a != "reference"]
+    if fastest not in candidates or len(candidates) < 2:
+        pytest.skip(f"needs {fastest} and another compiled algorithm")
+    fake = {a: (0.001 if a == fastest else 0.002) for a in candidates}
+    monkeypatch.setattr(_auto, "_measure", lambda *args: dict(fake))
+    convkit.autotune(True)
+    assert _auto.choose("conv2d_forward", geom_of("lenet"), "cpu", _registry.algos("conv2d_forward"),
+                        np.float32, "NCHW").algo == fastest
+
+
+def test_autotune_persists_to_the_user_cache(monkeypatch, tmp_path, count_measurements):
+    convkit.autotune(True, persist=True)
+    g = geom_of("pointwise")
+    first = _auto.choose("conv2d_grad_weight", g, "cpu", _registry.algos("conv2d_grad_weight"), np.float64, "NHWC")
+    path = tmp_path / "convkit" / "autotune.json"
+    data = json.loads(path.read_text())
+    assert data["convkit"] == convkit.__version__
+    (entry,) = data["entries"].values()
+    assert entry["algo"] == first.algo
+    # a new process (here: emptied in-process caches) starts measured
+    monkeypatch.setattr(_auto, "_cache", {})
+    monkeypatch.setattr(_auto, "_measured", {})
+    convkit.autotune(True, persist=True)
+    again = _auto.choose("conv2d_grad_weight", g, "cpu", _registry.algos("conv2d_grad_weight"), np.float64, "NHWC")
+    assert again.algo == first.algo and len(count_measurements) == 1
+    # a damaged file is ignored, not an error
+    path.write_text('{"convkit": "%s", "entries": {"x": 1, "y": {"algo": 2}}}' % convkit.__version__)
+    assert _auto._load() == {}
+    path.write_text("not json")
+    assert _auto._load() == {}
+    # without persist nothing is written
+    path.unlink()
+    convkit.autotune(True)
+    _auto.choose("conv2d_grad_input", g, "cpu", _registry.algos("conv2d_grad_input"), np.float64, "NHWC")
+    assert not path.exists()
+
+
+def test_autotune_switches(monkeypatch):
+    for raw, mode in (("1", (True, False)), ("persist", (True, True)), ("0", (False, False)), ("", (False, False))):
+        monkeypatch.setenv("CONVKIT_AUTOTUNE", raw)
+        assert _auto._env_mode() == mode
+    monkeypatch.setenv("CONVKIT_AUTOTUNE", "sometimes")
+    with pytest.raises(ValueError, match="CONVKIT_AUTOTUNE"):
+        _auto._env_mode()
+    with pytest.raises(TypeError):
+        convkit.autotune("yes")
