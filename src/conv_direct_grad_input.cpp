@@ -107,7 +107,7 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
       double passes_whole = 0, passes_split = 0;
       std::vector<ColumnBand> whole = layout({0, ncols[rb]}, size_whole, passes_whole);
       std::vector<ColumnBand> split = cuts.size() > 2 ? layout(cuts, size_split, passes_split) : whole;
-      const bool use_split = cuts.size() > 2 && passes_split < passes_whole;
+      const bool use_split = cuts.size() > 2 && passes_split < kSplitGain * passes_whole;
       for (ColumnBand& b : use_split ? split : whole) {
         for (std::int64_t& o : b.window)
           if (o >= 0) o += cs;

@@ -122,7 +122,7 @@ inline InputPlanes folded_planes(const ConvGeom& g, std::int64_t overrun, std::i
   InputPlanes whole = layout({0, g.OW});
   if (cuts.size() == 2) return whole;
   InputPlanes split = layout(cuts);
-  return passes(split) < passes(whole) ? split : whole;
+  return passes(split) < kSplitGain * passes(whole) ? split : whole;
 }
 
 // Kernel time of a pass over a flat domain plus its packing, in MACs: a packed element

@@ -138,7 +138,7 @@ GRID = [
     (1, 5, 10, 10, 5, (2, 2), 3, 0, 2, 1),
     (3, 1, 12, 12, 6, (5, 5), 1, 0, 1, 1),           # LeNet-like: one input channel
     (1, 4, 6, 6, 8, (3, 3), 1, 12, 12, 1),          # ASPP-like: most taps in padding
-    (1, 3, 40, 40, 5, (3, 3), 1, 8, 8, 1),          # ASPP-like: row and column bands of valid taps
+    (1, 3, 40, 40, 5, (3, 3), 1, 12, 12, 1),        # ASPP-like: row and column bands of valid taps
     (1, 2, 1, 1, 3, (1, 1), 1, 0, 1, 1),            # 1x1 image
     (2, 3, 1, 1, 4, (3, 3), 1, 1, 1, 1),            # 1x1 image, 3x3 kernel, padding
     (1, 2, 2, 3, 3, (5, 5), 1, 2, 1, 1),            # kernel larger than the image
