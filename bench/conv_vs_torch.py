@@ -219,7 +219,8 @@ def main(argv=None):
 
     lines = [f"peak (float32 matmul, {args.threads} threads): {peak:.0f} GFLOP/s; isa {convkit.get_isa()}; "
              f"torch {torch.__version__}; blocks {args.blocks}; clock {args.clock}", "",
-             "| layer | kind | dir | convkit GFLOP/s | torch GFLOP/s | ratio (paired) | target | % peak | 1->N threads |",
+             "| layer | kind | dir | convkit GFLOP/s | torch GFLOP/s | ratio (paired) | target | % peak "
+             "| 1->N threads |",
              "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for layer in layers:

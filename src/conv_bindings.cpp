@@ -173,7 +173,8 @@ void bind_dtype(py::module_& m) {
         py::arg("layout") = "NCHW", R"doc(Gradient of conv2d with respect to its input of spatial size input_hw.)doc");
   m.def("conv2d_grad_weight", &grad_weight<T>, py::arg("grad_output").noconvert(), py::arg("x").noconvert(),
         py::arg("kernel_hw"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
-        py::arg("layout") = "NCHW", R"doc(Gradient of conv2d with respect to its weight of spatial size kernel_hw.)doc");
+        py::arg("layout") = "NCHW",
+        R"doc(Gradient of conv2d with respect to its weight of spatial size kernel_hw.)doc");
 }
 
 // The direct engine's kernels for the active ISA: what tests walk the tile edges of.
@@ -181,7 +182,8 @@ template <typename T>
 py::list kernel_list() {
   py::list out;
   const ConvKernels<T>& ks = conv_kernels<T>();
-  for (const auto& k : ks.direct) out.append(py::dict(py::arg("name") = k.name, py::arg("R") = k.R, py::arg("P") = k.P));
+  for (const auto& k : ks.direct)
+    out.append(py::dict(py::arg("name") = k.name, py::arg("R") = k.R, py::arg("P") = k.P));
   for (const auto& k : ks.gw) out.append(py::dict(py::arg("name") = k.name, py::arg("R") = k.R, py::arg("KB") = k.KB));
   return out;
 }

@@ -5,12 +5,6 @@
 #include "thread_pool.h"
 
 namespace convkit {
-namespace {
-
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-
-}  // namespace
-
 std::vector<Band> row_bands(const std::vector<Entry>& ent, const std::vector<RowRange>& valid, std::int64_t rows,
                             std::int64_t Wq, std::int64_t P) {
   auto tile_passes = [&](std::int64_t band_rows, std::size_t entries) {

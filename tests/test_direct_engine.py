@@ -138,10 +138,12 @@ GRID = [
     (1, 5, 10, 10, 5, (2, 2), 3, 0, 2, 1),
     (3, 1, 12, 12, 6, (5, 5), 1, 0, 1, 1),           # LeNet-like: one input channel
     (1, 4, 6, 6, 8, (3, 3), 1, 12, 12, 1),          # ASPP-like: most taps in padding
+    (1, 3, 40, 40, 5, (3, 3), 1, 12, 12, 1),        # ASPP-like: row and column bands of valid taps
     (1, 2, 1, 1, 3, (1, 1), 1, 0, 1, 1),            # 1x1 image
     (2, 3, 1, 1, 4, (3, 3), 1, 1, 1, 1),            # 1x1 image, 3x3 kernel, padding
     (1, 2, 2, 3, 3, (5, 5), 1, 2, 1, 1),            # kernel larger than the image
     (1, 3, 3, 2, 2, (3, 3), 3, 2, 2, 1),            # kernel and stride larger than the image
+    (1, 2, 3, 1, 2, (1, 2), 1, (0, 2), (1, 4), 1),  # every tap column reads only padding
     (1, 6, 7, 7, 6, (3, 3), 1, 1, 1, 6),            # depthwise (NHWC runs the engine)
     (2, 4, 6, 5, 8, (3, 3), 2, 1, 1, 4),            # depthwise, channel multiplier 2
 ]
