@@ -17,6 +17,7 @@ import pytest
 import convkit
 from convkit import _args
 from convkit import reference as ref
+from helpers import assert_close
 
 _im2col = pytest.importorskip("convkit._im2col", reason="the Cython extension is not built")
 
@@ -71,6 +72,9 @@ CASES = [
     Case(1, 2, 1, 1, 3, 3, 3, padding=1),                        # 1x1 image, kernel larger than it
     Case(2, 3, 2, 3, 2, 5, 5, padding=2),                        # kernel larger than the image
     Case(1, 17, 5, 5, 19, 3, 3, padding=1),                      # channels past a vector width
+    # NCHW forward with >= 32 channels and groups 1 runs on pixel-major columns (forward_via_hwc):
+    Case(2, 32, 9, 11, 33, 3, 3, padding=1),
+    Case(1, 33, 10, 7, 5, 3, 2, stride=(2, 1), padding=(5, 1, 1, 2), dilation=(2, 1)),  # top rows all padding
 ]
 
 
@@ -91,12 +95,6 @@ def _random_cases(n, seed):
 
 
 CASES += _random_cases(12, seed=4)
-
-
-def assert_close(got, want, dtype):
-    tol = 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
-    assert got.dtype == np.dtype(dtype)
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, float(np.abs(want).max(initial=0.0))))
 
 
 def to_layout(a, layout):
@@ -182,7 +180,8 @@ def test_read_only_and_non_contiguous_inputs():
 
 
 # ------------------------------------------------------------------------ buffer cap
-TILE_CASES = [CASES[5], CASES[9], CASES[13], CASES[17], CASES[22]]  # native NHWC: C >= 4, groups 1
+# native NHWC (C >= 4, groups 1); the last two: NCHW forward on pixel-major columns
+TILE_CASES = [CASES[5], CASES[9], CASES[13], CASES[17], CASES[22], CASES[23], CASES[24]]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
