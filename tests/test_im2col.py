@@ -315,3 +315,39 @@ def test_empty_batch():
     gx, gw, _ = convkit.conv2d_backward(np.zeros((0, 3, 3, 3)), x, w, algo="im2col")
     assert gx.shape == (0, 2, 5, 5)
     np.testing.assert_array_equal(gw, np.zeros((3, 2, 3, 3)))
+
+
+# --------------------------------------------------------------------------- threads
+def test_set_num_threads_reaches_scipys_blas_for_the_call_only(monkeypatch):
+    """convkit.set_num_threads(n) sets the BLAS im2col multiplies with to n threads while
+    convkit's call runs and gives it back its own count afterwards; NumPy's own BLAS
+    (a separate library in the wheels) is never touched."""
+    from threadpoolctl import ThreadpoolController, threadpool_limits
+
+    from convkit._runtime import scipy_blas
+
+    ours = scipy_blas()
+    assert ours and all(lib.user_api == "blas" for lib in ours)
+    others = [lib for lib in ThreadpoolController().lib_controllers
+              if lib.user_api == "blas" and lib.filepath not in {o.filepath for o in ours}]
+    seen = []
+    real = _im2col.conv2d_forward
+
+    def spy(*args):
+        seen.append(([lib.num_threads for lib in ours], [lib.num_threads for lib in others]))
+        return real(*args)
+
+    monkeypatch.setattr(_im2col, "conv2d_forward", spy)
+    case = CASES[4]
+    x, w, b, y, gy = inputs(case)
+    before = convkit.get_num_threads()
+    try:
+        for convkit_n, blas_n in ((1, 3), (3, 1)):
+            convkit.set_num_threads(convkit_n)
+            with threadpool_limits(limits=blas_n, user_api="blas"):
+                outside = [lib.num_threads for lib in others]
+                assert_close(convkit.conv2d(x, w, b, **case.kwargs, algo="im2col"), y, np.float64)
+                assert seen[-1] == ([convkit.get_num_threads()] * len(ours), outside)
+                assert [lib.num_threads for lib in ours] == [blas_n] * len(ours)
+    finally:
+        convkit.set_num_threads(before)
