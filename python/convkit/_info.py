@@ -63,7 +63,8 @@ def info_dict() -> dict:
 
 
 def info(file=None) -> None:
-    """Print the version, build flags, CPU features, ISA in use, threads (convkit's and im2col's BLAS) and CUDA status."""
+    """Print the version, build flags, CPU features, ISA in use, threads (convkit's and
+    im2col's BLAS) and CUDA status."""
     d = info_dict()
     width = max(len(k) for k in d)
     for key, value in d.items():
