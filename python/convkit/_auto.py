@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,9 +150,9 @@ _enabled, _persist = _env_mode()
 # a dict lookup rather than formatting its key and reason again.
 _measured: dict = {}
 _cache: dict = {}
-# Interleaved timed rounds, the minimum of each candidate kept: at least _ROUNDS, more
-# (up to _MAX_ROUNDS) while the measurement has taken less than _BUDGET seconds, so that
-# on a shared machine one clean round of each fast candidate is very likely. Calls slower
+# Interleaved timed rounds, each candidate's time the median or the minimum of its rounds
+# (see _clock): at least _ROUNDS, more (up to _MAX_ROUNDS) while the measurement has
+# taken less than _BUDGET seconds, so that on a shared machine clean rounds are likely. Calls slower
 # than _SLOW_CALL get one round: a disturbance is a small part of them. When the two
 # fastest are within _CLOSE of each other, they get a second set of rounds of their own:
 # there a disturbed round can swap them (the suite's autotune misses were candidates
@@ -235,25 +235,28 @@ def _runner(primitive: str, geom, dtype, layout: str):
 
 
 def _clock():
-    """The timer of a measurement. At one thread every kernel (convkit's pool and the BLAS,
-    which follows convkit's count) runs in the calling thread, so that thread's CPU time
-    is the call's cost, and other processes on the machine cannot inflate it. With more
-    threads it is the wall clock: CPU time would add up every thread, waiting included."""
-    return time.thread_time if get_num_threads() == 1 else time.perf_counter
+    """(timer, statistic) of a measurement. At one thread every kernel (convkit's pool and
+    the BLAS, which follows convkit's count) runs in the calling thread, so that thread's
+    CPU time is the call's cost, which other processes cannot inflate: the median of the
+    rounds, robust to the rare misreading of a virtual machine's CPU clock (seen: one call
+    at half its time in ~100). With more threads, the wall clock (CPU time would add up
+    every thread, waiting included), which load only ever inflates: the minimum."""
+    return (time.thread_time, statistics.median) if get_num_threads() == 1 else (time.perf_counter, min)
 
 
 def _measure(primitive: str, geom, dtype, layout: str, candidates: list) -> dict:
     """Seconds per call of each candidate: a warm-up call each (first-call costs such as
     thread wake-up and scratch allocation are not the algorithm's), then interleaved timed
-    rounds, minimum kept, and more rounds for the two fastest when they are close."""
-    run, clock = _runner(primitive, geom, dtype, layout), _clock()
-    seconds = {}
+    rounds, and more rounds for the two fastest when they are close."""
+    run = _runner(primitive, geom, dtype, layout)
+    clock, statistic = _clock()
+    warm_up = []
     for algo in candidates:
         start = clock()
         run(algo)
-        seconds[algo] = clock() - start
-    fewest, most = (1, 1) if max(seconds.values()) > _SLOW_CALL else (_ROUNDS, _MAX_ROUNDS)
-    seconds = dict.fromkeys(candidates, math.inf)
+        warm_up.append(clock() - start)
+    fewest, most = (1, 1) if max(warm_up) > _SLOW_CALL else (_ROUNDS, _MAX_ROUNDS)
+    samples = {algo: [] for algo in candidates}
 
     def rounds(algos):
         begin = time.perf_counter()
@@ -263,13 +266,14 @@ def _measure(primitive: str, geom, dtype, layout: str, candidates: list) -> dict
             for algo in algos:
                 start = clock()
                 run(algo)
-                seconds[algo] = min(seconds[algo], clock() - start)
+                samples[algo].append(clock() - start)
 
     rounds(candidates)
+    seconds = {algo: statistic(t) for algo, t in samples.items()}
     first, second = sorted(candidates, key=seconds.get)[:2]
     if seconds[second] < (1 + _CLOSE) * seconds[first]:
         rounds((first, second))
-    return seconds
+    return {algo: statistic(t) for algo, t in samples.items()}
 
 
 def _by_measuring(primitive: str, geom, dtype, layout: str, candidates: list) -> Choice:
