@@ -55,6 +55,11 @@ class Pool {
     return static_cast<int>(workers_.size()) + 1;
   }
 
+  void set_fork_join(ForkJoin fork_join) {
+    std::lock_guard<std::mutex> lock(run_mutex_);  // not while a job runs
+    fork_join_.store(fork_join);
+  }
+
   void resize(int n) {
     if (n <= 0) n = available_cores();
     std::lock_guard<std::mutex> lock(run_mutex_);
@@ -71,6 +76,17 @@ class Pool {
     std::unique_lock<std::mutex> run_lock(run_mutex_, std::try_to_lock);
     if (t_inside_task || !run_lock.owns_lock() || workers_.empty() || n == 1) {
       run_serial(n, fn);
+      return;
+    }
+    if (ForkJoin fork_join = fork_join_.load()) {
+      job_ = &fn;
+      job_size_ = n;
+      next_.store(0);
+      error_ = nullptr;
+      fork_join([](void* self) { static_cast<Pool*>(self)->work(); }, this,
+                static_cast<unsigned>(workers_.size() + 1), 0);
+      job_ = nullptr;
+      if (error_) std::rethrow_exception(error_);
       return;
     }
     {
@@ -165,6 +181,7 @@ class Pool {
   std::atomic<int> active_{0};               // workers that have not finished the job
   std::atomic<std::uint64_t> generation_{0};  // bumped once per job
   std::atomic<bool> stopping_{false};
+  std::atomic<ForkJoin> fork_join_{nullptr};  // set: jobs run on that runtime's team, not workers_
 };
 
 Pool& pool() {
@@ -177,5 +194,6 @@ Pool& pool() {
 void set_num_threads(int n) { pool().resize(n); }
 int get_num_threads() { return pool().size(); }
 void parallel_for(std::int64_t n, const std::function<void(std::int64_t)>& fn) { pool().run(n, fn); }
+void set_fork_join(ForkJoin fork_join) { pool().set_fork_join(fork_join); }
 
 }  // namespace convkit

@@ -19,7 +19,10 @@ from . import _cpu  # noqa: E402
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for every CPU kernel (convkit's own pool, never OpenMP); n <= 0: all cores available."""
+    """Threads for every CPU kernel; n <= 0: all cores available.
+
+    They are convkit's own pool, or PyTorch's OpenMP team once convkit.torch is imported
+    (see convkit.torch.share_torch_threads); convkit never links OpenMP itself."""
     if not isinstance(n, numbers.Integral) or isinstance(n, bool):
         raise TypeError(f"n must be an int, got {n!r}")
     _cpu.set_num_threads(int(n))
