@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _args
+from ._registry import forget_auto_choices
 from ._runtime import get_isa, get_num_threads
 from ._version import __version__
 
@@ -166,6 +167,7 @@ def autotune(enabled: bool = True, *, persist: bool = False) -> None:
     if not isinstance(enabled, bool) or not isinstance(persist, bool):
         raise TypeError(f"enabled and persist must be bools, got {enabled!r}, {persist!r}")
     _enabled, _persist = enabled, enabled and persist
+    forget_auto_choices()  # the registry's memo of rule choices must not answer for measuring
     if _persist:
         _measured.update(_load())
 
