@@ -15,8 +15,12 @@ Why custom_op and not ``torch.autograd.Function``: AOTAutograd (torch.compile) t
 backward with fake tensors too; a Python backward that hands tensors to NumPy cannot be
 traced, a backward custom op with a fake kernel can. A second derivative is not offered:
 asking for one raises PyTorch's "autograd not registered" error for the backward op. The
-price: PyTorch's custom-op dispatch adds a few tens of microseconds to every call (it
-matters only for tiny layers), and the first call imports torch._dynamo (seconds, once).
+price: PyTorch's custom-op dispatch adds 20-30 microseconds to every call that records a
+gradient (it matters only for tiny layers), and the first call imports torch._dynamo
+(seconds, once). A call with nothing to record or trace (inference, torch.no_grad) goes
+straight to the kernel (see _eager_or).
+
+Threads: convkit's kernels run on PyTorch's OpenMP threads (share_torch_threads).
 
 Memory: a contiguous CPU tensor reaches the kernels as a NumPy view of its own storage
 (``Tensor.numpy()``) and the kernel's new result array becomes the output tensor as it is
@@ -85,8 +89,11 @@ def share_torch_threads(enabled: bool = True) -> bool:
     milliseconds (GOMP_SPINCOUNT). A convkit op that starts meanwhile on its own threads
     shares a core with a spinner whenever threads == cores: a ResNet block's training step
     took 1.24x PyTorch's with 2 threads on 2 cores, although every convolution in it alone
-    ran at 0.96-0.99x. On PyTorch's team the spinning worker takes convkit's job at once.
-    Results do not change (kernels split work by task index, never by thread).
+    ran at 0.96-0.99x; on PyTorch's team the spinning worker takes convkit's job at once
+    (0.8-0.9x). The other side: on an oversubscribed machine libgomp's spinning barriers
+    cost more than convkit's yielding pool (the same block under a load of 6 on 2 cores:
+    0.75x PyTorch's step time on its team, 0.51x on convkit's own threads), so a busy
+    server may prefer False. Results do not change (work is split by task, not thread).
     """
     address = _torch_gomp_parallel() if enabled else 0
     _cpu.set_fork_join(address)
