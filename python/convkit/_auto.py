@@ -7,9 +7,9 @@ Two ways to choose, both per call shape:
   (bench/im2col_vs_direct.py, numbers in bench/RESULTS.md) and says why it holds.
 - measuring: ``convkit.autotune(True)`` (or CONVKIT_AUTOTUNE=1) times every compiled
   candidate once per new (primitive, geometry, dtype, layout, threads, ISA) on synthetic
-  arrays of that shape (warmed up, interleaved rounds, the minimum of each; thread CPU
-  time at one thread, the wall clock above) and keeps the fastest in an in-process cache. With
-  ``persist=True`` (or CONVKIT_AUTOTUNE=persist) the cache is also kept as JSON in the
+  arrays of that shape (warmed up, interleaved rounds: the median of thread CPU time at
+  one thread, the minimum of the wall clock above) and keeps the fastest in an in-process
+  cache. With ``persist=True`` (or CONVKIT_AUTOTUNE=persist) the cache is also kept as JSON in the
   user's cache directory ($XDG_CACHE_HOME or ~/.cache, then convkit/autotune.json), so a
   new process starts measured.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _args
+from ._registry import forget_auto_choices
 from ._runtime import get_isa, get_num_threads
 from ._version import __version__
 
@@ -171,6 +172,7 @@ def autotune(enabled: bool = True, *, persist: bool = False) -> None:
     if not isinstance(enabled, bool) or not isinstance(persist, bool):
         raise TypeError(f"enabled and persist must be bools, got {enabled!r}, {persist!r}")
     _enabled, _persist = enabled, enabled and persist
+    forget_auto_choices()  # the registry's memo of rule choices must not answer for measuring
     if _persist:
         _measured.update(_load())
 

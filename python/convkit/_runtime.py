@@ -21,12 +21,13 @@ from . import _cpu  # noqa: E402
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for every CPU kernel (convkit's own pool, never OpenMP); n <= 0: all cores available.
+    """Threads for every CPU kernel; n <= 0: all cores available.
 
+    They are convkit's own pool, or PyTorch's OpenMP team once convkit.torch is imported
+    (see convkit.torch.share_torch_threads); convkit never links OpenMP itself.
     algo="im2col"'s matrix products run on SciPy's BLAS with this many threads too, set
     around each call and restored after it (see scipy_blas_threads): the BLAS keeps its
-    own setting for the caller's SciPy work.
-    """
+    own setting for the caller's SciPy work."""
     if not isinstance(n, numbers.Integral) or isinstance(n, bool):
         raise TypeError(f"n must be an int, got {n!r}")
     _cpu.set_num_threads(int(n))
