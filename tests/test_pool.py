@@ -155,7 +155,10 @@ def test_avg_pool2d_grid(algo, isa, layout, dtype):
 
 
 # ------------------------------------------------------------------- global pooling
-GLOBAL_SHAPES = [(2, 5, 7, 7), (1, 3, 1, 1), (2, 3, 5, 40), (1, 2, 1, 17), (1, 300, 3, 2)]
+# (global average NCHW reduces `width` planes at once: plane counts below, at and above 8
+# and 16, planes narrower than, equal to and not a multiple of a vector)
+GLOBAL_SHAPES = [(2, 5, 7, 7), (1, 3, 1, 1), (2, 3, 5, 40), (1, 2, 1, 17), (1, 300, 3, 2), (2, 17, 7, 7),
+                 (1, 33, 4, 4), (1, 8, 2, 4)]
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -303,6 +306,23 @@ def test_large_planes(isa):
               ref.max_pool2d_backward(gy, x, 3, 2, 1), np.float32, "max")
         gy = np.random.default_rng(9).standard_normal((1, 2, 150, 225)).astype(np.float32)
         close(convkit.avg_pool2d_backward(gy, x, 2, 2), ref.avg_pool2d_backward(gy, x.shape, 2, 2), np.float32, "avg")
+
+
+@pytest.mark.parametrize("shape", [(2, 41, 161, 161), (64, 300, 11, 11)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_backward_streamed(shape, dtype):
+    # grad_input of 8 MB and more is scattered in a scratch and streamed out: one plane a
+    # task (odd H*W: tasks start off the 16-byte grid) and many small planes a task.
+    x = np.random.default_rng(10).integers(-3, 4, shape).astype(dtype)
+    y, idx = convkit.max_pool2d(x, 3, 2, 1, return_indices=True)
+    gy = np.random.default_rng(11).standard_normal(y.shape).astype(dtype)
+    planes, hw = shape[0] * shape[1], shape[2] * shape[3]
+    want = np.zeros((planes, hw))
+    np.add.at(want, (np.arange(planes)[:, None], idx.reshape(planes, -1)), gy.reshape(planes, -1))
+    close(convkit.max_pool2d_backward(gy, x, 3, 2, 1, indices=idx), want.reshape(shape), dtype, str(shape))
+    idx[-1, -1, -1, -1] = hw
+    with pytest.raises(ValueError, match="indices"):
+        convkit.max_pool2d_backward(gy, x, 3, 2, 1, indices=idx)
 
 
 def test_zero_batch():
