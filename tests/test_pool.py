@@ -308,21 +308,27 @@ def test_large_planes(isa):
         close(convkit.avg_pool2d_backward(gy, x, 2, 2), ref.avg_pool2d_backward(gy, x.shape, 2, 2), np.float32, "avg")
 
 
-@pytest.mark.parametrize("shape", [(2, 41, 161, 161), (64, 300, 11, 11)])
+@pytest.mark.parametrize("shape,layout", [((2, 41, 161, 161), "NCHW"), ((64, 300, 11, 11), "NCHW"),
+                                          ((40, 20, 6, 6), "NHWC"), ((3, 300, 20, 20), "NHWC")])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_backward_streamed(shape, dtype):
-    # grad_input of 8 MB and more is scattered in a scratch and streamed out: one plane a
-    # task (odd H*W: tasks start off the 16-byte grid) and many small planes a task.
+def test_max_backward_task_paths(shape, layout, dtype):
+    # NCHW grad_input of 8 MB and more is scattered in a scratch and streamed out: one
+    # plane a task (odd H*W: tasks start off the 16-byte grid) and many small planes a
+    # task. NHWC: many (image, channel block) units a task, and one unit a task.
     x = np.random.default_rng(10).integers(-3, 4, shape).astype(dtype)
-    y, idx = convkit.max_pool2d(x, 3, 2, 1, return_indices=True)
+    y, idx = convkit.max_pool2d(to_layout(x, layout), 3, 2, 1, return_indices=True, layout=layout)
+    y, idx = from_layout(y, layout), from_layout(idx, layout)
     gy = np.random.default_rng(11).standard_normal(y.shape).astype(dtype)
     planes, hw = shape[0] * shape[1], shape[2] * shape[3]
     want = np.zeros((planes, hw))
     np.add.at(want, (np.arange(planes)[:, None], idx.reshape(planes, -1)), gy.reshape(planes, -1))
-    close(convkit.max_pool2d_backward(gy, x, 3, 2, 1, indices=idx), want.reshape(shape), dtype, str(shape))
+    args = (to_layout(gy, layout), to_layout(x, layout), 3, 2, 1)
+    got = convkit.max_pool2d_backward(*args, indices=to_layout(idx, layout), layout=layout)
+    close(from_layout(got, layout), want.reshape(shape), dtype, str(shape))
+    idx = idx.copy()
     idx[-1, -1, -1, -1] = hw
     with pytest.raises(ValueError, match="indices"):
-        convkit.max_pool2d_backward(gy, x, 3, 2, 1, indices=idx)
+        convkit.max_pool2d_backward(*args, indices=to_layout(idx, layout), layout=layout)
 
 
 def test_zero_batch():
