@@ -67,8 +67,11 @@ def shape_of(a) -> str:
 
 def pair(value, name: str, *, minimum: int) -> tuple:
     """An int or a pair of ints, each >= minimum."""
-    if type(value) is int and value >= minimum:  # the common case, without the ABC checks below
+    if type(value) is int and value >= minimum:  # the common cases, without the ABC checks below
         return (value, value)
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int and min(
+            value) >= minimum:
+        return value
     if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
