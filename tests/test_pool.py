@@ -325,6 +325,15 @@ def test_max_backward_task_paths(shape, layout, dtype):
     args = (to_layout(gy, layout), to_layout(x, layout), 3, 2, 1)
     got = convkit.max_pool2d_backward(*args, indices=to_layout(idx, layout), layout=layout)
     close(from_layout(got, layout), want.reshape(shape), dtype, str(shape))
+    # any index in [-1, H*W) is taken, in its window or not: here in every other plane
+    idx = idx.reshape(planes, -1).copy()
+    idx[1::2] = np.random.default_rng(12).integers(-1, hw, idx[1::2].shape)
+    want = np.zeros((planes, hw))
+    rows, picked = np.broadcast_to(np.arange(planes)[:, None], idx.shape), idx >= 0
+    np.add.at(want, (rows[picked], idx[picked]), gy.reshape(planes, -1)[picked])
+    idx = idx.reshape(y.shape)
+    got = convkit.max_pool2d_backward(*args, indices=to_layout(idx, layout), layout=layout)
+    close(from_layout(got, layout), want.reshape(shape), dtype, str(shape) + " any indices")
     idx = idx.copy()
     idx[-1, -1, -1, -1] = hw
     with pytest.raises(ValueError, match="indices"):
