@@ -2,15 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#ifdef CONVKIT_X86
-#include <immintrin.h>
-#endif
 
 #include "cpu_features.h"
 #include "pool_kernel_table.h"
@@ -105,9 +100,11 @@ struct AvgTables {
   }
 };
 
-// Max backward: grad_output scattered by index into zeroed grad_input. False if an
-// index is >= H*W or < -1 (-1: a window without input, as the reference's; any other
-// value is a caller's bug, refused as the reference refuses it).
+// Max backward: grad_output scattered by index into zeroed grad_input. A task owns a run
+// of whole planes (NCHW, about kTaskBytes) or one image's block of channels (NHWC), small
+// enough to stay in cache between the zeroing and the scatter: no races, one write to
+// memory. False if an index is >= H*W or < -1 (-1: a window without input, as the
+// reference's; any other value is a caller's bug, refused as the reference refuses it).
 //
 // Overlapping windows often share their maximum, and an update that reloads what the
 // previous one is still storing makes the CPU replay it. So each output row goes in
@@ -117,6 +114,7 @@ template <typename T>
 bool scatter_planes(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* dst, std::int64_t n) {
   const std::int64_t hw = g.H * g.W, OW = g.OW, ohw = g.OH * OW, phases = ceil_div((g.kw - 1) * g.dw + 1, g.sw);
   bool ok = true;
+  std::memset(dst, 0, sizeof(T) * n * hw);
   for (std::int64_t p = 0; p < n; ++p, dst += hw) {
     for (std::int64_t row = p * ohw; row < (p + 1) * ohw; row += OW) {
       for (std::int64_t phase = 0; phase < phases; ++phase) {
@@ -130,77 +128,14 @@ bool scatter_planes(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* 
   return ok;
 }
 
-// Bytes model of the max backward: it must read grad_output and the indices and write
-// grad_input once. Zeroing grad_input in place and scattering into it costs one more
-// read of grad_input: a store to a line not in cache first fetches it (read for
-// ownership), so a grad_input that does not fit in cache moves through memory twice.
-// Large calls therefore scatter each task's planes into a per-thread scratch that stays
-// in L2 (kept zeroed between tasks), then copy it out with streaming stores, which write
-// whole lines without fetching them, and clear the scratch behind the copy: grad_input
-// moves once. A grad_input below kStreamBytes may still be in cache when the next layer
-// reads it, and is written in place.
-constexpr std::int64_t kStreamBytes = 8 << 20;
-constexpr std::int64_t kScratchBytes = 1 << 20;  // per thread, at most: half an L2
-
-// dst[0, n) = src[0, n) by streaming stores where aligned (16 bytes: SSE2, in every
-// x86-64), and src[0, n) = 0. The same thread fences (stream_fence) before another may
-// read dst.
-template <typename T>
-void stream_out_and_clear(T* dst, T* src, std::int64_t n) {
-  std::int64_t i = 0;
-#ifdef CONVKIT_X86
-  constexpr std::int64_t lane = 16 / sizeof(T);  // values a 16-byte store
-  for (; i < n && reinterpret_cast<std::uintptr_t>(dst + i) % 16; ++i) {
-    dst[i] = src[i];
-    src[i] = T(0);
-  }
-  if (reinterpret_cast<std::uintptr_t>(dst + i) % 16 == 0) {  // else T is misaligned: plain stores
-    const __m128 zero = _mm_setzero_ps();
-    for (; i + 2 * lane <= n; i += 2 * lane) {
-      float* s = reinterpret_cast<float*>(src + i);
-      _mm_stream_ps(reinterpret_cast<float*>(dst + i), _mm_loadu_ps(s));
-      _mm_stream_ps(reinterpret_cast<float*>(dst + i + lane), _mm_loadu_ps(s + 4));
-      _mm_storeu_ps(s, zero);
-      _mm_storeu_ps(s + 4, zero);
-    }
-  }
-#endif
-  std::memcpy(dst + i, src + i, sizeof(T) * (n - i));
-  std::memset(src + i, 0, sizeof(T) * (n - i));
-}
-
-void stream_fence() {
-#ifdef CONVKIT_X86
-  _mm_sfence();  // streaming stores are weakly ordered: orders them before later stores
-#endif
-}
-
-// The calling thread's scratch of at least n zeros (they stay zeros between uses).
-template <typename T>
-T* zeroed_scratch(std::int64_t n) {
-  thread_local std::vector<T> scratch;
-  if (static_cast<std::int64_t>(scratch.size()) < n) scratch.assign(static_cast<std::size_t>(n), T(0));
-  return scratch.data();
-}
-
 template <typename T>
 bool scatter_nchw(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* gx) {
-  const std::int64_t hw = g.H * g.W, ohw = g.OH * g.OW, planes = g.N * g.C, plane_bytes = hw * std::int64_t(sizeof(T));
-  // A task: a run of whole planes, about kTaskBytes of grad_input, so that its zeroing
-  // and its scatter meet in cache.
-  const std::int64_t per = items_per_task(plane_bytes);
-  const bool stream = planes * plane_bytes >= kStreamBytes && per * plane_bytes <= kScratchBytes;
+  const std::int64_t hw = g.H * g.W, ohw = g.OH * g.OW, planes = g.N * g.C;
+  const std::int64_t per = items_per_task(hw * std::int64_t(sizeof(T)));
   std::atomic<bool> ok{true};
   parallel_for(ceil_div(planes, per), [&](std::int64_t task) {
     const std::int64_t p0 = task * per, n = std::min(planes - p0, per);
-    T* dst = gx + p0 * hw;
-    T* into = stream ? zeroed_scratch<T>(n * hw) : dst;
-    if (!stream) std::memset(dst, 0, sizeof(T) * n * hw);
-    if (!scatter_planes(g, gy + p0 * ohw, idx + p0 * ohw, into, n)) ok = false;
-    if (stream) {
-      stream_out_and_clear(dst, into, n * hw);
-      stream_fence();  // by the thread that streamed, before it reports the task done
-    }
+    if (!scatter_planes(g, gy + p0 * ohw, idx + p0 * ohw, gx + p0 * hw, n)) ok = false;
   });
   return ok;
 }
