@@ -6,9 +6,10 @@
 // NCHW: vectors run over pixels of flattened planes (src/conv_planes.h). Output vector v
 // covers flat pixels [v*lanes, (v+1)*lanes) and tap t reads the `lanes` consecutive values
 // at planes + off[t] + v*lanes.
-// NHWC: vectors run over channels of packed rows whose pixels hold `ld` channel lanes (a
-// multiple of `lanes`, zeros past the real channels). Output pixel p, channel vector at
-// lane c, tap t reads in[p*pix_step + off[t] + c]; weights are w[t*ld + c].
+// NHWC: vectors run over channels, of the caller's array or of packed rows. Output pixel
+// p, channel vector at lane c, tap t reads in[p*pix_step + off[t] + c], never past lane
+// `channels` of a pixel; weights are w[t*ld + c] (ld a multiple of `lanes`, zeros past
+// the real channels).
 #pragma once
 #include <cstdint>
 
@@ -40,9 +41,11 @@ struct DwKernels {
   void (*conv_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,
                     std::int64_t taps, std::int64_t ld, const float* bias, bool relu, std::int64_t npix,
                     std::int64_t channels, float* out, std::int64_t out_step);
-  // NHWC, c < ld: sums[t*ld + c] += sum over p < npix of gy[p*ld + c] * in[p*pix_step + off[t] + c].
+  // NHWC, c < channels: sums[t*ld + c] +=
+  //   sum over p < npix of gy[p*gy_step + c] * in[p*pix_step + off[t] + c].
   void (*grad_weight_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t taps,
-                           std::int64_t ld, const float* gy, std::int64_t npix, float* sums);
+                           std::int64_t ld, const float* gy, std::int64_t gy_step, std::int64_t npix,
+                           std::int64_t channels, float* sums);
 };
 
 // The kernels for an instruction set (the best one compiled in at or below `isa`).

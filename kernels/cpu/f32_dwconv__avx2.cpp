@@ -19,7 +19,7 @@ struct CompressIndices {
 constexpr CompressIndices kCompress{};
 
 struct Avx2 : VecAvx2F32 {
-  static constexpr int tile = 8, nhwc_tile = 8, gw_taps = 12;
+  static constexpr int tile = 8, nhwc_tile = 8, nhwc_3x3_tile = 4, gw_taps = 12;
 
   // Full vectors (most of them) are plain stores; a vector holding a row end is packed by
   // a permutation and written by a masked store, which never touches masked-off memory.
@@ -32,6 +32,10 @@ struct Avx2 : VecAvx2F32 {
     const __m256i first = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(s.count)),
                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     _mm256_maskstore_ps(out + s.dst, first, _mm256_permutevar8x32_ps(a, idx));
+  }
+  static void pin(Vec& v) { asm("" : "+v"(v)); }
+  static Vec load_lanes(const float* p, int n) {  // masked-off lanes are not read (no fault)
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
   }
   static float sum(Vec a) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

@@ -10,7 +10,7 @@ namespace convkit {
 namespace {
 
 struct Avx512 : VecAvx512F32 {
-  static constexpr int tile = 4, nhwc_tile = 8, gw_taps = 16;
+  static constexpr int tile = 4, nhwc_tile = 8, nhwc_3x3_tile = 16, gw_taps = 16;
 
   // Compress in a register, then one masked store: a row end inside the vector costs no
   // branch (compress straight to memory is microcoded and slow on AMD).
@@ -18,7 +18,11 @@ struct Avx512 : VecAvx512F32 {
     _mm512_mask_storeu_ps(out + s.dst, static_cast<__mmask16>((1u << s.count) - 1),
                           _mm512_maskz_compress_ps(static_cast<__mmask16>(s.keep), a));
   }
+  static void pin(Vec& v) { asm("" : "+v"(v)); }
   static float sum(Vec a) { return _mm512_reduce_add_ps(a); }
+  static Vec load_lanes(const float* p, int n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
 };
 
 }  // namespace

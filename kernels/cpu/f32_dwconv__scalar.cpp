@@ -6,7 +6,7 @@ namespace convkit {
 namespace {
 
 struct Scalar {
-  static constexpr int W = 8, tile = 4, nhwc_tile = 4, gw_taps = 8;
+  static constexpr int W = 8, tile = 4, nhwc_tile = 4, nhwc_3x3_tile = 4, gw_taps = 8;
   struct Vec {
     float v[W];
   };
@@ -28,6 +28,12 @@ struct Scalar {
   static Vec relu(Vec a) {  // NaN passes through: NaN < 0 is false
     for (int l = 0; l < W; ++l) a.v[l] = a.v[l] < 0.0f ? 0.0f : a.v[l];
     return a;
+  }
+  static void pin(Vec&) {}
+  static Vec load_lanes(const float* p, int n) {
+    Vec r = set1(0.0f);
+    for (int l = 0; l < n; ++l) r.v[l] = p[l];
+    return r;
   }
   static void storeu(float* p, const Vec& a) { store_lanes(p, a, 0, W); }
   static void store_lanes(float* dst, const Vec& a, int first, int n) {

@@ -5,10 +5,13 @@
 //   A::Vec, A::W      a vector of W floats
 //   A::tile           output vectors per register tile of the NCHW forward kernel
 //   A::nhwc_tile      output pixels per register tile of the NHWC forward kernel
+//   A::nhwc_3x3_tile  the same for its 3x3 kernel (which also holds 9 weight vectors)
 //   A::gw_taps        taps per pass of the grad-weight kernels (one accumulator each)
 //   set1, loadu, fma(a, b, c) = a*b + c, relu (NaN passes through),
 //   store(out, v, DwStore) (the kept lanes, compressed), sum (horizontal, fixed order),
-//   storeu, store_lanes(dst, v, 0, n) (the first n lanes).
+//   storeu, store_lanes(dst, v, 0, n) (the first n lanes), load_lanes(p, n) (the first n
+//   lanes, zeros after; reads nothing past p[n - 1]), pin(v) (keeps v in a register: an
+//   empty asm, so the compiler cannot fold its load into every instruction that uses it).
 //
 // Everything sits in an anonymous namespace: this header is compiled once per instruction
 // set, and no copy may leak into another file's code (or the linker could pick an AVX-512
@@ -89,8 +92,20 @@ void dwconv_grad_weight(const float* planes, const std::int64_t* off, std::int64
 }
 
 // NHWC forward / grad-input: P output pixels of one channel vector stay in registers over
-// all taps; each tap costs one weight load and, per pixel, one aligned load and one FMA.
-template <class A, int P>
+// all taps; each tap costs one weight load and, per pixel, one load and one FMA. The input
+// may be the caller's array itself (its pixels `channels` apart): a last, partial channel
+// vector is then read under a mask (Full = false), never past the pixel's channels.
+template <class A, bool Full>
+inline typename A::Vec load_channels(const float* p, int lanes) {
+  if constexpr (Full) {
+    (void)lanes;
+    return A::loadu(p);
+  } else {
+    return A::load_lanes(p, lanes);
+  }
+}
+
+template <class A, int P, bool Full>
 inline void dwconv_nhwc_tile(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,
                              std::int64_t taps, std::int64_t ld, typename A::Vec bias, bool relu, int lanes,
                              float* out, std::int64_t out_step) {
@@ -99,15 +114,86 @@ inline void dwconv_nhwc_tile(const float* in, std::int64_t pix_step, const std::
   for (std::int64_t t = 0; t < taps; ++t) {
     const typename A::Vec wt = A::loadu(w + t * ld);
     const float* src = in + off[t];
-    for (int p = 0; p < P; ++p) acc[p] = A::fma(wt, A::loadu(src + p * pix_step), acc[p]);
+    for (int p = 0; p < P; ++p) acc[p] = A::fma(wt, load_channels<A, Full>(src + p * pix_step, lanes), acc[p]);
   }
   for (int p = 0; p < P; ++p) {
     const typename A::Vec v = relu ? A::relu(acc[p]) : acc[p];
-    if (lanes == A::W)
+    if constexpr (Full)
       A::storeu(out + p * out_step, v);
     else
       A::store_lanes(out + p * out_step, v, 0, lanes);
   }
+}
+
+// NHWC 3x3, dilation 1, stride S (MobileNet's depthwise layers): along a row, the P
+// pixels of a tile read (P-1)*S + 3 input pixels, each loaded once and multiplied into
+// every output pixel whose window holds it, with the 9 weights in registers: per output
+// vector 9 FMAs and ((P-1)*S + 3) * 3 / P loads (3.75 at P = 8, stride 1) instead of the
+// generic tile's 9 + 9/P.
+template <class A, int P, int S, bool Full>
+inline void dwconv_nhwc_3x3_tile(const float* in, std::int64_t e, const std::int64_t* row_off,
+                                 const typename A::Vec* wv, typename A::Vec bias, bool relu, int lanes, float* out,
+                                 std::int64_t out_step) {
+  typename A::Vec acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = bias;
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    const float* src = in + row_off[i];
+#pragma GCC unroll 64
+    for (int q = 0; q < (P - 1) * S + 3; ++q, src += e) {
+      // One pointer per row, bumped: left alone, GCC hoists all ~50 input addresses out
+      // of the caller's channel loop and spills them to the stack (a reload per load).
+      asm("" : "+r"(src));
+      typename A::Vec v = load_channels<A, Full>(src, lanes);
+      A::pin(v);  // in a register: GCC would fold the load into each of its 3 FMAs
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j)
+        if (q - j >= 0 && (q - j) % S == 0 && (q - j) / S < P)
+          acc[(q - j) / S] = A::fma(wv[i * 3 + j], v, acc[(q - j) / S]);
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    const typename A::Vec v = relu ? A::relu(acc[p]) : acc[p];
+    if constexpr (Full)
+      A::storeu(out + p * out_step, v);
+    else
+      A::store_lanes(out + p * out_step, v, 0, lanes);
+  }
+}
+
+template <class A, int S>
+void dwconv_nhwc_3x3(const float* in, std::int64_t e, const std::int64_t* off, const float* w, std::int64_t ld,
+                     const float* bias, bool relu, std::int64_t npix, std::int64_t channels, float* out,
+                     std::int64_t out_step) {
+  const std::int64_t row_off[3] = {off[0], off[3], off[6]};
+  auto tiles = [&](auto pixels, std::int64_t p) {
+    constexpr int P = decltype(pixels)::value;
+    for (std::int64_t c = 0; c < channels; c += A::W) {
+      typename A::Vec wv[9];
+      for (int t = 0; t < 9; ++t) wv[t] = A::loadu(w + t * ld + c);
+      const float* src = in + p * S * e + c;
+      float* dst = out + p * out_step + c;
+      if (channels - c >= A::W)
+        dwconv_nhwc_3x3_tile<A, P, S, true>(src, e, row_off, wv, A::loadu(bias + c), relu, A::W, dst, out_step);
+      else
+        dwconv_nhwc_3x3_tile<A, P, S, false>(src, e, row_off, wv, A::loadu(bias + c), relu,
+                                             static_cast<int>(channels - c), dst, out_step);
+    }
+  };
+  std::int64_t p = 0;
+  for (; p + A::nhwc_3x3_tile <= npix; p += A::nhwc_3x3_tile) tiles(std::integral_constant<int, A::nhwc_3x3_tile>(), p);
+  for (; p + 4 <= npix; p += 4) tiles(std::integral_constant<int, 4>(), p);
+  for (; p < npix; ++p) tiles(std::integral_constant<int, 1>(), p);
+}
+
+// Whether taps `off` are a 3x3 window of dilation 1 whose pixels lie e apart, and pixels
+// step 1 or 2 of them: 0 if not, else the stride.
+inline int nhwc_3x3_stride(const std::int64_t* off, std::int64_t taps, std::int64_t pix_step, std::int64_t& e) {
+  if (taps != 9) return 0;
+  e = off[1] - off[0];
+  for (int t = 0; t < 9; ++t)
+    if (off[t] != off[t / 3 * 3] + (t % 3) * e) return 0;
+  return pix_step == e ? 1 : pix_step == 2 * e ? 2 : 0;
 }
 
 // Pixel tiles outer, channel vectors inner: a tile's input (its pixels' taps, all
@@ -118,12 +204,27 @@ template <class A>
 void dwconv_nhwc(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w, std::int64_t taps,
                  std::int64_t ld, const float* bias, bool relu, std::int64_t npix, std::int64_t channels, float* out,
                  std::int64_t out_step) {
+  std::int64_t e = 0;
+  switch (nhwc_3x3_stride(off, taps, pix_step, e)) {
+    case 1:
+      return dwconv_nhwc_3x3<A, 1>(in, e, off, w, ld, bias, relu, npix, channels, out, out_step);
+    case 2:
+      return dwconv_nhwc_3x3<A, 2>(in, e, off, w, ld, bias, relu, npix, channels, out, out_step);
+    default:
+      break;
+  }
+  const std::int64_t full = channels / A::W * A::W;
+  const int tail = static_cast<int>(channels - full);
   auto tiles = [&](auto pixels, std::int64_t p) {
-    for (std::int64_t c = 0; c < channels; c += A::W)
-      dwconv_nhwc_tile<A, decltype(pixels)::value>(in + p * pix_step + c, pix_step, off, w + c, taps, ld,
-                                                   A::loadu(bias + c),
-                                                   relu, static_cast<int>(channels - c < A::W ? channels - c : A::W),
-                                                   out + p * out_step + c, out_step);
+    constexpr int P = decltype(pixels)::value;
+    const float* src = in + p * pix_step;
+    float* dst = out + p * out_step;
+    for (std::int64_t c = 0; c < full; c += A::W)
+      dwconv_nhwc_tile<A, P, true>(src + c, pix_step, off, w + c, taps, ld, A::loadu(bias + c), relu, A::W,
+                                   dst + c, out_step);
+    if (tail)
+      dwconv_nhwc_tile<A, P, false>(src + full, pix_step, off, w + full, taps, ld, A::loadu(bias + full), relu,
+                                    tail, dst + full, out_step);
   };
   std::int64_t p = 0;
   for (; p + A::nhwc_tile <= npix; p += A::nhwc_tile) tiles(std::integral_constant<int, A::nhwc_tile>(), p);
@@ -131,33 +232,39 @@ void dwconv_nhwc(const float* in, std::int64_t pix_step, const std::int64_t* off
 }
 
 // NHWC grad-weight: for one channel vector, G taps' accumulators over every pixel.
-template <class A, int G>
-void dwconv_nhwc_grad_weight_pass(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t ld,
-                                  const float* gy, std::int64_t npix, float* sums) {
+template <class A, int G, bool Full>
+void dwconv_nhwc_grad_weight_pass(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* gy,
+                                  std::int64_t gy_step, std::int64_t npix, int lanes, float* sums, std::int64_t ld) {
   typename A::Vec acc[G];
   for (int t = 0; t < G; ++t) acc[t] = A::set1(0.0f);
   for (std::int64_t p = 0; p < npix; ++p) {
-    const typename A::Vec g = A::loadu(gy + p * ld);
-    for (int t = 0; t < G; ++t) acc[t] = A::fma(g, A::loadu(in + p * pix_step + off[t]), acc[t]);
+    const typename A::Vec g = load_channels<A, Full>(gy + p * gy_step, lanes);
+    for (int t = 0; t < G; ++t)
+      acc[t] = A::fma(g, load_channels<A, Full>(in + p * pix_step + off[t], lanes), acc[t]);
   }
   const typename A::Vec one = A::set1(1.0f);
   for (int t = 0; t < G; ++t) A::storeu(sums + t * ld, A::fma(acc[t], one, A::loadu(sums + t * ld)));
 }
 
-using DwNhwcGradWeightPass = void (*)(const float*, std::int64_t, const std::int64_t*, std::int64_t, const float*,
-                                      std::int64_t, float*);
+using DwNhwcGradWeightPass = void (*)(const float*, std::int64_t, const std::int64_t*, const float*, std::int64_t,
+                                      std::int64_t, int, float*, std::int64_t);
 
+// The taps in the fewest passes of at most A::gw_taps (as the NCHW grad-weight), per
+// channel vector; the last, partial one reads under a mask.
 template <class A, int... I>
 void dwconv_nhwc_grad_weight_passes(std::integer_sequence<int, I...>, const float* in, std::int64_t pix_step,
                                     const std::int64_t* off, std::int64_t taps, std::int64_t ld, const float* gy,
-                                    std::int64_t npix, float* sums) {
-  static const DwNhwcGradWeightPass pass[] = {&dwconv_nhwc_grad_weight_pass<A, I + 1>...};
+                                    std::int64_t gy_step, std::int64_t npix, std::int64_t channels, float* sums) {
+  static const DwNhwcGradWeightPass full[] = {&dwconv_nhwc_grad_weight_pass<A, I + 1, true>...};
+  static const DwNhwcGradWeightPass part[] = {&dwconv_nhwc_grad_weight_pass<A, I + 1, false>...};
   const std::int64_t passes = (taps + A::gw_taps - 1) / A::gw_taps;
-  for (std::int64_t c = 0; c < ld; c += A::W) {
+  for (std::int64_t c = 0; c < channels; c += A::W) {
+    const int lanes = static_cast<int>(channels - c < A::W ? channels - c : A::W);
+    const DwNhwcGradWeightPass* pass = lanes == A::W ? full : part;
     std::int64_t t = 0;
     for (std::int64_t left = passes; left > 0; --left) {
       const std::int64_t g = (taps - t + left - 1) / left;
-      pass[g - 1](in + c, pix_step, off + t, ld, gy + c, npix, sums + t * ld + c);
+      pass[g - 1](in + c, pix_step, off + t, gy + c, gy_step, npix, lanes, sums + t * ld + c, ld);
       t += g;
     }
   }
@@ -165,9 +272,10 @@ void dwconv_nhwc_grad_weight_passes(std::integer_sequence<int, I...>, const floa
 
 template <class A>
 void dwconv_nhwc_grad_weight(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t taps,
-                             std::int64_t ld, const float* gy, std::int64_t npix, float* sums) {
+                             std::int64_t ld, const float* gy, std::int64_t gy_step, std::int64_t npix,
+                             std::int64_t channels, float* sums) {
   dwconv_nhwc_grad_weight_passes<A>(std::make_integer_sequence<int, A::gw_taps>(), in, pix_step, off, taps, ld, gy,
-                                    npix, sums);
+                                    gy_step, npix, channels, sums);
 }
 
 template <class A>
