@@ -225,9 +225,11 @@ void depthwise_grad_input_nhwc(const ConvGeom& g, const float* gy, const float* 
   std::vector<std::vector<std::int64_t>> off(phases);
   std::vector<std::vector<float>> wp(phases);
   const std::vector<float> zeros(static_cast<std::size_t>(ld), 0.0f);
+  // Taps from the last to the first, so that a phase's offsets ascend (a stride-1 3x3
+  // layer's then take the register-blocked 3x3 kernel).
   for (std::int64_t j = 0; j < m; ++j)
-    for (std::int64_t i = 0; i < g.kh; ++i)
-      for (std::int64_t jj = 0; jj < g.kw; ++jj) {
+    for (std::int64_t i = g.kh - 1; i >= 0; --i)
+      for (std::int64_t jj = g.kw - 1; jj >= 0; --jj) {
         const std::int64_t ph = (i * g.dh % g.sh) * g.sw + jj * g.dw % g.sw;
         off[ph].push_back(j * copy_size + ((U - i * g.dh / g.sh) * Wg + (V - jj * g.dw / g.sw)) * ld);
         std::vector<float>& row = wp[ph];

@@ -270,10 +270,69 @@ void dwconv_nhwc_grad_weight_passes(std::integer_sequence<int, I...>, const floa
   }
 }
 
+// NHWC grad-weight, 3x3, dilation 1, stride S: the transpose of dwconv_nhwc_3x3_tile. P
+// grad_output vectors in registers, each input pixel of a row loaded once and multiplied
+// into the taps whose window puts it over one of them; the 9 sums stay in registers over
+// the tile (loaded and stored once per tile and channel vector).
+template <class A, int P, int S, bool Full>
+inline void dwconv_nhwc_grad_weight_3x3_tile(const float* in, std::int64_t e, const std::int64_t* row_off,
+                                             const float* gy, std::int64_t gy_step, int lanes, float* sums,
+                                             std::int64_t ld) {
+  typename A::Vec g[P], acc[9];
+  for (int p = 0; p < P; ++p) g[p] = load_channels<A, Full>(gy + p * gy_step, lanes);
+  for (int t = 0; t < 9; ++t) acc[t] = A::loadu(sums + t * ld);
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    const float* src = in + row_off[i];
+#pragma GCC unroll 64
+    for (int q = 0; q < (P - 1) * S + 3; ++q, src += e) {
+      asm("" : "+r"(src));  // as in dwconv_nhwc_3x3_tile
+      typename A::Vec v = load_channels<A, Full>(src, lanes);
+      A::pin(v);
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j)
+        if (q - j >= 0 && (q - j) % S == 0 && (q - j) / S < P) acc[i * 3 + j] = A::fma(g[(q - j) / S], v, acc[i * 3 + j]);
+    }
+  }
+  for (int t = 0; t < 9; ++t) A::storeu(sums + t * ld, acc[t]);
+}
+
+template <class A, int S>
+void dwconv_nhwc_grad_weight_3x3(const float* in, std::int64_t e, const std::int64_t* off, std::int64_t ld,
+                                 const float* gy, std::int64_t gy_step, std::int64_t npix, std::int64_t channels,
+                                 float* sums) {
+  const std::int64_t row_off[3] = {off[0], off[3], off[6]};
+  auto tiles = [&](auto pixels, std::int64_t p) {
+    constexpr int P = decltype(pixels)::value;
+    for (std::int64_t c = 0; c < channels; c += A::W) {
+      const float* src = in + p * S * e + c;
+      const float* gp = gy + p * gy_step + c;
+      if (channels - c >= A::W)
+        dwconv_nhwc_grad_weight_3x3_tile<A, P, S, true>(src, e, row_off, gp, gy_step, A::W, sums + c, ld);
+      else
+        dwconv_nhwc_grad_weight_3x3_tile<A, P, S, false>(src, e, row_off, gp, gy_step,
+                                                         static_cast<int>(channels - c), sums + c, ld);
+    }
+  };
+  std::int64_t p = 0;
+  for (; p + A::nhwc_3x3_tile <= npix; p += A::nhwc_3x3_tile) tiles(std::integral_constant<int, A::nhwc_3x3_tile>(), p);
+  for (; p + 4 <= npix; p += 4) tiles(std::integral_constant<int, 4>(), p);
+  for (; p < npix; ++p) tiles(std::integral_constant<int, 1>(), p);
+}
+
 template <class A>
 void dwconv_nhwc_grad_weight(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t taps,
                              std::int64_t ld, const float* gy, std::int64_t gy_step, std::int64_t npix,
                              std::int64_t channels, float* sums) {
+  std::int64_t e = 0;
+  switch (nhwc_3x3_stride(off, taps, pix_step, e)) {
+    case 1:
+      return dwconv_nhwc_grad_weight_3x3<A, 1>(in, e, off, ld, gy, gy_step, npix, channels, sums);
+    case 2:
+      return dwconv_nhwc_grad_weight_3x3<A, 2>(in, e, off, ld, gy, gy_step, npix, channels, sums);
+    default:
+      break;
+  }
   dwconv_nhwc_grad_weight_passes<A>(std::make_integer_sequence<int, A::gw_taps>(), in, pix_step, off, taps, ld, gy,
                                     gy_step, npix, channels, sums);
 }
