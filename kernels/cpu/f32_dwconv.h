@@ -36,6 +36,12 @@ struct DwKernels {
   void (*grad_weight)(const float* planes, const std::int64_t* off, std::int64_t taps, const float* gy,
                       std::int64_t nvec, float* sums);
 
+  // NCHW, stride 2, 3x3, dilation 1, reading one H x W plane x in place (pt, pl: the
+  // padding before it): y[oh*OW + ow] for oh in [oh0, oh1), every ow <
+  //   relu?(bias + sum over taps (i, j) inside the image of w[i*3 + j] * x[2oh-pt+i][2ow-pl+j]).
+  void (*conv_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
+                     float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y);
+
   // NHWC, p < npix, c < channels: out[p*out_step + c] <-
   //   relu?(bias[c] + sum_t w[t*ld + c] * in[p*pix_step + off[t] + c]).
   void (*conv_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,

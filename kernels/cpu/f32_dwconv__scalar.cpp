@@ -30,9 +30,26 @@ struct Scalar {
     return a;
   }
   static void pin(Vec&) {}
-  static Vec load_lanes(const float* p, int n) {
+  static Vec load_range(const float* p, int lo, int hi) {
     Vec r = set1(0.0f);
-    for (int l = 0; l < n; ++l) r.v[l] = p[l];
+    for (int l = lo; l < hi; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static Vec load_lanes(const float* p, int n) { return load_range(p, 0, n); }
+  static Vec evens(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int l = 0; l < W / 2; ++l) r.v[l] = a.v[2 * l], r.v[W / 2 + l] = b.v[2 * l];
+    return r;
+  }
+  static Vec odds(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int l = 0; l < W / 2; ++l) r.v[l] = a.v[2 * l + 1], r.v[W / 2 + l] = b.v[2 * l + 1];
+    return r;
+  }
+  static Vec shift1(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int l = 0; l + 1 < W; ++l) r.v[l] = a.v[l + 1];
+    r.v[W - 1] = b.v[0];
     return r;
   }
   static void storeu(float* p, const Vec& a) { store_lanes(p, a, 0, W); }

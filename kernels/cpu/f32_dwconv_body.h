@@ -10,7 +10,9 @@
 //   set1, loadu, fma(a, b, c) = a*b + c, relu (NaN passes through),
 //   store(out, v, DwStore) (the kept lanes, compressed), sum (horizontal, fixed order),
 //   storeu, store_lanes(dst, v, 0, n) (the first n lanes), load_lanes(p, n) (the first n
-//   lanes, zeros after; reads nothing past p[n - 1]), pin(v) (keeps v in a register: an
+//   lanes, zeros after; reads nothing past p[n - 1]), load_range(p, lo, hi) (lanes
+//   [lo, hi) from p, zeros elsewhere, reading nothing else), evens(a, b) / odds(a, b) (the
+//   even / odd lanes of a then b), shift1(a, b) (a's lanes 1.. then b's lane 0), pin(v) (keeps v in a register: an
 //   empty asm, so the compiler cannot fold its load into every instruction that uses it).
 //
 // Everything sits in an anonymous namespace: this header is compiled once per instruction
@@ -337,9 +339,57 @@ void dwconv_nhwc_grad_weight(const float* in, std::int64_t pix_step, const std::
                                     gy_step, npix, channels, sums);
 }
 
+// NCHW, stride 2, 3x3, dilation 1, read in place (no stride-phase planes: packing them
+// took 63% of this layer's time). Output columns [o, o + W) read, for tap column j, input
+// columns s + j + 2l (s = 2o - pl, lane l): for j = 0 and 1 the even and odd lanes of the
+// 2W columns from s (two loads, one deinterleave each), for j = 2 the even lanes shifted
+// down one with column s + 2W appended. Columns outside the image load as zeros (masked
+// loads, which touch nothing outside the image), rows outside it are skipped: no padding
+// copy and no edge code. Lanes past OW are computed from columns past the window and not
+// stored.
+template <class A>
+inline typename A::Vec load_columns(const float* row, std::int64_t s, std::int64_t n, std::int64_t W) {
+  // Columns [s, s + n) of a row of W, n <= A::W: zeros outside [0, W) and from lane n.
+  const std::int64_t lo = s < 0 ? (-s < n ? -s : n) : 0, hi = W - s < n ? W - s : n;
+  if (hi <= lo) return A::set1(0.0f);
+  if (lo == 0 && hi == A::W) return A::loadu(row + s);
+  return A::load_range(row + s, static_cast<int>(lo), static_cast<int>(hi));
+}
+
+template <class A>
+void dwconv_3x3s2(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
+                  float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y) {
+  using Vec = typename A::Vec;
+  Vec wv[9];
+  for (int t = 0; t < 9; ++t) wv[t] = A::set1(w[t]);
+  for (std::int64_t oh = oh0; oh < oh1; ++oh) {
+    for (std::int64_t o = 0; o < OW; o += A::W) {
+      Vec acc = A::set1(bias);
+      for (int i = 0; i < 3; ++i) {
+        const std::int64_t ih = 2 * oh - pt + i;
+        if (ih < 0 || ih >= H) continue;
+        const float* row = x + ih * W;
+        const std::int64_t s = 2 * o - pl;
+        const Vec a = load_columns<A>(row, s, A::W, W), b = load_columns<A>(row, s + A::W, A::W, W);
+        const Vec even = A::evens(a, b);
+        acc = A::fma(wv[3 * i], even, acc);
+        acc = A::fma(wv[3 * i + 1], A::odds(a, b), acc);
+        acc = A::fma(wv[3 * i + 2], A::shift1(even, load_columns<A>(row, s + 2 * A::W, 1, W)), acc);
+      }
+      if (relu) acc = A::relu(acc);
+      float* dst = y + oh * OW + o;
+      if (OW - o >= A::W)
+        A::storeu(dst, acc);
+      else
+        A::store_lanes(dst, acc, 0, static_cast<int>(OW - o));
+    }
+  }
+}
+
 template <class A>
 constexpr DwKernels dwconv_kernels() {
-  return DwKernels{A::W, &dwconv<A>, &dwconv_grad_weight<A>, &dwconv_nhwc<A>, &dwconv_nhwc_grad_weight<A>};
+  return DwKernels{A::W, &dwconv<A>, &dwconv_grad_weight<A>, &dwconv_3x3s2<A>, &dwconv_nhwc<A>,
+                   &dwconv_nhwc_grad_weight<A>};
 }
 
 }  // namespace
