@@ -41,6 +41,10 @@ struct DwKernels {
   //   relu?(bias + sum over taps (i, j) inside the image of w[i*3 + j] * x[2oh-pt+i][2ow-pl+j]).
   void (*conv_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
                      float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y);
+  // Its grad-weight: sums[i*3 + j] += sum over oh in [oh0, oh1), ow < OW of
+  //   gy[oh*OW + ow] * x[2oh-pt+i][2ow-pl+j] (zero outside the image).
+  void (*grad_weight_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
+                            const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums);
 
   // NHWC, p < npix, c < channels: out[p*out_step + c] <-
   //   relu?(bias[c] + sum_t w[t*ld + c] * in[p*pix_step + off[t] + c]).

@@ -356,6 +356,29 @@ inline typename A::Vec load_columns(const float* row, std::int64_t s, std::int64
   return A::load_range(row + s, static_cast<int>(lo), static_cast<int>(hi));
 }
 
+// Columns s + j + 2l (lane l) of a row of W, j = 0, 1, 2, into col[j].
+template <class A>
+inline void stride2_columns(const float* row, std::int64_t s, std::int64_t W, typename A::Vec* col) {
+  const typename A::Vec a = load_columns<A>(row, s, A::W, W), b = load_columns<A>(row, s + A::W, A::W, W);
+  col[0] = A::evens(a, b);
+  col[1] = A::odds(a, b);
+  col[2] = A::shift1(col[0], load_columns<A>(row, s + 2 * A::W, 1, W));
+}
+
+// fn(i, col) for each window row i inside the image (input row h0 + i, columns from s0);
+// unrolled, so that i is a constant and the caller's weights or sums stay in registers.
+template <class A, typename Fn>
+inline void stride2_window(const float* x, std::int64_t H, std::int64_t W, std::int64_t h0, std::int64_t s0,
+                           const Fn& fn) {
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    if (h0 + i < 0 || h0 + i >= H) continue;
+    typename A::Vec col[3];
+    stride2_columns<A>(x + (h0 + i) * W, s0, W, col);
+    fn(i, col);
+  }
+}
+
 template <class A>
 void dwconv_3x3s2(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
                   float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y) {
@@ -365,17 +388,9 @@ void dwconv_3x3s2(const float* x, std::int64_t H, std::int64_t W, std::int64_t p
   for (std::int64_t oh = oh0; oh < oh1; ++oh) {
     for (std::int64_t o = 0; o < OW; o += A::W) {
       Vec acc = A::set1(bias);
-      for (int i = 0; i < 3; ++i) {
-        const std::int64_t ih = 2 * oh - pt + i;
-        if (ih < 0 || ih >= H) continue;
-        const float* row = x + ih * W;
-        const std::int64_t s = 2 * o - pl;
-        const Vec a = load_columns<A>(row, s, A::W, W), b = load_columns<A>(row, s + A::W, A::W, W);
-        const Vec even = A::evens(a, b);
-        acc = A::fma(wv[3 * i], even, acc);
-        acc = A::fma(wv[3 * i + 1], A::odds(a, b), acc);
-        acc = A::fma(wv[3 * i + 2], A::shift1(even, load_columns<A>(row, s + 2 * A::W, 1, W)), acc);
-      }
+      stride2_window<A>(x, H, W, 2 * oh - pt, 2 * o - pl, [&](int i, const Vec* col) {
+        for (int j = 0; j < 3; ++j) acc = A::fma(wv[3 * i + j], col[j], acc);
+      });
       if (relu) acc = A::relu(acc);
       float* dst = y + oh * OW + o;
       if (OW - o >= A::W)
@@ -386,10 +401,29 @@ void dwconv_3x3s2(const float* x, std::int64_t H, std::int64_t W, std::int64_t p
   }
 }
 
+// Its grad-weight: the same reads, each multiplied by grad_output's vector (zeros past
+// OW) into the tap's sum.
+template <class A>
+void dwconv_3x3s2_grad_weight(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
+                              const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums) {
+  using Vec = typename A::Vec;
+  Vec acc[9];
+  for (int t = 0; t < 9; ++t) acc[t] = A::set1(0.0f);
+  for (std::int64_t oh = oh0; oh < oh1; ++oh) {
+    for (std::int64_t o = 0; o < OW; o += A::W) {
+      const Vec g = load_columns<A>(gy + oh * OW, o, A::W, OW);
+      stride2_window<A>(x, H, W, 2 * oh - pt, 2 * o - pl, [&](int i, const Vec* col) {
+        for (int j = 0; j < 3; ++j) acc[3 * i + j] = A::fma(g, col[j], acc[3 * i + j]);
+      });
+    }
+  }
+  for (int t = 0; t < 9; ++t) sums[t] += A::sum(acc[t]);
+}
+
 template <class A>
 constexpr DwKernels dwconv_kernels() {
-  return DwKernels{A::W, &dwconv<A>, &dwconv_grad_weight<A>, &dwconv_3x3s2<A>, &dwconv_nhwc<A>,
-                   &dwconv_nhwc_grad_weight<A>};
+  return DwKernels{A::W,           &dwconv<A>,          &dwconv_grad_weight<A>, &dwconv_3x3s2<A>,
+                   &dwconv_3x3s2_grad_weight<A>, &dwconv_nhwc<A>, &dwconv_nhwc_grad_weight<A>};
 }
 
 }  // namespace
