@@ -183,7 +183,9 @@ void dwconv_nhwc_3x3(const float* in, std::int64_t e, const std::int64_t* off, c
     }
   };
   std::int64_t p = 0;
-  for (; p + A::nhwc_3x3_tile <= npix; p += A::nhwc_3x3_tile) tiles(std::integral_constant<int, A::nhwc_3x3_tile>(), p);
+  // Stride 2 reads twice the pixels per tile: half the tile keeps a tile's input rows in L1.
+  constexpr int T = S == 1 ? A::nhwc_3x3_tile : A::nhwc_3x3_tile / 2;
+  for (; p + T <= npix; p += T) tiles(std::integral_constant<int, T>(), p);
   for (; p + 4 <= npix; p += 4) tiles(std::integral_constant<int, 4>(), p);
   for (; p < npix; ++p) tiles(std::integral_constant<int, 1>(), p);
 }
@@ -317,7 +319,9 @@ void dwconv_nhwc_grad_weight_3x3(const float* in, std::int64_t e, const std::int
     }
   };
   std::int64_t p = 0;
-  for (; p + A::nhwc_3x3_tile <= npix; p += A::nhwc_3x3_tile) tiles(std::integral_constant<int, A::nhwc_3x3_tile>(), p);
+  // Stride 2 reads twice the pixels per tile: half the tile keeps a tile's input rows in L1.
+  constexpr int T = S == 1 ? A::nhwc_3x3_tile : A::nhwc_3x3_tile / 2;
+  for (; p + T <= npix; p += T) tiles(std::integral_constant<int, T>(), p);
   for (; p + 4 <= npix; p += 4) tiles(std::integral_constant<int, 4>(), p);
   for (; p < npix; ++p) tiles(std::integral_constant<int, 1>(), p);
 }
