@@ -194,8 +194,13 @@ void depthwise_grad_weight_nhwc(const ConvGeom& g, const float* gy, const float*
     const std::int64_t n = unit / bl.count, b = unit % bl.count, rows = bl.rows_of(b, g.OH);
     float* sums = partial.data() + unit * taps * in.ld;
     for_each_piece(g, in, x, n, b, scratch(in.rows_in(rows, g) * in.Wp * in.ld), [&](const NhwcPiece& pc) {
-      kern.grad_weight_nhwc(pc.in, pc.pix_step, pc.off, taps, in.ld, gy + ((n * g.OH + pc.oh) * g.OW + pc.o0) * g.K,
-                            g.K, pc.o1 - pc.o0, g.K, sums);
+      const float* gy_row = gy + ((n * g.OH + pc.oh) * g.OW + pc.o0) * g.K;
+      // The kernel reads grad_output a channel vector at a time, one cache line per pixel
+      // (a stride the hardware prefetcher follows poorly): ask for the whole row first.
+      const char* bytes = reinterpret_cast<const char*>(gy_row);
+      for (std::int64_t at = 0; at < (pc.o1 - pc.o0) * g.K * std::int64_t(sizeof(float)); at += 64)
+        __builtin_prefetch(bytes + at);
+      kern.grad_weight_nhwc(pc.in, pc.pix_step, pc.off, taps, in.ld, gy_row, g.K, pc.o1 - pc.o0, g.K, sums);
     });
   });
   for (std::int64_t k = 0; k < g.K; ++k)
