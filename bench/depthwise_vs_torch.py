@@ -7,7 +7,20 @@ interleaved blocks (convkit x reps, torch x reps, ...; the first call of each bl
 that library's threads and is dropped), and prints the median over the blocks:
 
     python bench/depthwise_vs_torch.py [--suite suite.json] [--threads 2] [--blocks 9] [--reps 10]
-                                       [--layouts NCHW,NHWC]
+                                       [--layouts NCHW,NHWC] [--clock wall|cpu]
+
+--clock cpu times the calling thread's CPU time (time.thread_time), which other users'
+jobs on a shared machine do not inflate; it needs --threads 1 (both libraries then run on
+the calling thread).
+
+Both libraries allocate their outputs on every call. In a process that holds little else,
+glibc returns the top of its heap to the system at each free (M_TRIM_THRESHOLD, 128 KiB by
+default, and large blocks are mmap'ed afresh), so every call page-faults its outputs in
+again: torch's NCHW depthwise forward on the 56x56x144 layer took ~1300 minor faults and
+~2 ms of system time a call (2.9 GFLOP/s against 40-60 once a single output array was kept
+alive). A network in steady state reuses freed memory, so this script raises both glibc
+thresholds before timing (steady_heap) and measures the kernels, not the kernel's memory
+faults.
 
 GB/s counts the bytes each pass must move at least: forward reads x and w and writes y;
 backward reads grad_output, x and w and writes grad_input and grad_weight.
@@ -15,6 +28,7 @@ backward reads grad_output, x and w and writes grad_input and grad_weight.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import statistics
 import time
@@ -34,6 +48,17 @@ def default_suite() -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def steady_heap() -> bool:
+    """Keeps freed memory in the process (glibc mallopt; True when it applied): blocks up to
+    256 MiB come from the heap, and the heap top is returned to the system only past 1 GiB."""
+    try:
+        libc = ctypes.CDLL(None)
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 256 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def depthwise_layers(suite: Path) -> list:
@@ -68,17 +93,17 @@ def contenders(L: dict, layout: str):
     return ours, theirs, flops, nbytes
 
 
-def interleaved(fns: list, blocks: int, reps: int) -> list:
+def interleaved(fns: list, blocks: int, reps: int, now=time.perf_counter) -> list:
     """Median seconds per call of each fn over `blocks` interleaved blocks of `reps` calls."""
     times = [[] for _ in fns]
     with torch.no_grad():
         for _ in range(blocks):
             for i, fn in enumerate(fns):
                 fn()  # wakes this library's threads; not counted
-                t0 = time.perf_counter()
+                t0 = now()
                 for _ in range(reps):
                     fn()
-                times[i].append((time.perf_counter() - t0) / reps)
+                times[i].append((now() - t0) / reps)
     return [statistics.median(t) for t in times]
 
 
@@ -89,13 +114,20 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=9)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--layouts", default="NCHW,NHWC", help="comma-separated; torch runs NHWC as channels_last")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: the calling thread's CPU time, immune to other users' jobs (needs --threads 1)")
     args = ap.parse_args()
     if args.suite is None:
         ap.error("no suite.json found; pass --suite")
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu measures one thread: use it with --threads 1")
+    now = time.thread_time if args.clock == "cpu" else time.perf_counter
+    heap = "steady heap" if steady_heap() else "heap as glibc leaves it (mallopt unavailable)"
     torch.set_num_threads(args.threads)
     convkit.set_num_threads(args.threads)
     print(f"convkit {convkit.__version__} ({convkit.get_isa()}), torch {torch.__version__}, "
-          f"{args.threads} threads, median of {args.blocks} interleaved blocks of {args.reps} calls")
+          f"{args.threads} threads, clock {args.clock}, {heap}, median of {args.blocks} interleaved blocks of "
+          f"{args.reps} calls")
     head = "| layer | layout | pass | convkit GFLOP/s | convkit GB/s | torch GFLOP/s | torch GB/s | ratio |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -104,7 +136,7 @@ def main() -> None:
             ours, theirs, flops, nbytes = contenders(L, layout)
             for pass_, factor, fo, ft, nb in (("fwd", 1, ours[0], theirs[0], nbytes[0]),
                                               ("bwd", 2, ours[1], theirs[1], nbytes[1])):
-                t_ours, t_theirs = interleaved([fo, ft], args.blocks, args.reps)
+                t_ours, t_theirs = interleaved([fo, ft], args.blocks, args.reps, now)
                 print(f"| {L['name']} | {layout} | {pass_} | {factor * flops / t_ours / 1e9:.1f} | "
                       f"{nb / t_ours / 1e9:.1f} | {factor * flops / t_theirs / 1e9:.1f} | {nb / t_theirs / 1e9:.1f} | "
                       f"{t_theirs / t_ours:.2f}x |", flush=True)

@@ -66,28 +66,95 @@ void pack_rows(const float* img, std::int64_t H, std::int64_t W, std::int64_t sr
 
 std::int64_t lane_count(std::int64_t channels, int width) { return ceil_div(channels, width) * width; }
 
-// Forward and grad-weight read the input the same way: blocks of output rows, each
-// packed as (rows - 1) * sh + eh padded input rows of the image, expanded to K lanes.
+// The output pixels of one dimension whose every tap reads inside the image: o in
+// [lo, hi) with o*s - pad >= 0 and o*s - pad + (k-1)*d <= size - 1.
+PhaseRange inside(std::int64_t size, std::int64_t pad, std::int64_t s, std::int64_t k, std::int64_t d,
+                  std::int64_t out) {
+  const std::int64_t lo = std::min(ceil_div(pad, s), out), last = size - 1 - (k - 1) * d + pad;
+  return {lo, last < 0 ? lo : std::clamp(last / s + 1, lo, out)};
+}
+
+// Forward and grad-weight read the input the same way. Output pixels whose taps all lie
+// inside the image read x in place (no copy: depthwise convolution does ~2 FLOPs per
+// byte, so a copy of the input costs as much as the convolution). The others, the edge
+// rows and the edge columns of the other rows, read a zero-padded copy of the few input
+// pixels they need (a segment: rows of `width` padded pixels from padded column s0, ld
+// lanes each). A multiplier-m layer (m > 1) always copies: lane c of its output reads
+// input channel c / m. So does a strided layer: it reads each input pixel about once, so
+// the copy is cheap against the reads it makes regular (a 64-byte aligned, contiguous
+// block in L2): in place, MobileNet's stride-2 layer ran grad-weight 15 against 24
+// GFLOP/s copied, forward no faster.
+struct NhwcSegment {
+  std::int64_t o0, o1, s0, width;  // output columns [o0, o1), read from padded columns [s0, s0 + width)
+  std::vector<std::int64_t> off;   // tap (i, j) at ((i*dh) * width + j*dw) * ld
+};
+
+// One call of a kernel: output pixels (oh, [o0, o1)) of an image read from `in`, pixel
+// o0's tap t at in + off[t], the next pixel pix_step further.
+struct NhwcPiece {
+  const float* in;
+  std::int64_t pix_step;
+  const std::int64_t* off;
+  std::int64_t oh, o0, o1;
+};
+
 struct NhwcInput {
   std::int64_t Wp, ld;
   Blocks blocks;
-  std::vector<std::int64_t> off;  // tap (i, j) at ((i*dh) * Wp + j*dw) * ld
+  PhaseRange rows_inside, cols_inside;  // in place; empty when every pixel reads a copy
+  std::vector<std::int64_t> off_inside;  // tap (i, j) at (i*dh * W + j*dw) * C in x
+  NhwcSegment full, left, right;         // edge rows; the edge columns of the other rows
+
   std::int64_t rows_in(std::int64_t rows, const ConvGeom& g) const { return (rows - 1) * g.sh + g.dh * (g.kh - 1) + 1; }
 };
 
-NhwcInput plan_input(const ConvGeom& g, int lanes) {
-  NhwcInput in{g.W + g.pl + g.pr, lane_count(g.K, lanes), {}, {}};
-  in.blocks = row_blocks(g.OH, g.N, g.sh * in.Wp * in.ld * static_cast<std::int64_t>(sizeof(float)), kRowBlockBytes);
+NhwcSegment segment(const ConvGeom& g, std::int64_t o0, std::int64_t o1, std::int64_t ld) {
+  const std::int64_t s0 = o0 * g.sw, width = o1 > o0 ? (o1 - 1) * g.sw + g.dw * (g.kw - 1) + 1 - s0 : 0;
+  NhwcSegment seg{o0, o1, s0, width, {}};
   for (std::int64_t i = 0; i < g.kh; ++i)
-    for (std::int64_t j = 0; j < g.kw; ++j) in.off.push_back((i * g.dh * in.Wp + j * g.dw) * in.ld);
+    for (std::int64_t j = 0; j < g.kw; ++j) seg.off.push_back((i * g.dh * width + j * g.dw) * ld);
+  return seg;
+}
+
+NhwcInput plan_input(const ConvGeom& g, int lanes) {
+  NhwcInput in{g.W + g.pl + g.pr, lane_count(g.K, lanes), {}, {}, {}, {}, {}, {}, {}};
+  in.blocks = row_blocks(g.OH, g.N, g.sh * in.Wp * in.ld * static_cast<std::int64_t>(sizeof(float)), kRowBlockBytes);
+  in.rows_inside = inside(g.H, g.pt, g.sh, g.kh, g.dh, g.OH);
+  in.cols_inside = inside(g.W, g.pl, g.sw, g.kw, g.dw, g.OW);
+  if (g.K != g.C || g.sh != 1 || in.cols_inside.lo == in.cols_inside.hi) in.rows_inside = {0, 0};
+  for (std::int64_t i = 0; i < g.kh; ++i)
+    for (std::int64_t j = 0; j < g.kw; ++j) in.off_inside.push_back((i * g.dh * g.W + j * g.dw) * g.C);
+  in.full = segment(g, 0, g.OW, in.ld);
+  in.left = segment(g, 0, in.cols_inside.lo, in.ld);
+  in.right = segment(g, in.cols_inside.hi, g.OW, in.ld);
   return in;
 }
 
-// Packs unit (n, b)'s input rows into ws.
-void pack_input(const ConvGeom& g, const NhwcInput& in, const float* x, std::int64_t n, std::int64_t b, float* ws) {
-  const std::int64_t rows = in.blocks.rows_of(b, g.OH), m = g.K / g.C;
-  pack_rows(x + n * g.H * g.W * g.C, g.H, g.W, g.C, {g.K, m, 1, 0}, b * in.blocks.rows * g.sh, in.rows_in(rows, g),
-            g.pt, g.pl, in.Wp, in.ld, ws);
+// Calls fn(piece) for every piece of unit (n, b)'s output rows, copying into ws (room
+// for the block's padded rows, in.rows_in(rows) * Wp * ld) what cannot be read in place.
+// A piece's input is valid only during its fn call.
+template <typename Fn>
+void for_each_piece(const ConvGeom& g, const NhwcInput& in, const float* x, std::int64_t n, std::int64_t b,
+                    float* ws, const Fn& fn) {
+  const std::int64_t r0 = b * in.blocks.rows, r1 = r0 + in.blocks.rows_of(b, g.OH), m = g.K / g.C;
+  const float* img = x + n * g.H * g.W * g.C;
+  // Output rows [o0, o1) of segment seg: their padded input rows, then the kernel calls.
+  auto copied = [&](const NhwcSegment& seg, std::int64_t o0, std::int64_t o1) {
+    if (o0 >= o1 || seg.o0 >= seg.o1) return;
+    pack_rows(img, g.H, g.W, g.C, {g.K, m, 1, 0}, o0 * g.sh, in.rows_in(o1 - o0, g), g.pt, g.pl - seg.s0,
+              seg.width, in.ld, ws);
+    for (std::int64_t oh = o0; oh < o1; ++oh)
+      fn(NhwcPiece{ws + (oh - o0) * g.sh * seg.width * in.ld, g.sw * in.ld, seg.off.data(), oh, seg.o0, seg.o1});
+  };
+  const PhaseRange rows = in.rows_inside, cols = in.cols_inside;
+  copied(in.full, r0, std::min(r1, rows.lo));
+  for (std::int64_t oh = std::max(r0, rows.lo); oh < std::min(r1, rows.hi); ++oh) {
+    copied(in.left, oh, oh + 1);
+    fn(NhwcPiece{img + ((oh * g.sh - g.pt) * g.W + cols.lo * g.sw - g.pl) * g.C, g.sw * g.C, in.off_inside.data(),
+                 oh, cols.lo, cols.hi});
+    copied(in.right, oh, oh + 1);
+  }
+  copied(in.full, std::max(r0, rows.hi), r1);
 }
 
 }  // namespace
@@ -107,16 +174,15 @@ void depthwise_forward_nhwc(const ConvGeom& g, const float* x, const float* w, c
   const Blocks& bl = in.blocks;
   parallel_units(g.N * bl.count, bl.rows * g.OW * g.K * taps, [&](std::int64_t unit) {
     const std::int64_t n = unit / bl.count, b = unit % bl.count, rows = bl.rows_of(b, g.OH);
-    float* ws = scratch(in.rows_in(rows, g) * in.Wp * in.ld);
-    pack_input(g, in, x, n, b, ws);
-    for (std::int64_t r = 0; r < rows; ++r)
-      kern.conv_nhwc(ws + r * g.sh * in.Wp * in.ld, g.sw * in.ld, in.off.data(), wp.data(), taps, in.ld, bp, relu,
-                     g.OW, g.K, y + ((n * g.OH + b * bl.rows + r) * g.OW) * g.K, g.K);
+    for_each_piece(g, in, x, n, b, scratch(in.rows_in(rows, g) * in.Wp * in.ld), [&](const NhwcPiece& pc) {
+      kern.conv_nhwc(pc.in, pc.pix_step, pc.off, wp.data(), taps, in.ld, bp, relu, pc.o1 - pc.o0, g.K,
+                     y + ((n * g.OH + pc.oh) * g.OW + pc.o0) * g.K, g.K);
+    });
   });
 }
 
 // Grad-weight: one partial sum per (unit, tap, lane), the units then added in order:
-// deterministic for any thread count, no atomics.
+// deterministic for any thread count, no atomics. grad_output is read in place.
 void depthwise_grad_weight_nhwc(const ConvGeom& g, const float* gy, const float* x, float* gw) {
   const DwKernels& kern = f32_dwconv_kernels(active_isa());
   const std::int64_t taps = g.kh * g.kw;
@@ -126,16 +192,16 @@ void depthwise_grad_weight_nhwc(const ConvGeom& g, const float* gy, const float*
   std::vector<float> partial(static_cast<std::size_t>(units * taps * in.ld), 0.0f);
   parallel_units(units, bl.rows * g.OW * g.K * taps, [&](std::int64_t unit) {
     const std::int64_t n = unit / bl.count, b = unit % bl.count, rows = bl.rows_of(b, g.OH);
-    const std::int64_t in_size = in.rows_in(rows, g) * in.Wp * in.ld;
-    float* ws = scratch(in_size + rows * g.OW * in.ld);
-    float* gy_rows = ws + in_size;
-    pack_input(g, in, x, n, b, ws);
-    pack_rows(gy + n * g.OH * g.OW * g.K, g.OH, g.OW, g.K, {g.K, 1, 1, 0}, b * bl.rows, rows, 0, 0, g.OW, in.ld,
-              gy_rows);
     float* sums = partial.data() + unit * taps * in.ld;
-    for (std::int64_t r = 0; r < rows; ++r)
-      kern.grad_weight_nhwc(ws + r * g.sh * in.Wp * in.ld, g.sw * in.ld, in.off.data(), taps, in.ld,
-                            gy_rows + r * g.OW * in.ld, g.OW, sums);
+    for_each_piece(g, in, x, n, b, scratch(in.rows_in(rows, g) * in.Wp * in.ld), [&](const NhwcPiece& pc) {
+      const float* gy_row = gy + ((n * g.OH + pc.oh) * g.OW + pc.o0) * g.K;
+      // The kernel reads grad_output a channel vector at a time, one cache line per pixel
+      // (a stride the hardware prefetcher follows poorly): ask for the whole row first.
+      const char* bytes = reinterpret_cast<const char*>(gy_row);
+      for (std::int64_t at = 0; at < (pc.o1 - pc.o0) * g.K * std::int64_t(sizeof(float)); at += 64)
+        __builtin_prefetch(bytes + at);
+      kern.grad_weight_nhwc(pc.in, pc.pix_step, pc.off, taps, in.ld, gy_row, g.K, pc.o1 - pc.o0, g.K, sums);
+    });
   });
   for (std::int64_t k = 0; k < g.K; ++k)
     for (std::int64_t t = 0; t < taps; ++t) {
@@ -167,9 +233,11 @@ void depthwise_grad_input_nhwc(const ConvGeom& g, const float* gy, const float* 
   std::vector<std::vector<std::int64_t>> off(phases);
   std::vector<std::vector<float>> wp(phases);
   const std::vector<float> zeros(static_cast<std::size_t>(ld), 0.0f);
+  // Taps from the last to the first, so that a phase's offsets ascend (a stride-1 3x3
+  // layer's then take the register-blocked 3x3 kernel).
   for (std::int64_t j = 0; j < m; ++j)
-    for (std::int64_t i = 0; i < g.kh; ++i)
-      for (std::int64_t jj = 0; jj < g.kw; ++jj) {
+    for (std::int64_t i = g.kh - 1; i >= 0; --i)
+      for (std::int64_t jj = g.kw - 1; jj >= 0; --jj) {
         const std::int64_t ph = (i * g.dh % g.sh) * g.sw + jj * g.dw % g.sw;
         off[ph].push_back(j * copy_size + ((U - i * g.dh / g.sh) * Wg + (V - jj * g.dw / g.sw)) * ld);
         std::vector<float>& row = wp[ph];

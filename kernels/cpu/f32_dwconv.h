@@ -6,9 +6,10 @@
 // NCHW: vectors run over pixels of flattened planes (src/conv_planes.h). Output vector v
 // covers flat pixels [v*lanes, (v+1)*lanes) and tap t reads the `lanes` consecutive values
 // at planes + off[t] + v*lanes.
-// NHWC: vectors run over channels of packed rows whose pixels hold `ld` channel lanes (a
-// multiple of `lanes`, zeros past the real channels). Output pixel p, channel vector at
-// lane c, tap t reads in[p*pix_step + off[t] + c]; weights are w[t*ld + c].
+// NHWC: vectors run over channels, of the caller's array or of packed rows. Output pixel
+// p, channel vector at lane c, tap t reads in[p*pix_step + off[t] + c], never past lane
+// `channels` of a pixel; weights are w[t*ld + c] (ld a multiple of `lanes`, zeros past
+// the real channels).
 #pragma once
 #include <cstdint>
 
@@ -35,14 +36,26 @@ struct DwKernels {
   void (*grad_weight)(const float* planes, const std::int64_t* off, std::int64_t taps, const float* gy,
                       std::int64_t nvec, float* sums);
 
+  // NCHW, stride 2, 3x3, dilation 1, reading one H x W plane x in place (pt, pl: the
+  // padding before it): y[oh*OW + ow] for oh in [oh0, oh1), every ow <
+  //   relu?(bias + sum over taps (i, j) inside the image of w[i*3 + j] * x[2oh-pt+i][2ow-pl+j]).
+  void (*conv_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
+                     float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y);
+  // Its grad-weight: sums[i*3 + j] += sum over oh in [oh0, oh1), ow < OW of
+  //   gy[oh*OW + ow] * x[2oh-pt+i][2ow-pl+j] (zero outside the image).
+  void (*grad_weight_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
+                            const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums);
+
   // NHWC, p < npix, c < channels: out[p*out_step + c] <-
   //   relu?(bias[c] + sum_t w[t*ld + c] * in[p*pix_step + off[t] + c]).
   void (*conv_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,
                     std::int64_t taps, std::int64_t ld, const float* bias, bool relu, std::int64_t npix,
                     std::int64_t channels, float* out, std::int64_t out_step);
-  // NHWC, c < ld: sums[t*ld + c] += sum over p < npix of gy[p*ld + c] * in[p*pix_step + off[t] + c].
+  // NHWC, c < channels: sums[t*ld + c] +=
+  //   sum over p < npix of gy[p*gy_step + c] * in[p*pix_step + off[t] + c].
   void (*grad_weight_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t taps,
-                           std::int64_t ld, const float* gy, std::int64_t npix, float* sums);
+                           std::int64_t ld, const float* gy, std::int64_t gy_step, std::int64_t npix,
+                           std::int64_t channels, float* sums);
 };
 
 // The kernels for an instruction set (the best one compiled in at or below `isa`).

@@ -19,7 +19,7 @@ struct CompressIndices {
 constexpr CompressIndices kCompress{};
 
 struct Avx2 : VecAvx2F32 {
-  static constexpr int tile = 8, nhwc_tile = 8, gw_taps = 12;
+  static constexpr int tile = 8, nhwc_tile = 8, nhwc_3x3_tile = 4, gw_taps = 12;
 
   // Full vectors (most of them) are plain stores; a vector holding a row end is packed by
   // a permutation and written by a masked store, which never touches masked-off memory.
@@ -32,6 +32,25 @@ struct Avx2 : VecAvx2F32 {
     const __m256i first = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(s.count)),
                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     _mm256_maskstore_ps(out + s.dst, first, _mm256_permutevar8x32_ps(a, idx));
+  }
+  static void pin(Vec& v) { asm("" : "+v"(v)); }
+  static Vec load_range(const float* p, int lo, int hi) {  // masked-off lanes are not read (no fault)
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane),
+                                                     _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane)));
+  }
+  static Vec load_lanes(const float* p, int n) { return load_range(p, 0, n); }
+  // shuffle_ps picks lanes 0, 2 (or 1, 3) of each 128-bit half of a, then of b; the
+  // 64-bit permute puts a's pairs before b's.
+  static Vec evens(Vec a, Vec b) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+  }
+  static Vec odds(Vec a, Vec b) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+  }
+  static Vec shift1(Vec a, Vec b) {
+    const __m256i rot = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0);
+    return _mm256_blend_ps(_mm256_permutevar8x32_ps(a, rot), _mm256_permutevar8x32_ps(b, rot), 0x80);
   }
   static float sum(Vec a) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

@@ -10,7 +10,7 @@ namespace convkit {
 namespace {
 
 struct Avx512 : VecAvx512F32 {
-  static constexpr int tile = 4, nhwc_tile = 8, gw_taps = 16;
+  static constexpr int tile = 4, nhwc_tile = 8, nhwc_3x3_tile = 16, gw_taps = 16;
 
   // Compress in a register, then one masked store: a row end inside the vector costs no
   // branch (compress straight to memory is microcoded and slow on AMD).
@@ -18,7 +18,23 @@ struct Avx512 : VecAvx512F32 {
     _mm512_mask_storeu_ps(out + s.dst, static_cast<__mmask16>((1u << s.count) - 1),
                           _mm512_maskz_compress_ps(static_cast<__mmask16>(s.keep), a));
   }
+  static void pin(Vec& v) { asm("" : "+v"(v)); }
   static float sum(Vec a) { return _mm512_reduce_add_ps(a); }
+  static Vec load_range(const float* p, int lo, int hi) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1)), p);
+  }
+  static Vec evens(Vec a, Vec b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+  }
+  static Vec odds(Vec a, Vec b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+  }
+  static Vec shift1(Vec a, Vec b) {
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(b), _mm512_castps_si512(a), 1));
+  }
+  static Vec load_lanes(const float* p, int n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
 };
 
 }  // namespace

@@ -6,7 +6,7 @@ namespace convkit {
 namespace {
 
 struct Scalar {
-  static constexpr int W = 8, tile = 4, nhwc_tile = 4, gw_taps = 8;
+  static constexpr int W = 8, tile = 4, nhwc_tile = 4, nhwc_3x3_tile = 4, gw_taps = 8;
   struct Vec {
     float v[W];
   };
@@ -28,6 +28,29 @@ struct Scalar {
   static Vec relu(Vec a) {  // NaN passes through: NaN < 0 is false
     for (int l = 0; l < W; ++l) a.v[l] = a.v[l] < 0.0f ? 0.0f : a.v[l];
     return a;
+  }
+  static void pin(Vec&) {}
+  static Vec load_range(const float* p, int lo, int hi) {
+    Vec r = set1(0.0f);
+    for (int l = lo; l < hi; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static Vec load_lanes(const float* p, int n) { return load_range(p, 0, n); }
+  static Vec evens(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int l = 0; l < W / 2; ++l) r.v[l] = a.v[2 * l], r.v[W / 2 + l] = b.v[2 * l];
+    return r;
+  }
+  static Vec odds(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int l = 0; l < W / 2; ++l) r.v[l] = a.v[2 * l + 1], r.v[W / 2 + l] = b.v[2 * l + 1];
+    return r;
+  }
+  static Vec shift1(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int l = 0; l + 1 < W; ++l) r.v[l] = a.v[l + 1];
+    r.v[W - 1] = b.v[0];
+    return r;
   }
   static void storeu(float* p, const Vec& a) { store_lanes(p, a, 0, W); }
   static void store_lanes(float* dst, const Vec& a, int first, int n) {

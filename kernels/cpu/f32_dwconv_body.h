@@ -5,10 +5,15 @@
 //   A::Vec, A::W      a vector of W floats
 //   A::tile           output vectors per register tile of the NCHW forward kernel
 //   A::nhwc_tile      output pixels per register tile of the NHWC forward kernel
+//   A::nhwc_3x3_tile  the same for its 3x3 kernel (which also holds 9 weight vectors)
 //   A::gw_taps        taps per pass of the grad-weight kernels (one accumulator each)
 //   set1, loadu, fma(a, b, c) = a*b + c, relu (NaN passes through),
 //   store(out, v, DwStore) (the kept lanes, compressed), sum (horizontal, fixed order),
-//   storeu, store_lanes(dst, v, 0, n) (the first n lanes).
+//   storeu, store_lanes(dst, v, 0, n) (the first n lanes), load_lanes(p, n) (the first n
+//   lanes, zeros after; reads nothing past p[n - 1]), load_range(p, lo, hi) (lanes
+//   [lo, hi) from p, zeros elsewhere, reading nothing else), evens(a, b) / odds(a, b) (the
+//   even / odd lanes of a then b), shift1(a, b) (a's lanes 1.. then b's lane 0), pin(v) (keeps v in a register: an
+//   empty asm, so the compiler cannot fold its load into every instruction that uses it).
 //
 // Everything sits in an anonymous namespace: this header is compiled once per instruction
 // set, and no copy may leak into another file's code (or the linker could pick an AVX-512
@@ -89,8 +94,20 @@ void dwconv_grad_weight(const float* planes, const std::int64_t* off, std::int64
 }
 
 // NHWC forward / grad-input: P output pixels of one channel vector stay in registers over
-// all taps; each tap costs one weight load and, per pixel, one aligned load and one FMA.
-template <class A, int P>
+// all taps; each tap costs one weight load and, per pixel, one load and one FMA. The input
+// may be the caller's array itself (its pixels `channels` apart): a last, partial channel
+// vector is then read under a mask (Full = false), never past the pixel's channels.
+template <class A, bool Full>
+inline typename A::Vec load_channels(const float* p, int lanes) {
+  if constexpr (Full) {
+    (void)lanes;
+    return A::loadu(p);
+  } else {
+    return A::load_lanes(p, lanes);
+  }
+}
+
+template <class A, int P, bool Full>
 inline void dwconv_nhwc_tile(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,
                              std::int64_t taps, std::int64_t ld, typename A::Vec bias, bool relu, int lanes,
                              float* out, std::int64_t out_step) {
@@ -99,15 +116,88 @@ inline void dwconv_nhwc_tile(const float* in, std::int64_t pix_step, const std::
   for (std::int64_t t = 0; t < taps; ++t) {
     const typename A::Vec wt = A::loadu(w + t * ld);
     const float* src = in + off[t];
-    for (int p = 0; p < P; ++p) acc[p] = A::fma(wt, A::loadu(src + p * pix_step), acc[p]);
+    for (int p = 0; p < P; ++p) acc[p] = A::fma(wt, load_channels<A, Full>(src + p * pix_step, lanes), acc[p]);
   }
   for (int p = 0; p < P; ++p) {
     const typename A::Vec v = relu ? A::relu(acc[p]) : acc[p];
-    if (lanes == A::W)
+    if constexpr (Full)
       A::storeu(out + p * out_step, v);
     else
       A::store_lanes(out + p * out_step, v, 0, lanes);
   }
+}
+
+// NHWC 3x3, dilation 1, stride S (MobileNet's depthwise layers): along a row, the P
+// pixels of a tile read (P-1)*S + 3 input pixels, each loaded once and multiplied into
+// every output pixel whose window holds it, with the 9 weights in registers: per output
+// vector 9 FMAs and ((P-1)*S + 3) * 3 / P loads (3.75 at P = 8, stride 1) instead of the
+// generic tile's 9 + 9/P.
+template <class A, int P, int S, bool Full>
+inline void dwconv_nhwc_3x3_tile(const float* in, std::int64_t e, const std::int64_t* row_off,
+                                 const typename A::Vec* wv, typename A::Vec bias, bool relu, int lanes, float* out,
+                                 std::int64_t out_step) {
+  typename A::Vec acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = bias;
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    const float* src = in + row_off[i];
+#pragma GCC unroll 64
+    for (int q = 0; q < (P - 1) * S + 3; ++q, src += e) {
+      // One pointer per row, bumped: left alone, GCC hoists all ~50 input addresses out
+      // of the caller's channel loop and spills them to the stack (a reload per load).
+      asm("" : "+r"(src));
+      typename A::Vec v = load_channels<A, Full>(src, lanes);
+      A::pin(v);  // in a register: GCC would fold the load into each of its 3 FMAs
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j)
+        if (q - j >= 0 && (q - j) % S == 0 && (q - j) / S < P)
+          acc[(q - j) / S] = A::fma(wv[i * 3 + j], v, acc[(q - j) / S]);
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    const typename A::Vec v = relu ? A::relu(acc[p]) : acc[p];
+    if constexpr (Full)
+      A::storeu(out + p * out_step, v);
+    else
+      A::store_lanes(out + p * out_step, v, 0, lanes);
+  }
+}
+
+template <class A, int S>
+void dwconv_nhwc_3x3(const float* in, std::int64_t e, const std::int64_t* off, const float* w, std::int64_t ld,
+                     const float* bias, bool relu, std::int64_t npix, std::int64_t channels, float* out,
+                     std::int64_t out_step) {
+  const std::int64_t row_off[3] = {off[0], off[3], off[6]};
+  auto tiles = [&](auto pixels, std::int64_t p) {
+    constexpr int P = decltype(pixels)::value;
+    for (std::int64_t c = 0; c < channels; c += A::W) {
+      typename A::Vec wv[9];
+      for (int t = 0; t < 9; ++t) wv[t] = A::loadu(w + t * ld + c);
+      const float* src = in + p * S * e + c;
+      float* dst = out + p * out_step + c;
+      if (channels - c >= A::W)
+        dwconv_nhwc_3x3_tile<A, P, S, true>(src, e, row_off, wv, A::loadu(bias + c), relu, A::W, dst, out_step);
+      else
+        dwconv_nhwc_3x3_tile<A, P, S, false>(src, e, row_off, wv, A::loadu(bias + c), relu,
+                                             static_cast<int>(channels - c), dst, out_step);
+    }
+  };
+  std::int64_t p = 0;
+  // Stride 2 reads twice the pixels per tile: half the tile keeps a tile's input rows in L1.
+  constexpr int T = S == 1 ? A::nhwc_3x3_tile : A::nhwc_3x3_tile / 2;
+  for (; p + T <= npix; p += T) tiles(std::integral_constant<int, T>(), p);
+  for (; p + 4 <= npix; p += 4) tiles(std::integral_constant<int, 4>(), p);
+  for (; p < npix; ++p) tiles(std::integral_constant<int, 1>(), p);
+}
+
+// Whether taps `off` are a 3x3 window of dilation 1 whose pixels lie e apart, and pixels
+// step 1 or 2 of them: 0 if not, else the stride.
+inline int nhwc_3x3_stride(const std::int64_t* off, std::int64_t taps, std::int64_t pix_step, std::int64_t& e) {
+  if (taps != 9) return 0;
+  e = off[1] - off[0];
+  for (int t = 0; t < 9; ++t)
+    if (off[t] != off[t / 3 * 3] + (t % 3) * e) return 0;
+  return pix_step == e ? 1 : pix_step == 2 * e ? 2 : 0;
 }
 
 // Pixel tiles outer, channel vectors inner: a tile's input (its pixels' taps, all
@@ -118,12 +208,27 @@ template <class A>
 void dwconv_nhwc(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w, std::int64_t taps,
                  std::int64_t ld, const float* bias, bool relu, std::int64_t npix, std::int64_t channels, float* out,
                  std::int64_t out_step) {
+  std::int64_t e = 0;
+  switch (nhwc_3x3_stride(off, taps, pix_step, e)) {
+    case 1:
+      return dwconv_nhwc_3x3<A, 1>(in, e, off, w, ld, bias, relu, npix, channels, out, out_step);
+    case 2:
+      return dwconv_nhwc_3x3<A, 2>(in, e, off, w, ld, bias, relu, npix, channels, out, out_step);
+    default:
+      break;
+  }
+  const std::int64_t full = channels / A::W * A::W;
+  const int tail = static_cast<int>(channels - full);
   auto tiles = [&](auto pixels, std::int64_t p) {
-    for (std::int64_t c = 0; c < channels; c += A::W)
-      dwconv_nhwc_tile<A, decltype(pixels)::value>(in + p * pix_step + c, pix_step, off, w + c, taps, ld,
-                                                   A::loadu(bias + c),
-                                                   relu, static_cast<int>(channels - c < A::W ? channels - c : A::W),
-                                                   out + p * out_step + c, out_step);
+    constexpr int P = decltype(pixels)::value;
+    const float* src = in + p * pix_step;
+    float* dst = out + p * out_step;
+    for (std::int64_t c = 0; c < full; c += A::W)
+      dwconv_nhwc_tile<A, P, true>(src + c, pix_step, off, w + c, taps, ld, A::loadu(bias + c), relu, A::W,
+                                   dst + c, out_step);
+    if (tail)
+      dwconv_nhwc_tile<A, P, false>(src + full, pix_step, off, w + full, taps, ld, A::loadu(bias + full), relu,
+                                    tail, dst + full, out_step);
   };
   std::int64_t p = 0;
   for (; p + A::nhwc_tile <= npix; p += A::nhwc_tile) tiles(std::integral_constant<int, A::nhwc_tile>(), p);
@@ -131,48 +236,196 @@ void dwconv_nhwc(const float* in, std::int64_t pix_step, const std::int64_t* off
 }
 
 // NHWC grad-weight: for one channel vector, G taps' accumulators over every pixel.
-template <class A, int G>
-void dwconv_nhwc_grad_weight_pass(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t ld,
-                                  const float* gy, std::int64_t npix, float* sums) {
+template <class A, int G, bool Full>
+void dwconv_nhwc_grad_weight_pass(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* gy,
+                                  std::int64_t gy_step, std::int64_t npix, int lanes, float* sums, std::int64_t ld) {
   typename A::Vec acc[G];
   for (int t = 0; t < G; ++t) acc[t] = A::set1(0.0f);
   for (std::int64_t p = 0; p < npix; ++p) {
-    const typename A::Vec g = A::loadu(gy + p * ld);
-    for (int t = 0; t < G; ++t) acc[t] = A::fma(g, A::loadu(in + p * pix_step + off[t]), acc[t]);
+    const typename A::Vec g = load_channels<A, Full>(gy + p * gy_step, lanes);
+    for (int t = 0; t < G; ++t)
+      acc[t] = A::fma(g, load_channels<A, Full>(in + p * pix_step + off[t], lanes), acc[t]);
   }
   const typename A::Vec one = A::set1(1.0f);
   for (int t = 0; t < G; ++t) A::storeu(sums + t * ld, A::fma(acc[t], one, A::loadu(sums + t * ld)));
 }
 
-using DwNhwcGradWeightPass = void (*)(const float*, std::int64_t, const std::int64_t*, std::int64_t, const float*,
-                                      std::int64_t, float*);
+using DwNhwcGradWeightPass = void (*)(const float*, std::int64_t, const std::int64_t*, const float*, std::int64_t,
+                                      std::int64_t, int, float*, std::int64_t);
 
+// The taps in the fewest passes of at most A::gw_taps (as the NCHW grad-weight), per
+// channel vector; the last, partial one reads under a mask.
 template <class A, int... I>
 void dwconv_nhwc_grad_weight_passes(std::integer_sequence<int, I...>, const float* in, std::int64_t pix_step,
                                     const std::int64_t* off, std::int64_t taps, std::int64_t ld, const float* gy,
-                                    std::int64_t npix, float* sums) {
-  static const DwNhwcGradWeightPass pass[] = {&dwconv_nhwc_grad_weight_pass<A, I + 1>...};
+                                    std::int64_t gy_step, std::int64_t npix, std::int64_t channels, float* sums) {
+  static const DwNhwcGradWeightPass full[] = {&dwconv_nhwc_grad_weight_pass<A, I + 1, true>...};
+  static const DwNhwcGradWeightPass part[] = {&dwconv_nhwc_grad_weight_pass<A, I + 1, false>...};
   const std::int64_t passes = (taps + A::gw_taps - 1) / A::gw_taps;
-  for (std::int64_t c = 0; c < ld; c += A::W) {
+  for (std::int64_t c = 0; c < channels; c += A::W) {
+    const int lanes = static_cast<int>(channels - c < A::W ? channels - c : A::W);
+    const DwNhwcGradWeightPass* pass = lanes == A::W ? full : part;
     std::int64_t t = 0;
     for (std::int64_t left = passes; left > 0; --left) {
       const std::int64_t g = (taps - t + left - 1) / left;
-      pass[g - 1](in + c, pix_step, off + t, ld, gy + c, npix, sums + t * ld + c);
+      pass[g - 1](in + c, pix_step, off + t, gy + c, gy_step, npix, lanes, sums + t * ld + c, ld);
       t += g;
     }
   }
 }
 
+// NHWC grad-weight, 3x3, dilation 1, stride S: the transpose of dwconv_nhwc_3x3_tile. P
+// grad_output vectors in registers, each input pixel of a row loaded once and multiplied
+// into the taps whose window puts it over one of them; the 9 sums stay in registers over
+// the tile (loaded and stored once per tile and channel vector).
+template <class A, int P, int S, bool Full>
+inline void dwconv_nhwc_grad_weight_3x3_tile(const float* in, std::int64_t e, const std::int64_t* row_off,
+                                             const float* gy, std::int64_t gy_step, int lanes, float* sums,
+                                             std::int64_t ld) {
+  typename A::Vec g[P], acc[9];
+  for (int p = 0; p < P; ++p) g[p] = load_channels<A, Full>(gy + p * gy_step, lanes);
+  for (int t = 0; t < 9; ++t) acc[t] = A::loadu(sums + t * ld);
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    const float* src = in + row_off[i];
+#pragma GCC unroll 64
+    for (int q = 0; q < (P - 1) * S + 3; ++q, src += e) {
+      asm("" : "+r"(src));  // as in dwconv_nhwc_3x3_tile
+      typename A::Vec v = load_channels<A, Full>(src, lanes);
+      A::pin(v);
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j)
+        if (q - j >= 0 && (q - j) % S == 0 && (q - j) / S < P) acc[i * 3 + j] = A::fma(g[(q - j) / S], v, acc[i * 3 + j]);
+    }
+  }
+  for (int t = 0; t < 9; ++t) A::storeu(sums + t * ld, acc[t]);
+}
+
+template <class A, int S>
+void dwconv_nhwc_grad_weight_3x3(const float* in, std::int64_t e, const std::int64_t* off, std::int64_t ld,
+                                 const float* gy, std::int64_t gy_step, std::int64_t npix, std::int64_t channels,
+                                 float* sums) {
+  const std::int64_t row_off[3] = {off[0], off[3], off[6]};
+  auto tiles = [&](auto pixels, std::int64_t p) {
+    constexpr int P = decltype(pixels)::value;
+    for (std::int64_t c = 0; c < channels; c += A::W) {
+      const float* src = in + p * S * e + c;
+      const float* gp = gy + p * gy_step + c;
+      if (channels - c >= A::W)
+        dwconv_nhwc_grad_weight_3x3_tile<A, P, S, true>(src, e, row_off, gp, gy_step, A::W, sums + c, ld);
+      else
+        dwconv_nhwc_grad_weight_3x3_tile<A, P, S, false>(src, e, row_off, gp, gy_step,
+                                                         static_cast<int>(channels - c), sums + c, ld);
+    }
+  };
+  std::int64_t p = 0;
+  // Stride 2 reads twice the pixels per tile: half the tile keeps a tile's input rows in L1.
+  constexpr int T = S == 1 ? A::nhwc_3x3_tile : A::nhwc_3x3_tile / 2;
+  for (; p + T <= npix; p += T) tiles(std::integral_constant<int, T>(), p);
+  for (; p + 4 <= npix; p += 4) tiles(std::integral_constant<int, 4>(), p);
+  for (; p < npix; ++p) tiles(std::integral_constant<int, 1>(), p);
+}
+
 template <class A>
 void dwconv_nhwc_grad_weight(const float* in, std::int64_t pix_step, const std::int64_t* off, std::int64_t taps,
-                             std::int64_t ld, const float* gy, std::int64_t npix, float* sums) {
+                             std::int64_t ld, const float* gy, std::int64_t gy_step, std::int64_t npix,
+                             std::int64_t channels, float* sums) {
+  std::int64_t e = 0;
+  switch (nhwc_3x3_stride(off, taps, pix_step, e)) {
+    case 1:
+      return dwconv_nhwc_grad_weight_3x3<A, 1>(in, e, off, ld, gy, gy_step, npix, channels, sums);
+    default:  // stride 2 measured no faster in tiles (its sums' loads and stores) than in one pass
+      break;
+  }
   dwconv_nhwc_grad_weight_passes<A>(std::make_integer_sequence<int, A::gw_taps>(), in, pix_step, off, taps, ld, gy,
-                                    npix, sums);
+                                    gy_step, npix, channels, sums);
+}
+
+// NCHW, stride 2, 3x3, dilation 1, read in place (no stride-phase planes: packing them
+// took 63% of this layer's time). Output columns [o, o + W) read, for tap column j, input
+// columns s + j + 2l (s = 2o - pl, lane l): for j = 0 and 1 the even and odd lanes of the
+// 2W columns from s (two loads, one deinterleave each), for j = 2 the even lanes shifted
+// down one with column s + 2W appended. Columns outside the image load as zeros (masked
+// loads, which touch nothing outside the image), rows outside it are skipped: no padding
+// copy and no edge code. Lanes past OW are computed from columns past the window and not
+// stored.
+template <class A>
+inline typename A::Vec load_columns(const float* row, std::int64_t s, std::int64_t n, std::int64_t W) {
+  // Columns [s, s + n) of a row of W, n <= A::W: zeros outside [0, W) and from lane n.
+  const std::int64_t lo = s < 0 ? (-s < n ? -s : n) : 0, hi = W - s < n ? W - s : n;
+  if (hi <= lo) return A::set1(0.0f);
+  if (lo == 0 && hi == A::W) return A::loadu(row + s);
+  return A::load_range(row + s, static_cast<int>(lo), static_cast<int>(hi));
+}
+
+// Columns s + j + 2l (lane l) of a row of W, j = 0, 1, 2, into col[j].
+template <class A>
+inline void stride2_columns(const float* row, std::int64_t s, std::int64_t W, typename A::Vec* col) {
+  const typename A::Vec a = load_columns<A>(row, s, A::W, W), b = load_columns<A>(row, s + A::W, A::W, W);
+  col[0] = A::evens(a, b);
+  col[1] = A::odds(a, b);
+  col[2] = A::shift1(col[0], load_columns<A>(row, s + 2 * A::W, 1, W));
+}
+
+// fn(i, col) for each window row i inside the image (input row h0 + i, columns from s0);
+// unrolled, so that i is a constant and the caller's weights or sums stay in registers.
+template <class A, typename Fn>
+inline void stride2_window(const float* x, std::int64_t H, std::int64_t W, std::int64_t h0, std::int64_t s0,
+                           const Fn& fn) {
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    if (h0 + i < 0 || h0 + i >= H) continue;
+    typename A::Vec col[3];
+    stride2_columns<A>(x + (h0 + i) * W, s0, W, col);
+    fn(i, col);
+  }
+}
+
+template <class A>
+void dwconv_3x3s2(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
+                  float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y) {
+  using Vec = typename A::Vec;
+  Vec wv[9];
+  for (int t = 0; t < 9; ++t) wv[t] = A::set1(w[t]);
+  for (std::int64_t oh = oh0; oh < oh1; ++oh) {
+    for (std::int64_t o = 0; o < OW; o += A::W) {
+      Vec acc = A::set1(bias);
+      stride2_window<A>(x, H, W, 2 * oh - pt, 2 * o - pl, [&](int i, const Vec* col) {
+        for (int j = 0; j < 3; ++j) acc = A::fma(wv[3 * i + j], col[j], acc);
+      });
+      if (relu) acc = A::relu(acc);
+      float* dst = y + oh * OW + o;
+      if (OW - o >= A::W)
+        A::storeu(dst, acc);
+      else
+        A::store_lanes(dst, acc, 0, static_cast<int>(OW - o));
+    }
+  }
+}
+
+// Its grad-weight: the same reads, each multiplied by grad_output's vector (zeros past
+// OW) into the tap's sum.
+template <class A>
+void dwconv_3x3s2_grad_weight(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
+                              const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums) {
+  using Vec = typename A::Vec;
+  Vec acc[9];
+  for (int t = 0; t < 9; ++t) acc[t] = A::set1(0.0f);
+  for (std::int64_t oh = oh0; oh < oh1; ++oh) {
+    for (std::int64_t o = 0; o < OW; o += A::W) {
+      const Vec g = load_columns<A>(gy + oh * OW, o, A::W, OW);
+      stride2_window<A>(x, H, W, 2 * oh - pt, 2 * o - pl, [&](int i, const Vec* col) {
+        for (int j = 0; j < 3; ++j) acc[3 * i + j] = A::fma(g, col[j], acc[3 * i + j]);
+      });
+    }
+  }
+  for (int t = 0; t < 9; ++t) sums[t] += A::sum(acc[t]);
 }
 
 template <class A>
 constexpr DwKernels dwconv_kernels() {
-  return DwKernels{A::W, &dwconv<A>, &dwconv_grad_weight<A>, &dwconv_nhwc<A>, &dwconv_nhwc_grad_weight<A>};
+  return DwKernels{A::W,           &dwconv<A>,          &dwconv_grad_weight<A>, &dwconv_3x3s2<A>,
+                   &dwconv_3x3s2_grad_weight<A>, &dwconv_nhwc<A>, &dwconv_nhwc_grad_weight<A>};
 }
 
 }  // namespace
