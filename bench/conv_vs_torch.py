@@ -43,6 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import convkit  # noqa: E402
+from convkit.bench.timing import steady_heap  # noqa: E402
 
 SUITES = (Path(__file__).with_name("suite.json"), Path("/work/shared/bench/suite.json"))
 
@@ -213,12 +214,13 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     convkit.set_num_threads(args.threads)
+    heap = "steady heap" if steady_heap() else "heap as glibc leaves it"
     peak = machine_peak(args.threads)
     rng = np.random.default_rng(0)
     layers = [Layer(L, rng) for L in load_layers(args.suite, set(filter(None, args.layers.split(","))))]
 
     lines = [f"peak (float32 matmul, {args.threads} threads): {peak:.0f} GFLOP/s; isa {convkit.get_isa()}; "
-             f"torch {torch.__version__}; blocks {args.blocks}; clock {args.clock}", "",
+             f"torch {torch.__version__}; blocks {args.blocks}; clock {args.clock}; {heap}", "",
              "| layer | kind | dir | convkit GFLOP/s | torch GFLOP/s | ratio (paired) | target | % peak "
              "| 1->N threads |",
              "|---|---|---|---|---|---|---|---|---|"]

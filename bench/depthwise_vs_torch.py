@@ -28,7 +28,6 @@ backward reads grad_output, x and w and writes grad_input and grad_weight.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import time
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import convkit
+from convkit.bench.timing import steady_heap
 
 
 def default_suite() -> Path | None:
@@ -48,17 +48,6 @@ def default_suite() -> Path | None:
         if candidate.exists():
             return candidate
     return None
-
-
-def steady_heap() -> bool:
-    """Keeps freed memory in the process (glibc mallopt; True when it applied): blocks up to
-    256 MiB come from the heap, and the heap top is returned to the system only past 1 GiB."""
-    try:
-        libc = ctypes.CDLL(None)
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 256 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):
-        return False
 
 
 def depthwise_layers(suite: Path) -> list:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import convkit
+from convkit.bench.timing import steady_heap
 
 POOL_OPS = ("max_pool2d", "avg_pool2d", "global_avg_pool2d")
 
@@ -141,9 +142,10 @@ def main():
     torch.set_num_threads(args.threads)
     convkit.set_num_threads(args.threads)
 
+    heap = "steady heap" if steady_heap() else "heap as glibc leaves it"
     copy = copy_bandwidth(args.blocks)
     print(f"convkit {convkit.__version__} (isa {convkit.get_isa()}), torch {torch.__version__}, "
-          f"{args.threads} threads, {args.blocks} blocks, {args.clock} clock; NumPy copy bandwidth {copy:.1f} GB/s (read + write)\n")
+          f"{args.threads} threads, {args.blocks} blocks, {args.clock} clock, {heap}; NumPy copy bandwidth {copy:.1f} GB/s (read + write)\n")
     print("| layer | pass | convkit GB/s | torch GB/s | convkit / torch | convkit % of copy |")
     print("|---|---|---|---|---|---|")
     for layer in layers:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import convkit
 import convkit.torch
+from convkit.bench.timing import steady_heap
 
 
 def block(ops, x, w1, w2):
@@ -59,6 +60,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     convkit.set_num_threads(args.threads)
     shared = convkit.torch.share_torch_threads(not args.own_threads)
+    heap = "steady heap" if steady_heap() else "heap as glibc leaves it"
 
     g = torch.Generator().manual_seed(0)
     n, c, s = args.batch, args.channels, args.size
@@ -76,7 +78,7 @@ def main(argv=None) -> dict:
     flops = 3 * 2 * 2 * n * c * s * s * c * 9  # 2 convs x (forward, grad-input, grad-weight), FMA = 2
     print(f"ResNet basic block, N={n} C={c} {s}x{s}, float32, {args.threads} threads, "
           f"median of {args.blocks} blocks of {args.calls - 1} steps (convkit ISA {convkit.get_isa()}, "
-          f"{'on PyTorch' if shared else 'on its own'} threads)")
+          f"{'on PyTorch' if shared else 'on its own'} threads, {heap})")
     median = {name: statistics.median(times) for name, times in blocks.items()}
     for name, t in median.items():
         print(f"  {name:8s} {t * 1e3:9.1f} ms/step  {flops / t / 1e9:7.1f} GFLOP/s")
