@@ -335,7 +335,7 @@ def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1,
     `layout`, weight_shape as the op takes it. In autotune mode this measures, as the
     call would, unless the shape is cached. Print the result (or look at .steps).
     """
-    from ._registry import algos, check_device
+    from ._registry import check_device, covering
 
     if op not in _OP_PRIMITIVES:
         raise ValueError(f"op must be one of {tuple(_OP_PRIMITIVES)}, got {op!r}")
@@ -353,7 +353,8 @@ def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1,
     else:
         groups = nchw[1] if op.startswith("depthwise") else groups
         geom = _args.conv_geometry(nchw, weight_shape, stride, padding, dilation, groups)
-    steps = tuple((p, choose(p, geom, device, algos(p, device), dtype, layout)) for p in _OP_PRIMITIVES[op])
+    steps = tuple((p, choose(p, geom, device, covering(p, device, geom, dtype), dtype, layout))
+                  for p in _OP_PRIMITIVES[op])
     mode = "autotune" if _enabled else "rules"
     return Explanation(op, f"(input {tuple(input_shape)} {layout}, weight {tuple(weight_shape)}, {dtype.name}, "
                            f"{device}, {mode})", steps)

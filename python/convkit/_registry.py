@@ -29,6 +29,12 @@ indices are int64 flat offsets within each H*W plane (an implementation may retu
 for them when ``geom.return_indices`` is False). maxout2d's ``k`` is the channel group
 size, already checked to divide C. Results are new arrays of the
 input dtype, owned by the caller; nothing aliases an input.
+
+An algorithm that computes only some calls (Winograd: float32 3x3 stride 1) registers
+``covers(geom, dtype)``, which returns None for a call it computes and otherwise the
+reason it does not. Naming such an algorithm for a call it does not cover raises
+``NotCovered`` (a ValueError with that reason); algo="auto" only chooses among the
+algorithms that cover the call.
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ DEVICES = ("cpu", "cuda")
 # Modules that register implementations when imported, by device. A module that cannot
 # be imported (its extension not built, Numba missing) leaves its rows out and says why.
 _PROVIDERS = {
-    "cpu": ("convkit._impl_reference", "convkit._impl_direct", "convkit._impl_im2col"),
+    "cpu": ("convkit._impl_reference", "convkit._impl_direct", "convkit._impl_im2col", "convkit._impl_winograd"),
     "cuda": ("convkit.cuda",),
 }
 
@@ -56,6 +62,11 @@ class Impl:
     device: str
     fn: Callable
     layouts: tuple = ("NCHW",)
+    covers: Callable | None = None  # (geom, dtype) -> None, or why the call is not computed
+
+
+class NotCovered(ValueError):
+    """The named algorithm does not compute this call's shape or dtype (see covers)."""
 
 
 _table: dict = {}
@@ -66,13 +77,13 @@ _ready: set = set()         # devices check_device has accepted (the table only 
 _algos_cache: dict = {}     # (primitive, device) -> algos(), cleared by register()
 
 
-def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",)):
+def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",), covers=None):
     """Decorator: ``@register("conv2d_forward", "direct")`` adds a row."""
     if primitive not in PRIMITIVES:
         raise ValueError(f"unknown primitive {primitive!r}; known: {PRIMITIVES}")
 
     def add(fn):
-        _table[(primitive, algo, device)] = Impl(primitive, algo, device, fn, tuple(layouts))
+        _table[(primitive, algo, device)] = Impl(primitive, algo, device, fn, tuple(layouts), covers)
         _algos_cache.clear()
         return fn
 
@@ -122,6 +133,12 @@ def algos(primitive: str, device: str = "cpu") -> list:
     return list(_algos_cache[key])
 
 
+def covering(primitive: str, device: str, geom, dtype) -> list:
+    """The algorithms of a primitive that compute this call (see Impl.covers)."""
+    rows = (_table[(primitive, a, device)] for a in algos(primitive, device))
+    return [r.algo for r in rows if r.covers is None or geom is None or r.covers(geom, dtype) is None]
+
+
 def implementations(device: str | None = None) -> list:
     """Every registered row (for tests, benchmarks and `convkit check`)."""
     for dev in DEVICES if device is None else (device,):
@@ -141,9 +158,14 @@ def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout
     if algo == "auto":
         from . import _auto
 
-        algo = _auto.choose(primitive, geom, device, valid, dtype, layout).algo
+        algo = _auto.choose(primitive, geom, device, covering(primitive, device, geom, dtype), dtype, layout).algo
     impl = _table.get((primitive, algo, device))
     if impl is None:
         raise ValueError(f"algo={algo!r} is not available for {primitive.split('_backward')[0]} on "
                          f"device={device!r}; valid: {['auto', *valid]}")
+    if impl.covers is not None and geom is not None:
+        why = impl.covers(geom, dtype)
+        if why is not None:
+            raise NotCovered(f"algo={algo!r} does not compute this {primitive} call: {why}; "
+                             f"valid for it: {['auto', *covering(primitive, device, geom, dtype)]}")
     return impl
