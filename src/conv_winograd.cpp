@@ -1,6 +1,7 @@
 // The Winograd F(4x4, 3x3) operator (see conv_winograd.h). Per call:
 //   1. the weights are transformed once: U[p][c][k] = (G w[k][c] G^T)[p], p < 36,
-//      k padded with zeros to the GEMM kernel's pixel tile P;
+//      k padded with zeros to the GEMM kernel's pixel tile P (and kept for the next
+//      calls with the same weights, see WeightCache);
 //   2. the input is made channels-last with the channel count padded to the vector
 //      width W (NCHW is transposed; an NHWC input with C % W == 0 is read in place);
 //   3. the tiles are processed in super-blocks of S tiles, three parallel passes each:
@@ -16,6 +17,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "conv_jobs.h"
@@ -97,6 +100,80 @@ void transform_weights(const WinogradKernels& wk, const ConvKernels<float>& ks, 
   });
 }
 
+// Transformed weights kept between calls, most recent first: inference runs the same
+// weights again and again, and on a layer of few tiles (ResNet 3x3 256 on 14x14: 16
+// tiles) transforming them (36 x C x K floats written) costs as much as the products.
+// A hit needs the same weights bit for bit (compared in full: an array may be changed
+// in place between calls), the same orientation, padding and ISA. An entry is made only
+// for weights seen before (a sample of 64 values, their address and shape recorded at
+// the first call), so training, whose weights change every step, never pays for copies
+// it would not reuse. Bounded in entries and bytes; an entry in use stays alive
+// (shared_ptr) even when a concurrent call evicts it.
+struct WeightKey {
+  const float* w;
+  std::int64_t n, Kp;
+  bool rotated;
+  Isa isa;
+  bool operator==(const WeightKey& o) const {
+    return w == o.w && n == o.n && Kp == o.Kp && rotated == o.rotated && isa == o.isa;
+  }
+};
+
+struct TransformedWeights {
+  WeightKey key;
+  std::vector<float> raw, U;
+};
+
+class WeightCache {
+ public:
+  // The entry for these weights, or null; `seen` tells whether they were sampled before.
+  std::shared_ptr<const TransformedWeights> find(const WeightKey& k, bool* seen) {
+    std::vector<float> sample = sample_of(k);
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      const TransformedWeights& e = **it;
+      if (e.key == k && std::memcmp(e.raw.data(), k.w, static_cast<std::size_t>(k.n) * sizeof(float)) == 0) {
+        auto hit = *it;
+        entries_.erase(it);
+        entries_.insert(entries_.begin(), hit);
+        return hit;
+      }
+    }
+    *seen = false;
+    for (const auto& [key, smp] : sampled_)
+      if (key == k && smp == sample) *seen = true;
+    sampled_.insert(sampled_.begin(), {k, std::move(sample)});
+    if (sampled_.size() > kMaxEntries) sampled_.pop_back();
+    return nullptr;
+  }
+
+  void add(std::shared_ptr<const TransformedWeights> e) {
+    auto bytes = [](const auto& x) { return (x->raw.size() + x->U.size()) * sizeof(float); };
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.insert(entries_.begin(), std::move(e));
+    std::size_t total = 0, keep = 0;
+    while (keep < entries_.size() && keep < kMaxEntries && total + bytes(entries_[keep]) <= kMaxBytes)
+      total += bytes(entries_[keep++]);
+    entries_.resize(keep);
+  }
+
+ private:
+  static std::vector<float> sample_of(const WeightKey& k) {
+    std::vector<float> s;
+    for (std::int64_t i = 0; i < 64; ++i) s.push_back(k.w[i * k.n / 64]);
+    return s;
+  }
+  static constexpr std::size_t kMaxEntries = 16, kMaxBytes = std::size_t(128) << 20;
+  std::mutex mutex_;
+  std::vector<std::shared_ptr<const TransformedWeights>> entries_;
+  std::vector<std::pair<WeightKey, std::vector<float>>> sampled_;
+};
+
+WeightCache& weight_cache() {
+  static WeightCache* c = new WeightCache();  // never destroyed: calls may run during static teardown
+  return *c;
+}
+
 void run(const Problem& p, const float* x, const float* w, bool rotated, const float* bias, bool relu, float* y) {
   const std::vector<Tile> tiles = tiles_of(p);
   const std::int64_t T = static_cast<std::int64_t>(tiles.size());
@@ -119,14 +196,32 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   const auto V_at = ws.add<float>(buffer_size({36, S, Cp}));
   const auto M_at = ws.add<float>(buffer_size({36, S, Kp}));
   ws.allocate();
-  float* U = ws.at<float>(U_at);
   float* V = ws.at<float>(V_at);
   float* M = ws.at<float>(M_at);
   float* zeros = ws.at<float>(zero_at);
   std::fill(zeros, zeros + Cp, 0.0f);
 
-  // 1. Weights (the k padding zero: the products there are zeros, never stored).
-  transform_weights(wk, ks, w, rotated ? p.C : p.K, rotated ? p.K : p.C, rotated, ws.at<float>(wt_at), U, Kp);
+  // 1. Weights (the k padding zero: the products there are zeros, never stored): cached,
+  // or transformed into a new cache entry (weights seen before) or the workspace.
+  const std::int64_t wK = rotated ? p.C : p.K, wC = rotated ? p.K : p.C;
+  const WeightKey key{w, buffer_size({wK, wC, 9}), Kp, rotated, active_isa()};
+  bool seen = false;
+  std::shared_ptr<const TransformedWeights> cached = weight_cache().find(key, &seen);
+  const float* U = cached ? cached->U.data() : nullptr;
+  if (!cached) {
+    float* dst = ws.at<float>(U_at);
+    if (seen) {
+      auto e = std::make_shared<TransformedWeights>();
+      e->key = key;
+      e->raw.assign(w, w + key.n);
+      e->U.resize(static_cast<std::size_t>(buffer_size({36, p.C, Kp})));
+      dst = e->U.data();
+      cached = e;
+    }
+    transform_weights(wk, ks, w, wK, wC, rotated, ws.at<float>(wt_at), dst, Kp);
+    if (seen) weight_cache().add(cached);
+    U = dst;
+  }
   float* b = nullptr;
   if (bias) {
     b = ws.at<float>(bias_at);

@@ -138,3 +138,19 @@ def test_the_binding_checks_the_shape_again():
     with pytest.raises(ValueError, match="grad_output"):
         _cpu.winograd_conv2d_grad_input(np.ones((1, 4, 5, 5), F32), np.ones((4, 4, 3, 3), F32), (8, 8),
                                         (0, 0, 0, 0), (1, 1))
+
+
+def test_weights_changed_in_place_between_calls_are_seen():
+    """The transformed weights are cached for weights seen before (src/conv_winograd.cpp):
+    a change in place, even of one value, must reach the result; so must the same weights
+    used for the grad-input (turned, another cache entry)."""
+    case = (1, 6, 10, 9, 5, 1, 1)
+    x, w, b, gy, _ = _data(case)
+    w = w.copy()
+    for step in range(4):
+        if step == 3:
+            w[4, 2, 1, 2] += 0.5  # in place, after the cache holds an entry for w
+        want = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, 1, 1, 1)
+        assert_close(convkit.conv2d(x, w, None, 1, 1, 1, algo="winograd"), want, F32)
+        gx = convkit.conv2d_backward(gy, x, w, 1, 1, 1, need_weight=False, need_bias=False, algo="winograd")[0]
+        assert_close(gx, ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (10, 9), 1, 1, 1, 1), F32)
