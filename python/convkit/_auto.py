@@ -85,18 +85,19 @@ _RULES = (
           "(measured 2-5x slower)"),
     # Winograd F(4x4, 3x3) (float32 3x3 stride 1, groups 1; forward and grad-input): 36
     # multiplies per 16 outputs instead of 144, so it wins where its 4x4 tiles are full
-    # and the weight transform (36 x C x K, rewritten every call) is spread over many
-    # tiles. Time ratios winograd / direct, one thread, CPU time (bench/winograd_vs_direct.py):
-    # ResNet 3x3 64 on 56x56 0.60 / 0.52 (forward / grad-input), batch 8 0.79 / 0.76, VGG
-    # 128 on 112x112 0.54 / 0.53, DeepLab dilation 2 on 33x33 0.70 / 0.60 (100 tiles, 68%
-    # full). It loses on ResNet 3x3 256 on 14x14 (16 tiles: 1.5 / 1.2, the weight
-    # transform dominates) and ASPP rate 12 (144 one-tile sub-grids, 47% full: 1.1 / 1.2).
-    # Its error, ~1e-5 of the output's scale on those layers (direct: ~1e-6), is within
-    # the float32 tolerance (1e-4).
+    # and the weight transform (36 x C x K floats) is spread over many tiles. Time ratios
+    # winograd / direct, one thread, CPU time (bench/winograd_vs_direct.py): ResNet 3x3
+    # 64 on 56x56 0.49 / 0.47 (forward / grad-input), batch 8 0.70 / 0.69, VGG 128 on
+    # 112x112 0.55 / 0.52, DeepLab dilation 2 on 33x33 0.58 / 0.61 (100 tiles, 68% full).
+    # It loses on ASPP rate 12 (144 one-tile sub-grids, 47% full: 1.18 / 1.19) and, on
+    # a first call, on ResNet 3x3 256 on 14x14 (16 tiles: 1.5 / 1.2, the weight transform
+    # dominates; 0.90 / 0.75 once its transformed weights are cached, which training,
+    # changing the weights every step, never sees). Its error, <= 1.5e-5 of the output's
+    # scale on those layers (direct: ~2e-6), is within the float32 tolerance (1e-4).
     _Rule("winograd", lambda p, g, dt: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
           "winograd",
           "3x3 stride-1 float32 layer with >= 64 Winograd tiles, >= 60% full: F(4x4, 3x3) does 4x fewer "
-          "multiplies (measured 1.3-1.9x faster than the direct engine)"),
+          "multiplies (measured 1.4-2.1x faster than the direct engine)"),
     # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
     # the image) forward 0.73-0.76, grad-input 0.61-0.67. Dilation alone is not it: 3x3
     # on 56x56x64 at dilation 4 (padded plane 1.3x) stays direct (1.40 / 1.23).
