@@ -10,7 +10,10 @@ then torch's, both at the same thread count; the first call of each block wakes 
 library's threads and is dropped; a block's time is the mean of the rest, a result the
 median over the blocks.
 
-    python bench/pool_vs_torch.py --suite ../shared/bench/suite.json [--threads 2] [--blocks 9]
+    python bench/pool_vs_torch.py --suite ../shared/bench/suite.json [--threads 2] [--blocks 9] [--clock cpu]
+
+--clock cpu times with the process's CPU time instead of the wall clock: on a shared
+machine, with --threads 1, it leaves out the time other processes hold the core.
 
 Standalone on purpose: needs only convkit, NumPy and PyTorch.
 """
@@ -40,13 +43,16 @@ def find_suite(given):
     raise SystemExit(f"suite.json not found (tried {', '.join(map(str, candidates))}); pass --suite FILE")
 
 
+CLOCK = time.perf_counter  # or time.process_time (--clock cpu)
+
+
 def block_times(fn, calls):
     """Per-call seconds of one block of back-to-back calls, the first (wake-up) dropped."""
     fn()
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(calls - 1):
         fn()
-    return (time.perf_counter() - t0) / (calls - 1)
+    return (CLOCK() - t0) / (calls - 1)
 
 
 def race(fns, blocks, budget=0.03):
@@ -124,14 +130,20 @@ def main():
     ap.add_argument("--suite", help="suite JSON (default: bench/suite.json, else ../shared/bench/suite.json)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--blocks", type=int, default=9, help="alternating blocks per measurement (>= 7)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: time.perf_counter; cpu: the process's CPU time (for --threads 1 on a busy machine)")
+    ap.add_argument("--layers", nargs="*", help="only the suite layers of these names")
     args = ap.parse_args()
-    layers = [la for la in json.loads(find_suite(args.suite).read_text())["layers"] if la["op"] in POOL_OPS]
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    layers = [la for la in json.loads(find_suite(args.suite).read_text())["layers"] if la["op"] in POOL_OPS
+              and (not args.layers or la["name"] in args.layers)]
     torch.set_num_threads(args.threads)
     convkit.set_num_threads(args.threads)
 
     copy = copy_bandwidth(args.blocks)
     print(f"convkit {convkit.__version__} (isa {convkit.get_isa()}), torch {torch.__version__}, "
-          f"{args.threads} threads, {args.blocks} blocks; NumPy copy bandwidth {copy:.1f} GB/s (read + write)\n")
+          f"{args.threads} threads, {args.blocks} blocks, {args.clock} clock; NumPy copy bandwidth {copy:.1f} GB/s (read + write)\n")
     print("| layer | pass | convkit GB/s | torch GB/s | convkit / torch | convkit % of copy |")
     print("|---|---|---|---|---|---|")
     for layer in layers:

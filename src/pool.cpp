@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
@@ -110,20 +111,36 @@ struct AvgTables {
 // previous one is still storing makes the CPU replay it. So each output row goes in
 // `phases` passes, each taking every phases-th column: windows that far apart are
 // disjoint (any index is still right, only slower).
+//
+// A plane's indices are first checked in one branch-free pass (in order, from cache
+// afterwards); a plane that passes is scattered without a check or branch an update
+// (15% less time on ResNet's 3x3 stride 2, whose plane is 3136 updates); only a plane
+// with a -1 or a bad index takes the checked loop.
 template <typename T>
 bool scatter_planes(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* dst, std::int64_t n) {
   const std::int64_t hw = g.H * g.W, OW = g.OW, ohw = g.OH * OW, phases = ceil_div((g.kw - 1) * g.dw + 1, g.sw);
+  const auto limit = static_cast<std::uint64_t>(hw);
   bool ok = true;
   std::memset(dst, 0, sizeof(T) * n * hw);
-  for (std::int64_t p = 0; p < n; ++p, dst += hw) {
-    for (std::int64_t row = p * ohw; row < (p + 1) * ohw; row += OW) {
-      for (std::int64_t phase = 0; phase < phases; ++phase) {
-        for (std::int64_t o = row + phase; o < row + OW; o += phases) {
-          if (static_cast<std::uint64_t>(idx[o]) < static_cast<std::uint64_t>(hw)) dst[idx[o]] += gy[o];
-          else ok = ok && idx[o] == -1;
+  for (std::int64_t p = 0; p < n; ++p, dst += hw, gy += ohw, idx += ohw) {
+    bool in_range = true;
+    for (std::int64_t o = 0; o < ohw; ++o) in_range &= static_cast<std::uint64_t>(idx[o]) < limit;
+    auto scatter = [&, dst, gy, idx](auto checked) {
+      for (std::int64_t row = 0; row < ohw; row += OW) {
+        for (std::int64_t phase = 0; phase < phases; ++phase) {
+          for (std::int64_t o = row + phase; o < row + OW; o += phases) {
+            if constexpr (!decltype(checked)::value) {
+              dst[idx[o]] += gy[o];
+            } else {
+              if (static_cast<std::uint64_t>(idx[o]) < limit) dst[idx[o]] += gy[o];
+              else ok = ok && idx[o] == -1;
+            }
+          }
         }
       }
-    }
+    };
+    if (in_range) scatter(std::false_type{});
+    else scatter(std::true_type{});
   }
   return ok;
 }
@@ -143,23 +160,28 @@ bool scatter_nchw(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* gx
 template <typename T>
 bool scatter_nhwc(const PoolGeom& g, const T* gy, const std::int64_t* idx, T* gx) {
   const std::int64_t hw = g.H * g.W, ohw = g.OH * g.OW, C = g.C;
-  // Channels per task: the task's grad_input (hw pixels x cb channels) fits in ~512 KB.
+  // Channels per unit: the unit's grad_input (hw pixels x cb channels) fits in ~512 KB.
   std::int64_t cb = std::max<std::int64_t>(16, (std::int64_t(512) << 10) / (hw * std::int64_t(sizeof(T))) / 16 * 16);
   cb = std::min(cb, C);
-  const std::int64_t blocks = ceil_div(C, cb);
+  // A task: a run of units (image, channel block) holding about kTaskBytes of grad_input,
+  // so that a small call is one task and runs on the caller's thread, waking no one.
+  const std::int64_t blocks = ceil_div(C, cb), units = g.N * blocks;
+  const std::int64_t per = items_per_task(hw * cb * std::int64_t(sizeof(T)));
   std::atomic<bool> ok{true};
-  parallel_for(g.N * blocks, [&](std::int64_t task) {
-    const std::int64_t n = task / blocks, c0 = task % blocks * cb, c1 = std::min(C, c0 + cb);
-    T* dst = gx + n * hw * C;
-    const T* src = gy + n * ohw * C;
-    const std::int64_t* at = idx + n * ohw * C;
+  parallel_for(ceil_div(units, per), [&](std::int64_t task) {
     bool task_ok = true;
-    for (std::int64_t p = 0; p < hw; ++p) std::memset(dst + p * C + c0, 0, sizeof(T) * (c1 - c0));
-    for (std::int64_t o = 0; o < ohw; ++o) {
-      for (std::int64_t c = c0; c < c1; ++c) {
-        const std::int64_t i = at[o * C + c];
-        if (static_cast<std::uint64_t>(i) < static_cast<std::uint64_t>(hw)) dst[i * C + c] += src[o * C + c];
-        else task_ok = task_ok && i == -1;
+    for (std::int64_t unit = task * per; unit < std::min(units, (task + 1) * per); ++unit) {
+      const std::int64_t n = unit / blocks, c0 = unit % blocks * cb, c1 = std::min(C, c0 + cb);
+      T* dst = gx + n * hw * C;
+      const T* src = gy + n * ohw * C;
+      const std::int64_t* at = idx + n * ohw * C;
+      for (std::int64_t p = 0; p < hw; ++p) std::memset(dst + p * C + c0, 0, sizeof(T) * (c1 - c0));
+      for (std::int64_t o = 0; o < ohw; ++o) {
+        for (std::int64_t c = c0; c < c1; ++c) {
+          const std::int64_t i = at[o * C + c];
+          if (static_cast<std::uint64_t>(i) < static_cast<std::uint64_t>(hw)) dst[i * C + c] += src[o * C + c];
+          else task_ok = task_ok && i == -1;
+        }
       }
     }
     if (!task_ok) ok = false;

@@ -155,7 +155,10 @@ def test_avg_pool2d_grid(algo, isa, layout, dtype):
 
 
 # ------------------------------------------------------------------- global pooling
-GLOBAL_SHAPES = [(2, 5, 7, 7), (1, 3, 1, 1), (2, 3, 5, 40), (1, 2, 1, 17), (1, 300, 3, 2)]
+# (global average NCHW reduces `width` planes at once: plane counts below, at and above 8
+# and 16, planes narrower than, equal to and not a multiple of a vector)
+GLOBAL_SHAPES = [(2, 5, 7, 7), (1, 3, 1, 1), (2, 3, 5, 40), (1, 2, 1, 17), (1, 300, 3, 2), (2, 17, 7, 7),
+                 (1, 33, 4, 4), (1, 8, 2, 4)]
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -303,6 +306,37 @@ def test_large_planes(isa):
               ref.max_pool2d_backward(gy, x, 3, 2, 1), np.float32, "max")
         gy = np.random.default_rng(9).standard_normal((1, 2, 150, 225)).astype(np.float32)
         close(convkit.avg_pool2d_backward(gy, x, 2, 2), ref.avg_pool2d_backward(gy, x.shape, 2, 2), np.float32, "avg")
+
+
+@pytest.mark.parametrize("shape,layout", [((2, 3, 161, 161), "NCHW"), ((4, 100, 11, 11), "NCHW"),
+                                          ((40, 20, 6, 6), "NHWC"), ((3, 300, 20, 20), "NHWC")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_backward_task_paths(shape, layout, dtype):
+    # Every way the scatter cuts a call into tasks. NCHW: one plane a task (odd H*W), and
+    # many small planes a task. NHWC: many (image, channel block) units a task, and one.
+    x = np.random.default_rng(10).integers(-3, 4, shape).astype(dtype)
+    y, idx = convkit.max_pool2d(to_layout(x, layout), 3, 2, 1, return_indices=True, layout=layout)
+    y, idx = from_layout(y, layout), from_layout(idx, layout)
+    gy = np.random.default_rng(11).standard_normal(y.shape).astype(dtype)
+    planes, hw = shape[0] * shape[1], shape[2] * shape[3]
+    want = np.zeros((planes, hw))
+    np.add.at(want, (np.arange(planes)[:, None], idx.reshape(planes, -1)), gy.reshape(planes, -1))
+    args = (to_layout(gy, layout), to_layout(x, layout), 3, 2, 1)
+    got = convkit.max_pool2d_backward(*args, indices=to_layout(idx, layout), layout=layout)
+    close(from_layout(got, layout), want.reshape(shape), dtype, str(shape))
+    # any index in [-1, H*W) is taken, in its window or not: here in every other plane
+    idx = idx.reshape(planes, -1).copy()
+    idx[1::2] = np.random.default_rng(12).integers(-1, hw, idx[1::2].shape)
+    want = np.zeros((planes, hw))
+    rows, picked = np.broadcast_to(np.arange(planes)[:, None], idx.shape), idx >= 0
+    np.add.at(want, (rows[picked], idx[picked]), gy.reshape(planes, -1)[picked])
+    idx = idx.reshape(y.shape)
+    got = convkit.max_pool2d_backward(*args, indices=to_layout(idx, layout), layout=layout)
+    close(from_layout(got, layout), want.reshape(shape), dtype, str(shape) + " any indices")
+    idx = idx.copy()
+    idx[-1, -1, -1, -1] = hw
+    with pytest.raises(ValueError, match="indices"):
+        convkit.max_pool2d_backward(*args, indices=to_layout(idx, layout), layout=layout)
 
 
 def test_zero_batch():

@@ -122,13 +122,20 @@ inline void sweep(int64_t begin, int64_t end, Body&& body) {
 // and a blend) is 3x longer. A running sum of the taps detects NaNs in one add a tap
 // (NaN in, NaN out; +inf and -inf together also give NaN, which merely costs time): a
 // vector whose sum is NaN is recomputed lane by lane with the exact rule (inexact()).
-template <bool kIdx>
-struct Max {
-  template <class Vec>
-  struct Op {
-    using T = typename Vec::T;
-    using V = typename Vec::V;
-    using I = typename Vec::I;
+//
+// Average: the window's sum times 1/divisor, the divisor factored into a row and a column
+// part (or divisor_override), as the operator precomputes them in inv_h / inv_w.
+//
+// Both are written once per vector type in Reductions<Vec>, whose names (T, V, I) they
+// share, and reached as Family::Op<Vec> (Family = Max<kIdx> or Avg) by the kernels.
+template <class Vec>
+struct Reductions {
+  using T = typename Vec::T;
+  using V = typename Vec::V;
+  using I = typename Vec::I;
+
+  template <bool kIdx>
+  struct Max {
     struct Acc {
       V best;
       I idx;
@@ -161,16 +168,8 @@ struct Max {
       if constexpr (kIdx) idx[off] = -1;
     }
   };
-};
 
-// Average: the window's sum times 1/divisor, the divisor factored into a row and a column
-// part (or divisor_override), as the operator precomputes them in inv_h / inv_w.
-struct Avg {
-  template <class Vec>
-  struct Op {
-    using T = typename Vec::T;
-    using V = typename Vec::V;
-    using I = typename Vec::I;
+  struct Avg {
     struct Acc {
       V sum;
     };
@@ -183,6 +182,17 @@ struct Avg {
     void store(const Acc& a, int64_t off, V scale) const { Vec::store(y + off, Vec::mul(a.sum, scale)); }
     void store_empty(int64_t off) const { y[off] = T(0); }  // unreachable: padding <= kernel/2
   };
+};
+
+template <bool kIdx>
+struct Max {
+  template <class Vec>
+  using Op = typename Reductions<Vec>::template Max<kIdx>;
+};
+
+struct Avg {
+  template <class Vec>
+  using Op = typename Reductions<Vec>::Avg;
 };
 
 // Which taps of U windows to visit, and where they are. Tap (i, j) of window u has the
@@ -272,9 +282,9 @@ template <class Vec>
 using RowIndex = typename std::conditional<(Vec::width > 1), int32_t, int64_t>::type;
 
 // The exact one-lane rule for output (oh, ow), straight from x (edges clipped).
-template <class Op>
-void exact_window(const PoolGeom& g, const typename Op::T* x, const Op& op, int64_t oh, int64_t ow) {
-  using Vx = Scalar<typename Op::T>;
+template <typename T, class Op>
+void exact_window(const PoolGeom& g, const T* x, const Op& op, int64_t oh, int64_t ow) {
+  using Vx = Scalar<T>;
   const Range rows = valid_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh), cols = valid_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
   if (rows.empty() || cols.empty()) return op.store_empty(oh * g.OW + ow);
   const Walk w{(oh * g.sh - g.ph) * g.W + ow * g.sw - g.pw, g.dh * g.W, g.dw, 1, 0, 0, rows, cols};
