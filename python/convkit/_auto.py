@@ -89,18 +89,19 @@ _RULES = (
     # Winograd F(4x4, 3x3) (float32 3x3 stride 1, groups 1; forward and grad-input): 36
     # multiplies per 16 outputs instead of 144, so it wins where its 4x4 tiles are full
     # and the weight transform (36 x C x K floats) is spread over many tiles. Time ratios
-    # winograd / direct, one thread, CPU time (bench/winograd_vs_direct.py): ResNet 3x3
-    # 64 on 56x56 0.49 / 0.47 (forward / grad-input), batch 8 0.70 / 0.69, VGG 128 on
-    # 112x112 0.55 / 0.52, DeepLab dilation 2 on 33x33 0.58 / 0.61 (100 tiles, 68% full).
-    # It loses on ASPP rate 12 (144 one-tile sub-grids, 47% full: 1.18 / 1.19) and, on
-    # a first call, on ResNet 3x3 256 on 14x14 (16 tiles: 1.5 / 1.2, the weight transform
-    # dominates; 0.90 / 0.75 once its transformed weights are cached, which training,
-    # changing the weights every step, never sees). Its error, <= 1.5e-5 of the output's
-    # scale on those layers (direct: ~2e-6), is within the float32 tolerance (1e-4).
+    # winograd / direct, one thread, CPU time (bench/winograd_vs_direct.py, 06:12 run;
+    # a busier machine gave 0.1-0.2 more): ResNet 3x3 64 on 56x56 0.47 / 0.45 (forward /
+    # grad-input), batch 8 0.65 / 0.59, VGG 128 on 112x112 0.50 / 0.48, DeepLab dilation
+    # 2 on 33x33 0.43 / 0.49 (100 tiles, 68% full). Left to the others: ASPP rate 12
+    # (144 one-tile sub-grids, 47% full: 0.85 / 1.12) and ResNet 3x3 256 on 14x14 (16
+    # tiles: 1.5 / 1.2 on a first call, where the weight transform dominates; 0.55 / 0.45
+    # once its transformed weights are cached, which training, changing the weights every
+    # step, never sees). Its error, <= 1.5e-5 of the output's scale on those layers
+    # (direct: ~2e-6), is within the float32 tolerance (1e-4).
     _Rule("winograd", lambda p, g, dt: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
           "winograd",
           "3x3 stride-1 float32 layer with >= 64 Winograd tiles, >= 60% full: F(4x4, 3x3) does 4x fewer "
-          "multiplies (measured 1.4-2.1x faster than the direct engine)"),
+          "multiplies (measured 1.5-2.3x faster than the direct engine)"),
     # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
     # the image) 1.40 / 1.38 / 1.59, 3x3 dilation 4 on 56x56x64 (padded plane 1.3x) 1.42 /
     # 1.30 / 1.71. The column copy writes padded taps as zeros and the GEMM multiplies
