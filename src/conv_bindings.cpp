@@ -16,6 +16,7 @@
 #include "bindings.h"
 #include "conv_direct.h"
 #include "conv_tile.h"
+#include "conv_winograd.h"
 
 namespace py = pybind11;
 
@@ -162,6 +163,47 @@ Array<T> grad_weight(Array<T> gy, Array<T> x, Pair kernel_hw, Pair stride, Quad 
   return gw;
 }
 
+// algo="winograd" (float32 only): the geometry must be one the operators cover.
+void require_winograd(const ConvGeom& g) {
+  if (!winograd_covers(g))
+    throw std::invalid_argument("winograd needs a 3x3 kernel, stride 1 and groups == 1, got kernel (" +
+                                std::to_string(g.kh) + ", " + std::to_string(g.kw) + "), stride (" +
+                                std::to_string(g.sh) + ", " + std::to_string(g.sw) + "), groups " +
+                                std::to_string(g.groups));
+}
+
+Array<float> winograd_forward_f32(Array<float> x, Array<float> w, std::optional<Array<float>> bias, Quad pad,
+                                  Pair dil, bool relu, const std::string& layout_name) {
+  const Layout layout = parse_layout(layout_name);
+  const Nchw s = nchw(x, "input", layout);
+  ConvGeom g = geometry(s.N, s.C, s.H, s.W, shape4(w), {1, 1}, pad, dil, 1);
+  require_winograd(g);
+  if (bias) require_shape(*bias, "bias", {g.K});
+  Array<float> y(act_shape(layout, g.N, g.K, g.OH, g.OW));
+  const float* b = bias ? bias->data() : nullptr;
+  {
+    py::gil_scoped_release release;
+    winograd_forward(g, layout, x.data(), w.data(), b, relu, y.mutable_data());
+  }
+  return y;
+}
+
+Array<float> winograd_grad_input_f32(Array<float> gy, Array<float> w, Pair input_hw, Quad pad, Pair dil,
+                                     const std::string& layout_name) {
+  const Layout layout = parse_layout(layout_name);
+  const Nchw s = nchw(gy, "grad_output", layout);
+  require_4d(w, "weight");
+  ConvGeom g = geometry(s.N, w.shape(1), input_hw.first, input_hw.second, shape4(w), {1, 1}, pad, dil, 1);
+  require_winograd(g);
+  require_shape(gy, "grad_output", act_shape(layout, g.N, g.K, g.OH, g.OW));
+  Array<float> gx(act_shape(layout, g.N, g.C, g.H, g.W));
+  {
+    py::gil_scoped_release release;
+    winograd_grad_input(g, layout, gy.data(), w.data(), gx.mutable_data());
+  }
+  return gx;
+}
+
 template <typename T>
 void bind_dtype(py::module_& m) {
   m.def("conv2d_forward", &forward<T>, py::arg("x").noconvert(), py::arg("weight").noconvert(),
@@ -193,6 +235,13 @@ py::list kernel_list() {
 void bind_conv(py::module_& m) {
   bind_dtype<float>(m);
   bind_dtype<double>(m);
+  m.def("winograd_conv2d_forward", &winograd_forward_f32, py::arg("x").noconvert(), py::arg("weight").noconvert(),
+        py::arg("bias").noconvert() = py::none(), py::arg("padding"), py::arg("dilation"), py::arg("relu") = false,
+        py::arg("layout") = "NCHW",
+        R"doc(float32 conv2d by Winograd F(4x4, 3x3): 3x3 kernel, stride 1, groups 1; padding (top, bottom, left, right).)doc");
+  m.def("winograd_conv2d_grad_input", &winograd_grad_input_f32, py::arg("grad_output").noconvert(),
+        py::arg("weight").noconvert(), py::arg("input_hw"), py::arg("padding"), py::arg("dilation"),
+        py::arg("layout") = "NCHW", R"doc(float32 grad-input of a 3x3 stride-1 conv2d by Winograd F(4x4, 3x3).)doc");
   m.def("conv_kernels", [](const std::string& dtype) {
     if (dtype == "float32") return kernel_list<float>();
     if (dtype == "float64") return kernel_list<double>();

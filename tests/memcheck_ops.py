@@ -13,6 +13,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import convkit  # noqa: E402
+from convkit._registry import NotCovered  # noqa: E402
 from helpers import cpu_algos  # noqa: E402
 from public_ops import OPS, to_nchw, to_nhwc  # noqa: E402
 from test_leaks import _refused_call  # noqa: E402
@@ -34,7 +35,10 @@ def run_all() -> int:
                         continue
                     for layout in ("NCHW", "NHWC"):
                         args = [to_nhwc(a) if act and layout == "NHWC" else a for a, act in zip(arrays, op.activations)]
-                        got = op.run(args, algo=algo, layout=layout)
+                        try:
+                            got = op.run(args, algo=algo, layout=layout)
+                        except NotCovered:  # an algorithm that computes only some shapes (Winograd)
+                            continue
                         for g, w, act in zip(got, want, op.outputs):
                             g = to_nchw(g) if act and layout == "NHWC" else g
                             np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"{op.id} {algo} {layout} {isa}")

@@ -29,6 +29,12 @@ indices are int64 flat offsets within each H*W plane (an implementation may retu
 for them when ``geom.return_indices`` is False). maxout2d's ``k`` is the channel group
 size, already checked to divide C. Results are new arrays of the
 input dtype, owned by the caller; nothing aliases an input.
+
+An algorithm that computes only some calls (Winograd: float32 3x3 stride 1) registers
+``covers(geom, dtype)``, which returns None for a call it computes and otherwise the
+reason it does not. Naming such an algorithm for a call it does not cover raises
+``NotCovered`` (a ValueError with that reason); algo="auto" only chooses among the
+algorithms that cover the call.
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ DEVICES = ("cpu", "cuda")
 # Modules that register implementations when imported, by device. A module that cannot
 # be imported (its extension not built, Numba missing) leaves its rows out and says why.
 _PROVIDERS = {
-    "cpu": ("convkit._impl_reference", "convkit._impl_direct", "convkit._impl_im2col"),
+    "cpu": ("convkit._impl_reference", "convkit._impl_direct", "convkit._impl_im2col", "convkit._impl_winograd"),
     "cuda": ("convkit.cuda",),
 }
 
@@ -56,6 +62,11 @@ class Impl:
     device: str
     fn: Callable
     layouts: tuple = ("NCHW",)
+    covers: Callable | None = None  # (geom, dtype) -> None, or why the call is not computed
+
+
+class NotCovered(ValueError):
+    """The named algorithm does not compute this call's shape or dtype (see covers)."""
 
 
 _table: dict = {}
@@ -68,13 +79,13 @@ _auto_algos: dict = {}      # (primitive, device, geom, dtype, layout) -> the ru
                             # cleared by register() and by switching autotune (forget_auto_choices)
 
 
-def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",)):
+def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",), covers=None):
     """Decorator: ``@register("conv2d_forward", "direct")`` adds a row."""
     if primitive not in PRIMITIVES:
         raise ValueError(f"unknown primitive {primitive!r}; known: {PRIMITIVES}")
 
     def add(fn):
-        _table[(primitive, algo, device)] = Impl(primitive, algo, device, fn, tuple(layouts))
+        _table[(primitive, algo, device)] = Impl(primitive, algo, device, fn, tuple(layouts), covers)
         _algos_cache.clear()
         forget_auto_choices()
         return fn
@@ -125,6 +136,12 @@ def algos(primitive: str, device: str = "cpu") -> list:
     return list(_algos_cache[key])
 
 
+def covering(primitive: str, device: str, geom, dtype) -> list:
+    """The algorithms of a primitive that compute this call (see Impl.covers)."""
+    rows = (_table[(primitive, a, device)] for a in algos(primitive, device))
+    return [r.algo for r in rows if r.covers is None or geom is None or r.covers(geom, dtype) is None]
+
+
 def implementations(device: str | None = None) -> list:
     """Every registered row (for tests, benchmarks and `convkit check`)."""
     for dev in DEVICES if device is None else (device,):
@@ -146,7 +163,9 @@ def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout
     if type(algo) is str and type(device) is str:
         chosen = _auto_algos.get((primitive, device, geom, dtype, layout)) if algo == "auto" else algo
         impl = _table.get((primitive, chosen, device))
-        if impl is not None:
+        # a named algorithm that covers only some calls takes the checked path (auto's
+        # remembered choice already covers its call)
+        if impl is not None and (impl.covers is None or algo == "auto"):
             return impl
     check_device(device)
     valid = algos(primitive, device)
@@ -157,7 +176,7 @@ def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout
     if algo == "auto":
         from . import _auto
 
-        algo = _auto.choose(primitive, geom, device, valid, dtype, layout).algo
+        algo = _auto.choose(primitive, geom, device, covering(primitive, device, geom, dtype), dtype, layout).algo
         if not _auto._enabled:
             if len(_auto_algos) >= 4096:
                 _auto_algos.clear()
@@ -166,4 +185,9 @@ def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout
     if impl is None:
         raise ValueError(f"algo={algo!r} is not available for {primitive.split('_backward')[0]} on "
                          f"device={device!r}; valid: {['auto', *valid]}")
+    if impl.covers is not None and geom is not None:
+        why = impl.covers(geom, dtype)
+        if why is not None:
+            raise NotCovered(f"algo={algo!r} does not compute this {primitive} call: {why}; "
+                             f"valid for it: {['auto', *covering(primitive, device, geom, dtype)]}")
     return impl

@@ -1,0 +1,40 @@
+"""algo="winograd" on the CPU: Winograd F(4x4, 3x3) (src/conv_winograd.cpp).
+
+Computes float32 conv2d with a 3x3 kernel, stride 1 and groups == 1, any padding and
+dilation (a dilated layer is an ordinary 3x3 convolution on each of its dilation
+sub-grids), NCHW and NHWC natively: the forward (bias and ReLU fused into the output
+transform) and the grad-input (itself a 3x3 stride-1 convolution, weights turned 180
+degrees), hence conv_transpose2d's forward at stride 1. Other calls are not covered
+(registry.NotCovered); the weight gradient stays with the other algorithms.
+
+Multiplies per output: 36 per 16 outputs and channel pair instead of 144, at a small
+cost in accuracy: measured against convkit.reference on the suite's 3x3 stride-1
+layers, the largest error is 2e-6 to 1.5e-5 of the output's largest value (the direct
+engine's: 1e-6 to 2e-6; the float32 tolerance: 1e-4), see bench/winograd_vs_direct.py.
+"""
+import numpy as np
+
+from . import _cpu
+from ._registry import register
+
+_LAYOUTS = ("NCHW", "NHWC")
+
+
+def covers(geom, dtype):
+    """None when the Winograd kernels compute this call, else why not."""
+    if dtype is not None and np.dtype(dtype) != np.float32:
+        return f"float32 only, got {np.dtype(dtype).name}"
+    if (geom.kh, geom.kw) != (3, 3) or geom.stride != (1, 1) or geom.groups != 1:
+        return (f"needs a 3x3 kernel, stride 1 and groups 1, got kernel {(geom.kh, geom.kw)}, "
+                f"stride {geom.stride}, groups {geom.groups}")
+    return None
+
+
+@register("conv2d_forward", "winograd", layouts=_LAYOUTS, covers=covers)
+def conv2d_forward(x, w, bias, geom, activation, layout):
+    return _cpu.winograd_conv2d_forward(x, w, bias, geom.padding, geom.dilation, activation == "relu", layout)
+
+
+@register("conv2d_grad_input", "winograd", layouts=_LAYOUTS, covers=covers)
+def conv2d_grad_input(grad_y, w, geom, layout):
+    return _cpu.winograd_conv2d_grad_input(grad_y, w, (geom.H, geom.W), geom.padding, geom.dilation, layout)

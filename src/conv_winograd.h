@@ -1,0 +1,63 @@
+// Winograd F(4x4, 3x3) convolution (algo="winograd"): float32, 3x3 kernels, stride 1,
+// any dilation and padding, groups == 1, NCHW and NHWC. Each 4x4 block of outputs costs
+// 36 multiplies per (input, output channel) pair instead of 144: the input tiles and
+// the weights are transformed into 36 "positions", multiplied there as 36 independent
+// matrix products [tiles x C] x [C x K] (the direct engine's register-tiled FMA kernel),
+// and the products transformed back (see src/conv_winograd.cpp).
+//
+// Dilation d keeps the method: the outputs (y, x) with the same (y mod dh, x mod dw)
+// form an ordinary 3x3 stride-1 convolution over the input pixels of that sub-grid,
+// so a tile is 4x4 outputs spaced dh rows and dw columns apart.
+#pragma once
+#include <cstdint>
+
+#include "conv_geometry.h"
+#include "conv_layout.h"
+
+namespace convkit {
+
+// Whether the Winograd operators compute this geometry (the bindings refuse the rest).
+inline bool winograd_covers(const ConvGeom& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.groups == 1;
+}
+
+// y = conv2d(x, w) + bias, then ReLU if asked (g covered, see above).
+void winograd_forward(const ConvGeom& g, Layout layout, const float* x, const float* w, const float* bias, bool relu,
+                      float* y);
+// grad_x of conv2d for grad_y: itself a 3x3 stride-1 convolution of grad_y with the
+// weights turned 180 degrees and C and K swapped.
+void winograd_grad_input(const ConvGeom& g, Layout layout, const float* gy, const float* w, float* gx);
+
+// ---- the kernels' contract (kernels/cpu/f32_winograd.h), one table per ISA ----
+
+// Weight transform of n kernels (n a multiple of W): tap t = 3*i + j of kernel o is
+// src[t*tap_stride + o] (tap_stride may be negative: a kernel read turned by 180
+// degrees); transform position p goes to dst[p*dst_ld + o].
+using WinogradWeightFn = void (*)(const float* src, std::int64_t tap_stride, std::int64_t n, float* dst,
+                                  std::int64_t dst_ld);
+// Input transform of one tile, nc channels (a multiple of the kernel's W): src[6*i + j]
+// points at the channels of the tile's input pixel (i, j) (a zero run for padding);
+// transform position p of channel c goes to dst[p*dst_ld + c].
+using WinogradInputFn = void (*)(const float* const* src, std::int64_t nc, float* dst, std::int64_t dst_ld);
+// Output transform of one tile, nk channels: position p of channel k is read at
+// src[p*src_ld + k] (src holds at least nk rounded up to W channels, as does bias if
+// not null); output pixel (a, b) of the tile, plus bias, ReLU'd if asked, goes to
+// dst[4*a + b][k*k_stride] for k < nk, or nowhere if dst[4*a + b] is null.
+using WinogradOutputFn = void (*)(const float* src, std::int64_t src_ld, std::int64_t nk, const float* bias, bool relu,
+                                  float* const* dst, std::int64_t k_stride);
+
+struct WinogradKernels {
+  WinogradWeightFn weight;
+  WinogradInputFn input;
+  WinogradOutputFn output;
+  int W;  // channels per vector
+  const char* name;
+};
+
+const WinogradKernels& winograd_kernels_f32_scalar();
+#ifdef CONVKIT_X86
+const WinogradKernels& winograd_kernels_f32_avx2();
+const WinogradKernels& winograd_kernels_f32_avx512();
+#endif
+
+}  // namespace convkit

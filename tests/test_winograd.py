@@ -1,0 +1,156 @@
+"""algo="winograd" (F(4x4, 3x3), float32, 3x3 stride 1, groups 1) against the reference.
+
+The grid hits the tile edges (sizes below, at and above multiples of the 4x4 output tile,
+1x1 images), paddings 0/1/2/asymmetric/"same" and larger than the kernel's reach,
+dilations 1..3 (a 4x4 tile per dilation sub-grid), channel counts around the vector
+widths, batches, both layouts, every ISA; also every GEMM kernel of the active ISA,
+several super-blocks of tiles, and the calls it refuses.
+"""
+import numpy as np
+import pytest
+
+import convkit
+from convkit import _cpu, reference as ref
+from convkit._registry import NotCovered
+from helpers import ISAS, assert_close, forced_isa
+
+F32 = np.float32
+
+# (N, C, H, W, K, padding, dilation)
+CASES = [
+    (1, 1, 1, 1, 1, 1, 1),               # 1x1 image: one tile, one valid output
+    (1, 3, 4, 4, 2, 1, 1),               # exactly one tile
+    (2, 5, 7, 9, 3, 1, 1),               # tiles cut at the bottom and the right
+    (1, 16, 8, 8, 16, 0, 1),             # channels at the AVX-512 width, no padding
+    (1, 17, 13, 6, 33, (0, 2, 1, 0), 1),  # asymmetric padding, channels past the widths
+    (1, 9, 11, 10, 7, "same", 2),        # "same" with dilation: 2x2 sub-grids
+    (3, 8, 5, 12, 24, 2, 3),             # dilation 3: sub-grids of 2 rows
+    (1, 4, 3, 3, 5, 4, 1),               # padding past the kernel's reach (grad-input crops)
+    (1, 2, 2, 7, 3, (3, 0, 0, 3), 2),
+    (2, 31, 17, 19, 15, 1, 1),
+]
+
+
+def _case_id(c):
+    return "n{}c{}h{}w{}k{}-p{}-d{}".format(*c).replace(" ", "")
+
+
+def _data(case, seed=0):
+    N, C, H, W, K, padding, dilation = case
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (N, C, H, W)).astype(F32)
+    w = rng.uniform(-1, 1, (K, C, 3, 3)).astype(F32)
+    b = rng.uniform(-1, 1, K).astype(F32)
+    y64 = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, 1, padding, dilation)
+    gy = rng.uniform(-1, 1, y64.shape).astype(F32)
+    return x, w, b, gy, y64
+
+
+def _nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def _nchw(a):
+    return a.transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_forward_and_grad_input_match_reference(case, layout, isa):
+    N, C, H, W, K, padding, dilation = case
+    x, w, b, gy, y64 = _data(case)
+    fused = np.maximum(y64 + b.astype(np.float64).reshape(-1, 1, 1), 0.0)
+    gx64 = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), 1, padding, dilation, 1)
+    to, back = (_nhwc, _nchw) if layout == "NHWC" else (lambda a: a, lambda a: a)
+    with forced_isa(isa):
+        y = convkit.conv2d(to(x), w, None, 1, padding, dilation, layout=layout, algo="winograd")
+        y_fused = convkit.conv2d(to(x), w, b, 1, padding, dilation, activation="relu", layout=layout,
+                                 algo="winograd")
+        gx, _, _ = convkit.conv2d_backward(to(gy), to(x), w, 1, padding, dilation, need_weight=False,
+                                           need_bias=False, layout=layout, algo="winograd")
+    assert_close(back(y), y64, F32)
+    assert_close(back(y_fused), fused, F32)
+    assert_close(back(gx), gx64, F32)
+
+
+@pytest.mark.parametrize("case", [(1, 8, 6, 5, 4, 1, 1), (2, 3, 9, 6, 2, 0, 2)], ids=_case_id)
+def test_conv_transpose2d_at_stride_1_is_the_grad_input(case):
+    N, C, H, W, K, padding, dilation = case
+    x, w, _, _, _ = _data(case)  # conv_transpose2d's weight is (in, out, 3, 3): here (K, C)
+    xt = np.random.default_rng(1).uniform(-1, 1, (N, K, H, W)).astype(F32)
+    want = ref.conv_transpose2d(xt.astype(np.float64), w.astype(np.float64), None, 1, padding, 0, 1, dilation)
+    got = convkit.conv_transpose2d(xt, w, None, 1, padding, 0, 1, dilation, algo="winograd")
+    assert_close(got, want, F32)
+
+
+def test_every_gemm_kernel_and_several_super_blocks():
+    """Each register tile of the active ISA (tile groups cut at every R, output channels
+    at every P), and a layer of more tiles than one super-block holds."""
+    cases = [(1, 5, 9, 13, 21, 1, 1), (2, 16, 90, 92, 8, 1, 1)]
+    names = [k["name"] for k in _cpu.conv_kernels("float32") if "_direct_" in k["name"]]
+    try:
+        for name in names:
+            _cpu.force_conv_kernels(direct=name)
+            for case in cases[:1] if name != names[0] else cases:
+                x, w, b, _, y64 = _data(case)
+                y = convkit.conv2d(x, w, b, 1, case[5], case[6], algo="winograd")
+                assert_close(y, y64 + b.astype(np.float64).reshape(-1, 1, 1), F32, err_msg=name)
+    finally:
+        _cpu.force_conv_kernels()
+
+
+def test_results_do_not_depend_on_thread_count():
+    x, w, b, gy, _ = _data((2, 24, 21, 18, 40, 1, 2))
+    before = convkit.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            convkit.set_num_threads(n)
+            runs.append((convkit.conv2d(x, w, b, 1, 1, 2, algo="winograd"),
+                         convkit.conv2d_backward(gy, x, w, 1, 1, 2, need_weight=False, need_bias=False,
+                                                 algo="winograd")[0]))
+    finally:
+        convkit.set_num_threads(before)
+    for run in runs[1:]:
+        for a, b_ in zip(runs[0], run):
+            np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("what, kwargs, dtype, k", [
+    ("5x5 kernel", {}, F32, 5),
+    ("stride 2", {"stride": 2}, F32, 3),
+    ("groups 2", {"groups": 2}, F32, 3),
+    ("float64", {}, np.float64, 3),
+])
+def test_refuses_what_it_does_not_compute(what, kwargs, dtype, k):
+    x = np.ones((1, 4, 8, 8), dtype)
+    w = np.ones((4, 4 // kwargs.get("groups", 1), k, k), dtype)
+    with pytest.raises(NotCovered, match="winograd"):
+        convkit.conv2d(x, w, algo="winograd", **kwargs)
+    assert convkit.conv2d(x, w, algo="auto", **kwargs).shape[:2] == (1, 4)  # auto never picks it there
+
+
+def test_the_binding_checks_the_shape_again():
+    with pytest.raises(ValueError, match="3x3 kernel"):
+        _cpu.winograd_conv2d_forward(np.ones((1, 4, 8, 8), F32), np.ones((4, 4, 5, 5), F32), None, (0, 0, 0, 0),
+                                     (1, 1))
+    with pytest.raises(ValueError, match="grad_output"):
+        _cpu.winograd_conv2d_grad_input(np.ones((1, 4, 5, 5), F32), np.ones((4, 4, 3, 3), F32), (8, 8),
+                                        (0, 0, 0, 0), (1, 1))
+
+
+def test_weights_changed_in_place_between_calls_are_seen():
+    """The transformed weights are cached for weights seen before (src/conv_winograd.cpp):
+    a change in place, even of one value, must reach the result; so must the same weights
+    used for the grad-input (turned, another cache entry)."""
+    case = (1, 6, 10, 9, 5, 1, 1)
+    x, w, b, gy, _ = _data(case)
+    w = w.copy()
+    for step in range(4):
+        if step == 3:
+            w[4, 2, 1, 2] += 0.5  # in place, after the cache holds an entry for w
+        want = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, 1, 1, 1)
+        assert_close(convkit.conv2d(x, w, None, 1, 1, 1, algo="winograd"), want, F32)
+        gx = convkit.conv2d_backward(gy, x, w, 1, 1, 1, need_weight=False, need_bias=False, algo="winograd")[0]
+        assert_close(gx, ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (10, 9), 1, 1, 1, 1), F32)
