@@ -1,4 +1,4 @@
-"""The direct engine against torch.nn.functional, side by side, on every conv2d and
+"""convkit's direct engine (or, with --algo, another algorithm) against torch.nn.functional, side by side, on every conv2d and
 conv_transpose2d layer of the layer suite: forward and backward (grad-input +
 grad-weight), float32, the same thread count for both.
 
@@ -86,8 +86,8 @@ class Layer:
             w = rng.standard_normal((K, C // g, kh, kw), dtype=np.float32)
             y = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, s, p, d, g).numpy()
             self.flops = 2.0 * y.size * (C // g) * kh * kw
-            fwd_ck = lambda: convkit.conv2d(x, w, None, s, p, d, g, algo="direct")  # noqa: E731
-            bwd_ck = lambda: convkit.conv2d_backward(gy, x, w, s, p, d, g, need_bias=False, algo="direct")  # noqa
+            fwd_ck = lambda: convkit.conv2d(x, w, None, s, p, d, g, algo=ALGO["name"])  # noqa: E731
+            bwd_ck = lambda: convkit.conv2d_backward(gy, x, w, s, p, d, g, need_bias=False, algo=ALGO["name"])  # noqa
             fwd_t = lambda: F.conv2d(xt, wt, None, s, p, d, g)  # noqa: E731
             transposed, op = False, (0, 0)
         else:
@@ -95,9 +95,9 @@ class Layer:
             w = rng.standard_normal((C, K // g, kh, kw), dtype=np.float32)
             y = F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), None, s, p, op, g, d).numpy()
             self.flops = 2.0 * x.size * (K // g) * kh * kw
-            fwd_ck = lambda: convkit.conv_transpose2d(x, w, None, s, p, op, g, d, algo="direct")  # noqa: E731
+            fwd_ck = lambda: convkit.conv_transpose2d(x, w, None, s, p, op, g, d, algo=ALGO["name"])  # noqa: E731
             bwd_ck = lambda: convkit.conv_transpose2d_backward(gy, x, w, s, p, op, g, d, need_bias=False,  # noqa
-                                                                algo="direct")
+                                                                algo=ALGO["name"])
             fwd_t = lambda: F.conv_transpose2d(xt, wt, None, s, p, op, g, d)  # noqa: E731
             transposed, op = True, (op, op) if isinstance(op, int) else op
         gy = rng.standard_normal(y.shape, dtype=np.float32)
@@ -109,6 +109,7 @@ class Layer:
         self.fns = {"fwd": (fwd_ck, fwd_t), "bwd": (bwd_ck, bwd_t)}
 
 
+ALGO = {"name": "direct"}  # --algo: the convkit algorithm timed
 CLOCK = {"now": time.perf_counter}  # --clock cpu: time.thread_time (one thread only)
 
 
@@ -205,8 +206,11 @@ def main(argv=None):
                     help="before each block pair wait up to S seconds until no other thread is runnable")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: the calling thread's CPU time, immune to other users' jobs (needs --threads 1)")
+    ap.add_argument("--algo", default="direct",
+                    help="convkit's algorithm: direct (default), auto (what users get), winograd, im2col")
     args = ap.parse_args(argv)
     QUIET["wait"] = args.wait_quiet
+    ALGO["name"] = args.algo
     if args.clock == "cpu":
         if args.threads != 1:
             ap.error("--clock cpu measures one thread: use it with --threads 1")
@@ -219,7 +223,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     layers = [Layer(L, rng) for L in load_layers(args.suite, set(filter(None, args.layers.split(","))))]
 
-    lines = [f"peak (float32 matmul, {args.threads} threads): {peak:.0f} GFLOP/s; isa {convkit.get_isa()}; "
+    lines = [f"peak (float32 matmul, {args.threads} threads): {peak:.0f} GFLOP/s; isa {convkit.get_isa()}; algo {args.algo}; "
              f"torch {torch.__version__}; blocks {args.blocks}; clock {args.clock}; {heap}", "",
              "| layer | kind | dir | convkit GFLOP/s | torch GFLOP/s | ratio (paired) | target | % peak "
              "| 1->N threads |",

@@ -4,15 +4,15 @@
 //      calls with the same weights, see WeightCache);
 //   2. the input is made channels-last with the channel count padded to the vector
 //      width W (NCHW is transposed; an NHWC input with C % W == 0 is read in place);
-//   3. the tiles are processed in super-blocks of S tiles, three parallel passes each:
+//   3. the tiles are processed in super-blocks of S tiles, each by one thread in three passes:
 //      input transform V[p][s][c]; for each p the product M[p] = V[p] U[p] through the
 //      direct engine's kernel (roles: its "output channels" are tiles, its "pixels" the
 //      output channels k, its reduction entries the input channels c); output
 //      transform of M into y with bias and ReLU. S keeps V and M of a super-block
 //      (36 * S * (C + K) floats) within kBlockBytes, so they are re-read from cache,
 //      while U streams once per super-block.
-// Every tile and every (p, tile group) is computed by exactly one task: results do not
-// depend on the thread count.
+// A tile's result does not depend on its super-block (each product row is its own
+// reduction, in the same order), so results do not depend on the thread count.
 #include "conv_winograd.h"
 
 #include <algorithm>
@@ -35,9 +35,6 @@ namespace {
 // 64 batch 8 1.28x -> 1.42x, DeepLab dilation 2 1.54x -> 1.72x, VGG 128 unchanged. The
 // weights then stream once per super-block (C = K = 256: 9.4 MB per 14 tiles, from L3).
 constexpr std::int64_t kBlockBytes = std::int64_t(1) << 20;
-// Tiles per task in the transform passes (a tile's transform is ~100 vector operations
-// per channel vector: small tasks would cost more to hand out than to run).
-constexpr std::int64_t kTilesPerTask = 8;
 
 const WinogradKernels& winograd_kernels() {
   switch (active_isa()) {
@@ -185,8 +182,13 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   const DirectKernel<float>& kern = choose_direct_kernel(ks, T, p.K);
   const std::int64_t R = kern.R, P = kern.P;
   const std::int64_t Cp = ceil_div(p.C, wk.W) * wk.W, Kp = ceil_div(p.K, P) * P;
-  const std::int64_t fit = kBlockBytes / (36 * 4 * (Cp + Kp)) / R * R;
-  const std::int64_t S = std::min(std::max(R, fit), ceil_div(T, R) * R);
+  // Super-blocks of S tiles, as many as fit kBlockBytes but at least one per thread,
+  // their count a multiple of the threads' (each thread runs every slots-th block in its
+  // own V and M, so blocks of equal size keep both cores busy to the end).
+  const std::int64_t fit = std::max(R, kBlockBytes / (36 * 4 * (Cp + Kp)) / R * R);
+  const std::int64_t slots = std::min<std::int64_t>(get_num_threads(), ceil_div(T, R));
+  const std::int64_t blocks = ceil_div(ceil_div(T, fit), slots) * slots;
+  const std::int64_t S = ceil_div(ceil_div(T, blocks), R) * R;
   const bool in_place = p.layout == Layout::NHWC && Cp == p.C;
 
   Workspace ws;
@@ -195,11 +197,9 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   const auto bias_at = ws.add<float>(bias ? Kp : 0);
   const auto x_at = ws.add<float>(in_place ? 0 : buffer_size({p.N, p.H, p.W, Cp}));
   const auto zero_at = ws.add<float>(Cp);
-  const auto V_at = ws.add<float>(buffer_size({36, S, Cp}));
-  const auto M_at = ws.add<float>(buffer_size({36, S, Kp}));
+  const auto V_at = ws.add<float>(buffer_size({slots, 36, S, Cp}));
+  const auto M_at = ws.add<float>(buffer_size({slots, 36, S, Kp}));
   ws.allocate();
-  float* V = ws.at<float>(V_at);
-  float* M = ws.at<float>(M_at);
   float* zeros = ws.at<float>(zero_at);
   std::fill(zeros, zeros + Cp, 0.0f);
 
@@ -254,12 +254,17 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   for (std::int64_t c = 0; c < p.C; ++c) ent[static_cast<std::size_t>(c)] = {c * Kp, c};
   const ActStrides ys = act_strides(p.layout, p.K, p.OH, p.OW);
 
-  for (std::int64_t t0 = 0; t0 < T; t0 += S) {
-    const std::int64_t nt = std::min(S, T - t0), tasks = ceil_div(nt, kTilesPerTask);
-    // 3a. Input transform.
-    parallel_for(tasks, [&](std::int64_t task) {
+  // 3. One task per thread slot, its super-blocks one after another: the three passes of
+  // a block run back to back on one core, V and M staying in its L2, with no barrier
+  // between them (a barrier per pass cost more than the passes on small layers).
+  parallel_for(slots, [&](std::int64_t slot) {
+    float* V = ws.at<float>(V_at) + slot * 36 * S * Cp;
+    float* M = ws.at<float>(M_at) + slot * 36 * S * Kp;
+    for (std::int64_t t0 = slot * S; t0 < T; t0 += slots * S) {
+      const std::int64_t nt = std::min(S, T - t0);
+      // 3a. Input transform.
       const float* src[36];
-      for (std::int64_t s = task * kTilesPerTask; s < std::min(nt, (task + 1) * kTilesPerTask); ++s) {
+      for (std::int64_t s = 0; s < nt; ++s) {
         const Tile& tl = tiles[static_cast<std::size_t>(t0 + s)];
         for (int i = 0; i < 6; ++i) {
           const std::int64_t iy = tl.oy0 + p.top + i * p.dh;
@@ -271,24 +276,21 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
         }
         wk.input(src, Cp, V + s * Cp, S * Cp);
       }
-    });
-    // 3b. One product per position: M[q] = V[q] U[q], tiles in groups of R, output
-    // channels in runs of P (U's runs stay in L1 across the tile groups).
-    const std::int64_t groups = ceil_div(nt, R);
-    parallel_for(36, [&](std::int64_t q) {
-      for (std::int64_t k0 = 0; k0 < Kp; k0 += P)
-        for (std::int64_t tg = 0; tg < groups; ++tg) {
-          const std::int64_t s0 = tg * R;
-          const OutMap<float> out{M + (q * S + s0) * Kp, Kp, 0, 1, 1, Kp, Kp};
-          const DirectTile<float> tile{U + q * p.C * Kp + k0, ent.data(), p.C, V + (q * S + s0) * Cp, Cp, nullptr,
-                                       false, static_cast<int>(std::min(R, nt - s0)), 0, k0, out};
-          kern.fn(tile);
-        }
-    });
-    // 3c. Output transform, bias and ReLU into y.
-    parallel_for(tasks, [&](std::int64_t task) {
+      // 3b. One product per position: M[q] = V[q] U[q], tiles in groups of R, output
+      // channels in runs of P (U's runs stay in L1 across the tile groups).
+      const std::int64_t groups = ceil_div(nt, R);
+      for (std::int64_t q = 0; q < 36; ++q)
+        for (std::int64_t k0 = 0; k0 < Kp; k0 += P)
+          for (std::int64_t tg = 0; tg < groups; ++tg) {
+            const std::int64_t s0 = tg * R;
+            const OutMap<float> out{M + (q * S + s0) * Kp, Kp, 0, 1, 1, Kp, Kp};
+            const DirectTile<float> tile{U + q * p.C * Kp + k0, ent.data(), p.C, V + (q * S + s0) * Cp, Cp, nullptr,
+                                         false, static_cast<int>(std::min(R, nt - s0)), 0, k0, out};
+            kern.fn(tile);
+          }
+      // 3c. Output transform, bias and ReLU into y.
       float* dst[16];
-      for (std::int64_t s = task * kTilesPerTask; s < std::min(nt, (task + 1) * kTilesPerTask); ++s) {
+      for (std::int64_t s = 0; s < nt; ++s) {
         const Tile& tl = tiles[static_cast<std::size_t>(t0 + s)];
         for (int a = 0; a < 4; ++a)
           for (int bb = 0; bb < 4; ++bb) {
@@ -297,8 +299,8 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
           }
         wk.output(M + s * Kp, S * Kp, p.K, b, relu, dst, ys.c);
       }
-    });
-  }
+    }
+  });
 }
 
 }  // namespace
