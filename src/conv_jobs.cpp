@@ -66,11 +66,15 @@ void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>
       const std::int64_t t = u / nkc, chunk = u % nkc;
       while (t >= first_tile[j + 1]) ++j;
       const DirectJob<T>& job = jobs[j];
+      // The last tile of a job computes only the vectors its pixels need; read in place
+      // (exact), it is moved back to end at npix.
       std::int64_t p0 = (t - first_tile[j]) * P;
+      const int v = kern.vectors_at(p0, job.npix);
+      const std::int64_t width = v * kern.lanes();
       int skip = 0;
-      if (job.exact && p0 + P > job.npix) {
-        skip = static_cast<int>(p0 + P - job.npix);
-        p0 = job.npix - P;
+      if (job.exact && p0 + width > job.npix) {
+        skip = static_cast<int>(p0 + width - job.npix);
+        p0 = job.npix - width;
       }
       const std::int64_t kb1 = std::min(ceil_div(job.nk, R), (chunk + 1) * kb_per_chunk);
       for (std::int64_t kb = chunk * kb_per_chunk; kb < kb1; ++kb) {
@@ -79,7 +83,7 @@ void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>
         const DirectTile<T> tile{job.in + p0, job.ent, job.n, job.w + kb * R * job.w_ld, job.w_ld,
                                  job.bias ? job.bias + kb * R : nullptr, relu,
                                  static_cast<int>(std::min(R, job.nk - kb * R)), skip, p0, out};
-        kern.fn(tile);
+        kern.tile[v - 1](tile);
       }
     }
   });

@@ -11,6 +11,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "conv_tile.h"
 
@@ -94,6 +95,17 @@ void conv_direct_tile(const DirectTile<typename VT::Elem>& t) {
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) out[r][v] = t.relu ? VT::relu(acc[r][v]) : acc[r][v];
   store_tile<VT, R, V>(t.out, t.p0, t.skip, t.kr, out);
+}
+
+// The table entry of the R x (V vectors) direct kernel: the full tile and its narrower
+// tiles of 1 .. V-1 vectors (DirectKernel::tile).
+template <class VT, int R, int... v>
+DirectKernel<typename VT::Elem> direct_kernel_of(std::integer_sequence<int, v...>, float eff, const char* name) {
+  return {{&conv_direct_tile<VT, R, v + 1>...}, R, static_cast<int>(sizeof...(v)) * VT::W, eff, name};
+}
+template <class VT, int R, int V>
+DirectKernel<typename VT::Elem> direct_kernel(float eff, const char* name) {
+  return direct_kernel_of<VT, R>(std::make_integer_sequence<int, V>{}, eff, name);
 }
 
 // Grad-weight as outer products: per pixel, V vectors of grad_output (KB = V*W output
