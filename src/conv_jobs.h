@@ -55,6 +55,10 @@ struct RowRange {
 std::vector<Band> row_bands(const std::vector<Entry>& ent, const std::vector<RowRange>& valid, std::int64_t rows,
                             std::int64_t Wq, std::int64_t P);
 
+// Input bytes a group of pixel tiles may read so that it stays in L2 while every
+// channel block runs over it (run_direct_jobs): half of a 1 MiB L2.
+constexpr double kL2Share = 512.0 * 1024;
+
 // Below this many FLOPs a task costs more to hand to another thread than to run.
 constexpr double kMinTaskFlops = 4e5;
 
@@ -82,8 +86,8 @@ const DirectKernel<T>& choose_direct_kernel(const ConvKernels<T>& ks, std::int64
                   [&](const DirectKernel<T>& k) { return double(round_up(nk, k.R)) * double(k.padded(npix)); });
 }
 
-// Runs every (job, pixel tile, channel block) on the pool. The split into tasks never
-// changes a result: each output element is computed by exactly one kernel call.
+// Runs every (job, pixel tile, channel block) on the pool. The split into tasks never changes a result: each output
+// element is computed by exactly one kernel call.
 template <typename T>
 void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>>& jobs, bool relu);
 
