@@ -194,8 +194,13 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   // poorly once they outgrow L2 (14x14 grad-input: 90-160 GFLOP/s run to run; now
   // 120-145, DeepLab's 3x3 d2: 130 -> 170).
   T* wt = ws.at<T>(wt_at);
-  parallel_for(g.groups, [&](std::int64_t grp) {
-    ks.transpose(w + grp * Kg * Cg * taps, Cg * taps, wt + grp * Cg * taps * Kg, Kg, Kg, Cg * taps);
+  // In column chunks, so that both cores share it at batch 1 (one group: one task took a
+  // sixth of a two-thread 14 x 14 grad-input while the other core waited).
+  const std::int64_t cols = Cg * taps, chunk = std::max<std::int64_t>(16, (1 << 14) / Kg / 16 * 16);
+  const std::int64_t chunks = ceil_div(cols, chunk);
+  parallel_for(g.groups * chunks, [&](std::int64_t t) {
+    const std::int64_t grp = t / chunks, c0 = t % chunks * chunk, n = std::min(chunk, cols - c0);
+    ks.transpose(w + grp * Kg * cols + c0, cols, wt + (grp * cols + c0) * Kg, Kg, Kg, n);
   });
   const PlaneGeom& phased_pg = cbands[phases[0].rb][0].pg;  // shared by every band when not folded
   const T* planes = in_place ? gy
