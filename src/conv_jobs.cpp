@@ -64,9 +64,9 @@ void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>
   // caller, no thread wakes); groups shrink when there are too few channel blocks.
   const std::int64_t max_tasks = std::max<std::int64_t>(1, static_cast<std::int64_t>(flops / kMinTaskFlops));
   const std::int64_t want = std::min<std::int64_t>(max_tasks, 8 * get_num_threads());
-  const std::int64_t group = std::clamp<std::int64_t>(
-      std::min(static_cast<std::int64_t>(kL2Share / tile_bytes), ceil_div(tiles * nkb, want)), 1, tiles);
-  const std::int64_t ngroups = ceil_div(tiles, group);
+  const std::int64_t ngroups = ceil_div(tiles, std::clamp<std::int64_t>(
+      std::min(static_cast<std::int64_t>(kL2Share / tile_bytes), ceil_div(tiles * nkb, want)), 1, tiles));
+  const std::int64_t group = ceil_div(tiles, ngroups);  // groups of even size
   const std::int64_t per_chunk = ceil_div(nkb, std::clamp<std::int64_t>(ceil_div(want, ngroups), 1, nkb));
   const std::int64_t nchunks = ceil_div(nkb, per_chunk);
   // No blocking of the entries (input channels) for cache: a tile's input streams from
