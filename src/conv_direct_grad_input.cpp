@@ -206,7 +206,7 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   // The transpose runs in column chunks, so that both cores share it at batch 1 (one
   // task per group took a sixth of a two-thread 14 x 14 grad-input, the other core idle).
   T* wt = ws.at<T>(wt_at);
-  const std::int64_t cols = Cg * taps, chunk = std::max<std::int64_t>(16, (1 << 14) / Kg / 16 * 16);
+  const std::int64_t cols = Cg * taps, chunk = std::max<std::int64_t>(16, (1 << 14) / std::max<std::int64_t>(1, Kg) / 16 * 16);
   const std::int64_t chunks = w_in_place ? 0 : ceil_div(cols, chunk);
   parallel_for(g.groups * chunks, [&](std::int64_t t) {
     const std::int64_t grp = t / chunks, c0 = t % chunks * chunk, n = std::min(chunk, cols - c0);

@@ -86,8 +86,8 @@ const DirectKernel<T>& choose_direct_kernel(const ConvKernels<T>& ks, std::int64
                   [&](const DirectKernel<T>& k) { return double(round_up(nk, k.R)) * double(k.padded(npix)); });
 }
 
-// Runs every (job, pixel tile, channel block) on the pool. The split into tasks never changes a result: each output
-// element is computed by exactly one kernel call.
+// Runs every (job, pixel tile, channel block) on the pool. The split into tasks never
+// changes a result: each output element is computed by exactly one kernel call.
 template <typename T>
 void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>>& jobs, bool relu);
 
