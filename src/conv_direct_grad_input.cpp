@@ -181,7 +181,7 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   // Weights: transposed once per call (rows of kh*kw*K values, one per input channel c,
   // read in order as in the forward), or in place on small images. The copy costs a
   // pass of its own through L3; in place, the rows are 288-byte runs 9 KiB apart on a
-  // 256-channel 3x3 layer, which the kernels prefetch (conv_tiles.h) but which cost more
+  // 256-channel 3x3 layer, which the kernels prefetch (DirectJob::prefetch_w) but which cost more
   // to read once they outgrow L2 and are read again by each group of tiles. Measured
   // single-thread, in place against transposed: 14 x 14 +18%, 17 x 17 (Inception's 1x7)
   // +4%, 33 x 33 -10%, 19 x 19 1x1 (a plain, cheap transpose) -3%.
@@ -245,7 +245,7 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
                           w_in_place ? w + grp * Kg * Cg * taps : wt + grp * Cg * Kg * taps,
                           w_in_place ? taps : Kg * taps, nullptr,
                           OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, cb.cols, Wx},
-                          Cg, (b.r1 - b.r0 - 1) * Wx + cb.cols, in_place});
+                          Cg, (b.r1 - b.r0 - 1) * Wx + cb.cols, in_place, w_in_place});
       }
   run_direct_jobs(kern, jobs, false);
 }

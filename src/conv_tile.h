@@ -48,6 +48,7 @@ struct DirectTile {
   int skip;                  // leading pixels not stored (a last tile moved back, see DirectJob)
   std::int64_t p0;           // the tile's first flat pixel
   OutMap<T> out;
+  bool prefetch_w;           // prefetch the weights (rows read with page-sized gaps, see DirectJob)
 };
 
 // One call of a grad-weight kernel `R x KB` (R reduction entries, KB output channels):

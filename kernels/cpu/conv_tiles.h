@@ -82,11 +82,9 @@ void conv_direct_tile(const DirectTile<typename VT::Elem>& t) {
   for (std::int64_t e = 0; e < t.n; ++e) {
     const T* in = t.in + t.ent[e].x;
     const std::int64_t wo = t.ent[e].w;
-    // Weights 32 entries ahead, one row per entry in turn: rows read in place with
-    // page-sized gaps (grad-input's, see conv_direct_grad_input.cpp) defeat the hardware
-    // prefetchers; sequential rows (the forward's) already hit, and the hint is one
-    // spare load slot per R*V FMAs.
-    __builtin_prefetch(w[e % R] + t.ent[std::min(e + 32, t.n - 1)].w);
+    // Weights 32 entries ahead, one row per entry in turn (DirectJob::prefetch_w; the
+    // compiler unswitches the loop on the flag).
+    if (t.prefetch_w) __builtin_prefetch(w[e % R] + t.ent[std::min(e + 32, t.n - 1)].w);
     Vec x[V];
     for (int v = 0; v < V; ++v) x[v] = VT::loadu(in + v * W);
     for (int r = 0; r < R; ++r) {
