@@ -17,8 +17,9 @@ Memory: "col MiB" is the largest column buffer im2col allocated over the pass (i
 record: convkit._im2col.last_call_stats()); "peak MiB" the peak of NumPy/Python
 allocations during one call (tracemalloc, which NumPy reports its buffers to: outputs,
 column buffer and layout copies; not the direct path's C++ scratch).
-Threads: convkit's pool via --threads; im2col's BLAS (SciPy's OpenBLAS) via
-OPENBLAS_NUM_THREADS, set from --threads before NumPy loads.
+Threads: --threads sets convkit.set_num_threads, which im2col's BLAS (SciPy's OpenBLAS)
+follows during convkit's calls; OPENBLAS_NUM_THREADS, set from --threads before NumPy
+loads, gives the reference sgemm (timed outside convkit) the same count.
 """
 from __future__ import annotations
 

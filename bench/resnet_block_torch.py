@@ -1,6 +1,7 @@
 """Training-step time of a ResNet basic block: convkit.torch's ops against PyTorch's own.
 
     python bench/resnet_block_torch.py [--batch 8] [--channels 64] [--size 56] [--blocks 7] [--calls 3]
+                                       [--threads 2] [--own-threads]
 
 The block is conv3x3 -> relu -> conv3x3 -> + skip -> relu (no bias, no batch norm: the
 convolutions are what is compared), float32 NCHW; one step is its forward and the backward
@@ -9,6 +10,9 @@ steps (A A A, B B B, ...), the first step of each block discarded (it wakes the 
 the mean of the rest is the block's time, and the median over blocks is reported, with the
 same thread count for both (DESIGN.md, "how to measure"). A benchmark, not a test: it
 checks only that the two gradients agree before it times anything.
+
+convkit's kernels run on PyTorch's OpenMP threads (convkit.torch.share_torch_threads);
+--own-threads times them on convkit's own pool instead, as before that existed.
 """
 from __future__ import annotations
 
@@ -50,9 +54,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--blocks", type=int, default=7, help="interleaved blocks per ops set (>= 7)")
     parser.add_argument("--calls", type=int, default=3, help="steps per block, the first discarded")
+    parser.add_argument("--own-threads", action="store_true", help="convkit on its own pool, not PyTorch's threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     convkit.set_num_threads(args.threads)
+    shared = convkit.torch.share_torch_threads(not args.own_threads)
 
     g = torch.Generator().manual_seed(0)
     n, c, s = args.batch, args.channels, args.size
@@ -69,7 +75,8 @@ def main(argv=None) -> dict:
             blocks[name].append(step_seconds(ops, tensors, args.calls))
     flops = 3 * 2 * 2 * n * c * s * s * c * 9  # 2 convs x (forward, grad-input, grad-weight), FMA = 2
     print(f"ResNet basic block, N={n} C={c} {s}x{s}, float32, {args.threads} threads, "
-          f"median of {args.blocks} blocks of {args.calls - 1} steps (convkit ISA {convkit.get_isa()})")
+          f"median of {args.blocks} blocks of {args.calls - 1} steps (convkit ISA {convkit.get_isa()}, "
+          f"{'on PyTorch' if shared else 'on its own'} threads)")
     median = {name: statistics.median(times) for name, times in blocks.items()}
     for name, t in median.items():
         print(f"  {name:8s} {t * 1e3:9.1f} ms/step  {flops / t / 1e9:7.1f} GFLOP/s")

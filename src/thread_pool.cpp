@@ -1,5 +1,6 @@
 #include "thread_pool.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <atomic>
@@ -47,12 +48,18 @@ bool poll_until(Ready ready) {
 
 class Pool {
  public:
-  Pool() { resize(available_cores()); }
+  explicit Pool(int n) { resize(n); }
   ~Pool() { stop_workers(); }
 
   int size() {
     std::lock_guard<std::mutex> lock(run_mutex_);
     return static_cast<int>(workers_.size()) + 1;
+  }
+  int size_at_fork() const { return size_.load(); }  // without the lock a dead thread may hold
+
+  void set_fork_join(ForkJoin fork_join) {
+    std::lock_guard<std::mutex> lock(run_mutex_);  // not while a job runs
+    fork_join_.store(fork_join);
   }
 
   void resize(int n) {
@@ -64,6 +71,7 @@ class Pool {
     // last (finished) generation for new work and count itself done twice.
     const std::uint64_t seen = generation_.load(std::memory_order_acquire);
     for (int i = 1; i < n; ++i) workers_.emplace_back([this, seen] { worker_loop(seen); });
+    size_.store(n);
   }
 
   void run(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
@@ -71,6 +79,17 @@ class Pool {
     std::unique_lock<std::mutex> run_lock(run_mutex_, std::try_to_lock);
     if (t_inside_task || !run_lock.owns_lock() || workers_.empty() || n == 1) {
       run_serial(n, fn);
+      return;
+    }
+    if (ForkJoin fork_join = fork_join_.load()) {
+      job_ = &fn;
+      job_size_ = n;
+      next_.store(0);
+      error_ = nullptr;
+      fork_join([](void* self) { static_cast<Pool*>(self)->work(); }, this,
+                static_cast<unsigned>(workers_.size() + 1), 0);
+      job_ = nullptr;
+      if (error_) std::rethrow_exception(error_);
       return;
     }
     {
@@ -165,10 +184,33 @@ class Pool {
   std::atomic<int> active_{0};               // workers that have not finished the job
   std::atomic<std::uint64_t> generation_{0};  // bumped once per job
   std::atomic<bool> stopping_{false};
+  std::atomic<ForkJoin> fork_join_{nullptr};  // set: jobs run on that runtime's team, not workers_
+  std::atomic<int> size_{1};
 };
 
+// A forked child (multiprocessing, DataLoader workers) has only the thread that called
+// fork(): the pool's workers are gone, and so is the OpenMP team of a fork-join hand-off
+// (libgomp's next region hangs in a child, PyTorch's own ops too); the pool's mutexes may
+// even be held by threads that no longer exist. So the child leaves the old pool behind,
+// never touched nor freed, and builds a new one of the same size, on its own threads, at
+// its first parallel call.
+std::atomic<Pool*> g_pool{nullptr};
+std::atomic<int> g_size_after_fork{0};  // 0: the cores available
+
+void forget_pool_in_child() {
+  if (Pool* old = g_pool.load()) g_size_after_fork.store(old->size_at_fork());
+  g_pool.store(nullptr);
+}
+
 Pool& pool() {
-  static Pool* p = new Pool();  // never destroyed: workers may outlive static teardown order
+  static const int registered = pthread_atfork(nullptr, nullptr, forget_pool_in_child);
+  (void)registered;
+  Pool* p = g_pool.load(std::memory_order_acquire);
+  if (!p) {  // never destroyed: workers may outlive static teardown order
+    Pool* fresh = new Pool(g_size_after_fork.load());
+    if (g_pool.compare_exchange_strong(p, fresh)) return *fresh;
+    delete fresh;  // another thread made one first: p is it
+  }
   return *p;
 }
 
@@ -177,5 +219,6 @@ Pool& pool() {
 void set_num_threads(int n) { pool().resize(n); }
 int get_num_threads() { return pool().size(); }
 void parallel_for(std::int64_t n, const std::function<void(std::int64_t)>& fn) { pool().run(n, fn); }
+void set_fork_join(ForkJoin fork_join) { pool().set_fork_join(fork_join); }
 
 }  // namespace convkit

@@ -10,6 +10,7 @@ import pytest
 import convkit
 from convkit import _args, _auto, _registry
 from convkit import reference as ref
+from op_cases import num_threads
 
 CONV_PRIMITIVES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
 
@@ -65,10 +66,11 @@ def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
     ("conv2d_forward", "dense3x3", np.float64, "im2col", "float64"),
     ("conv2d_grad_input", "depthwise", np.float32, "direct", "depthwise"),
     ("conv2d_grad_weight", "depthwise", np.float32, "direct", "depthwise"),
-    ("conv2d_forward", "dilated", np.float32, "im2col", "mostly padding"),
-    ("conv2d_grad_weight", "dilated", np.float32, "direct", "dense"),
+    ("conv2d_forward", "dilated", np.float32, "direct", "mostly padding"),
+    ("conv2d_grad_weight", "dilated", np.float32, "direct", "mostly padding"),
     ("conv2d_grad_input", "small_image", np.float32, "im2col", "few pixels per channel"),
     ("conv2d_forward", "small_image", np.float32, "direct", "dense"),
+    ("conv2d_grad_weight", "small_image", np.float32, "direct", "dense"),
     ("conv2d_grad_weight", "lenet", np.float32, "im2col", "narrow grad-weight"),
     ("conv2d_grad_input", "lenet", np.float32, "im2col", "one input channel"),
     ("conv2d_forward", "lenet", np.float32, "direct", "dense"),
@@ -152,6 +154,47 @@ def test_autotune_keeps_the_fastest(monkeypatch, fastest):
     convkit.autotune(True)
     assert _auto.choose("conv2d_forward", geom_of("lenet"), "cpu", _registry.algos("conv2d_forward"),
                         np.float32, "NCHW").algo == fastest
+
+
+def fake_runner(monkeypatch, seconds: dict):
+    """_runner replaced: each algo's call busies the CPU for seconds[algo]; returns the call counts."""
+    import time
+
+    calls = dict.fromkeys(seconds, 0)
+
+    def runner(primitive, geom, dtype, layout):
+        def run(algo):
+            calls[algo] += 1
+            end = time.thread_time() + seconds[algo]
+            while time.thread_time() < end:
+                pass
+        return run
+
+    monkeypatch.setattr(_auto, "_runner", runner)
+    monkeypatch.setattr(_auto, "_BUDGET", 0.0)  # the fewest rounds: _ROUNDS each
+    return calls
+
+
+@pytest.mark.parametrize("threads, clock, statistic", [(1, "thread_time", "median"), (2, "perf_counter", "min")])
+def test_autotune_times_cpu_at_one_thread_and_the_wall_clock_above(threads, clock, statistic):
+    with num_threads(threads):
+        assert tuple(f.__name__ for f in _auto._clock()) == (clock, statistic)
+
+
+def test_autotune_retimes_the_two_fastest_when_they_are_close(monkeypatch):
+    calls = fake_runner(monkeypatch, {"a": 0.002, "b": 0.0021, "slow": 0.006})
+    with num_threads(1):
+        seconds = _auto._measure("conv2d_forward", geom_of("lenet"), np.float32, "NCHW", ["a", "b", "slow"])
+    # a warm-up call each, _ROUNDS interleaved rounds, then _ROUNDS more of the close pair
+    assert calls == {"a": 1 + 2 * _auto._ROUNDS, "b": 1 + 2 * _auto._ROUNDS, "slow": 1 + _auto._ROUNDS}
+    assert min(seconds, key=seconds.get) == "a" and seconds["slow"] >= 0.006
+
+
+def test_autotune_does_not_retime_candidates_far_apart(monkeypatch):
+    calls = fake_runner(monkeypatch, {"a": 0.001, "b": 0.003})
+    with num_threads(1):
+        _auto._measure("conv2d_forward", geom_of("lenet"), np.float32, "NCHW", ["a", "b"])
+    assert calls == {"a": 1 + _auto._ROUNDS, "b": 1 + _auto._ROUNDS}
 
 
 def test_autotune_persists_to_the_user_cache(monkeypatch, tmp_path, count_measurements):

@@ -17,6 +17,7 @@ import pytest
 import convkit
 from convkit import _args
 from convkit import reference as ref
+from helpers import assert_close
 
 _im2col = pytest.importorskip("convkit._im2col", reason="the Cython extension is not built")
 
@@ -71,6 +72,9 @@ CASES = [
     Case(1, 2, 1, 1, 3, 3, 3, padding=1),                        # 1x1 image, kernel larger than it
     Case(2, 3, 2, 3, 2, 5, 5, padding=2),                        # kernel larger than the image
     Case(1, 17, 5, 5, 19, 3, 3, padding=1),                      # channels past a vector width
+    # NCHW forward with >= 32 channels and groups 1 runs on pixel-major columns (forward_via_hwc):
+    Case(2, 32, 9, 11, 33, 3, 3, padding=1),
+    Case(1, 33, 10, 7, 5, 3, 2, stride=(2, 1), padding=(5, 1, 1, 2), dilation=(2, 1)),  # top rows all padding
 ]
 
 
@@ -91,12 +95,6 @@ def _random_cases(n, seed):
 
 
 CASES += _random_cases(12, seed=4)
-
-
-def assert_close(got, want, dtype):
-    tol = 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
-    assert got.dtype == np.dtype(dtype)
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, float(np.abs(want).max(initial=0.0))))
 
 
 def to_layout(a, layout):
@@ -182,7 +180,8 @@ def test_read_only_and_non_contiguous_inputs():
 
 
 # ------------------------------------------------------------------------ buffer cap
-TILE_CASES = [CASES[5], CASES[9], CASES[13], CASES[17], CASES[22]]  # native NHWC: C >= 4, groups 1
+# native NHWC (C >= 4, groups 1); the last two: NCHW forward on pixel-major columns
+TILE_CASES = [CASES[5], CASES[9], CASES[13], CASES[17], CASES[22], CASES[23], CASES[24]]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -316,3 +315,39 @@ def test_empty_batch():
     gx, gw, _ = convkit.conv2d_backward(np.zeros((0, 3, 3, 3)), x, w, algo="im2col")
     assert gx.shape == (0, 2, 5, 5)
     np.testing.assert_array_equal(gw, np.zeros((3, 2, 3, 3)))
+
+
+# --------------------------------------------------------------------------- threads
+def test_set_num_threads_reaches_scipys_blas_for_the_call_only(monkeypatch):
+    """convkit.set_num_threads(n) sets the BLAS im2col multiplies with to n threads while
+    convkit's call runs and gives it back its own count afterwards; NumPy's own BLAS
+    (a separate library in the wheels) is never touched."""
+    from threadpoolctl import ThreadpoolController, threadpool_limits
+
+    from convkit._runtime import scipy_blas
+
+    ours = scipy_blas()
+    assert ours and all(lib.user_api == "blas" for lib in ours)
+    others = [lib for lib in ThreadpoolController().lib_controllers
+              if lib.user_api == "blas" and lib.filepath not in {o.filepath for o in ours}]
+    seen = []
+    real = _im2col.conv2d_forward
+
+    def spy(*args):
+        seen.append(([lib.num_threads for lib in ours], [lib.num_threads for lib in others]))
+        return real(*args)
+
+    monkeypatch.setattr(_im2col, "conv2d_forward", spy)
+    case = CASES[4]
+    x, w, b, y, gy = inputs(case)
+    before = convkit.get_num_threads()
+    try:
+        for convkit_n, blas_n in ((1, 3), (3, 1)):
+            convkit.set_num_threads(convkit_n)
+            with threadpool_limits(limits=blas_n, user_api="blas"):
+                outside = [lib.num_threads for lib in others]
+                assert_close(convkit.conv2d(x, w, b, **case.kwargs, algo="im2col"), y, np.float64)
+                assert seen[-1] == ([convkit.get_num_threads()] * len(ours), outside)
+                assert [lib.num_threads for lib in ours] == [blas_n] * len(ours)
+    finally:
+        convkit.set_num_threads(before)

@@ -26,6 +26,9 @@ def test_python_m_convkit_info(tmp_path):
     assert re.search(rf"^isa in use\s*: {detected}$", out.stdout, re.M), out.stdout
     for key in ("build", "cpu features", "threads", "numba", "cuda device", "cpu algorithms"):
         assert re.search(rf"^{key}\s*: \S", out.stdout, re.M), f"{key} missing:\n{out.stdout}"
+    threads = int(re.search(r"^threads\s*: (\d+)$", out.stdout, re.M).group(1))
+    if "im2col" in convkit._registry.algos("conv2d_forward", "cpu"):
+        assert re.search(rf"^im2col blas\s*: .*: {threads} threads in convkit's calls", out.stdout, re.M), out.stdout
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -199,3 +199,34 @@ def test_gil_is_released_during_compute(row):
         sys.setswitchinterval(old_interval)
         convkit.set_num_threads(old_threads)
     assert ran, f"{row.primitive}/{row.algo}: no other Python thread ran during its compute (scale {scale})"
+
+
+FORK_SCRIPT = """
+import os, sys, numpy as np, convkit
+if sys.argv[1] == "torch":
+    import convkit.torch
+    assert convkit.torch.share_torch_threads() or "OpenMP" not in __import__("torch").__config__.parallel_info()
+convkit.set_num_threads(2)
+x = np.random.default_rng(0).standard_normal((2, 16, 24, 24)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
+y = convkit.conv2d(x, w, padding=1)  # the pool's (or the OpenMP team's) threads now exist
+pid = os.fork()
+if pid == 0:
+    ok = convkit.get_num_threads() == 2 and np.array_equal(convkit.conv2d(x, w, padding=1), y)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+@pytest.mark.parametrize("threads", ["convkit", "torch"])
+def test_a_forked_child_gets_a_working_pool_of_the_same_size(threads):
+    """multiprocessing's fork and DataLoader workers: the child has none of the parent's
+    pool threads (nor PyTorch's OpenMP team); it must neither hang nor lose its thread count."""
+    import subprocess
+
+    if threads == "torch":
+        pytest.importorskip("torch")
+    run = subprocess.run([sys.executable, "-c", FORK_SCRIPT, threads], timeout=60, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -230,6 +230,47 @@ def test_conv2d_float32_grid(stride, padding, dilation, groups):
         _assert_close32(g, r)
 
 
+# ------------------------------------------------------------------------ thread team
+def test_kernels_on_torchs_openmp_threads_give_the_same_bits():
+    """share_torch_threads: convkit's jobs on PyTorch's OpenMP team, from one Python thread or
+    several at once, give exactly what convkit's own pool gives (tasks, not threads, split
+    the work)."""
+    import threading
+
+    openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info() and sys.platform == "linux"
+    threads = convkit.get_num_threads()
+    x = _rand(2, 16, 20, 20, dtype=torch.float32)
+    w = _rand(24, 16, 3, 3, dtype=torch.float32, seed=1)
+    gy = _rand(2, 24, 20, 20, dtype=torch.float32, grad=False, seed=2)
+
+    def run():
+        y = ct.conv2d(x, w, padding=1)
+        return (y, *torch.autograd.grad(y, (x, w), gy))
+
+    try:
+        convkit.set_num_threads(2)
+        assert ct.share_torch_threads(False) is False
+        want = run()
+        assert ct.share_torch_threads(True) is openmp
+        for got, ref in zip(run(), want):
+            assert torch.equal(got, ref)
+        results = [None] * 3
+
+        def worker(i):
+            results[i] = run()
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        for got in results:
+            assert all(torch.equal(g, r) for g, r in zip(got, want))
+    finally:
+        ct.share_torch_threads(True)
+        convkit.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------ memory contract
 def test_contiguous_cpu_tensors_are_not_copied(monkeypatch):
     seen = {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_NATIVE_FLOATS = frozenset(FLOAT_DTYPES)  # a byte-swapped float32 hashes and compares unequal to these
 LAYOUTS = ("NCHW", "NHWC")
 
 
@@ -67,8 +68,11 @@ def shape_of(a) -> str:
 
 def pair(value, name: str, *, minimum: int) -> tuple:
     """An int or a pair of ints, each >= minimum."""
-    if type(value) is int and value >= minimum:  # the common case, without the ABC checks below
+    if type(value) is int and value >= minimum:  # the common cases, without the ABC checks below
         return (value, value)
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int and min(
+            value) >= minimum:
+        return value
     if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
@@ -95,6 +99,8 @@ def as_array(x, name: str) -> np.ndarray:
             arr = np.asarray(memoryview(x))
         except TypeError:
             raise TypeError(f"{name} must be an array (NumPy array, buffer or DLPack), got {type(x).__name__}") from None
+    if arr.dtype in _NATIVE_FLOATS:  # the common case, one hash lookup
+        return arr
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))  # e.g. big-endian data read from a file
     if arr.dtype not in FLOAT_DTYPES:
@@ -103,6 +109,8 @@ def as_array(x, name: str) -> np.ndarray:
 
 
 def check_layout(layout) -> str:
+    if type(layout) is str and layout in LAYOUTS:  # the common case: already upper case
+        return layout
     if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     return layout.upper()
@@ -115,11 +123,15 @@ def require_ndim(arr, name: str, ndim: int, what: str) -> None:
 
 def same_dtype(named: dict) -> np.dtype:
     """All given arrays share one float dtype; returns it."""
-    arrays = {n: a for n, a in named.items() if a is not None}
-    first = next(iter(arrays.values())).dtype
-    if any(a.dtype != first for a in arrays.values()):
-        desc = ", ".join(f"{n} {a.dtype} {shape_of(a)}" for n, a in arrays.items())
-        raise TypeError(f"dtypes must match: {desc}")
+    first = None
+    for a in named.values():  # a loop, not comprehensions: this runs on every call
+        if a is None:
+            continue
+        if first is None:
+            first = a.dtype
+        elif a.dtype != first:
+            desc = ", ".join(f"{n} {a.dtype} {shape_of(a)}" for n, a in named.items() if a is not None)
+            raise TypeError(f"dtypes must match: {desc}")
     return first
 
 
@@ -152,22 +164,47 @@ def resolve_conv_padding(padding, in_hw, kernel, stride, dilation) -> tuple:
     return (ph, ph, pw, pw)
 
 
-_geometry_cache: dict = {}  # memo of conv_geometry for plain-int arguments, see there
+_geometry_cache: dict = {}  # memo of conv_geometry for plain arguments, see there
+
+
+def _plain(value):
+    """value itself if it is an int or a str, as a tuple if a tuple or list of ints; else None.
+
+    Only exact ints: a bool or a NumPy int compares equal to an int, and a memo keyed on
+    them would let a call skip the check that refuses (or converts) it.
+    """
+    kind = type(value)
+    if kind is int or kind is str:
+        return value
+    if kind is tuple or kind is list:
+        for v in value:
+            if type(v) is not int:
+                return None
+        return tuple(value)
+    return None
 
 
 def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, *, x_name="input", w_name="weight") -> ConvGeom:
     """Checks conv2d's shapes and parameters; x_shape is NCHW, w_shape (K, C/groups, kh, kw).
 
-    Calls with int stride, dilation and groups and an int or string padding (the common
-    case) are memoised: the checks cost more than a tiny layer's kernel, and a repeated
-    call passed them already. Anything else (tuples, NumPy ints, bools) is checked anew.
+    Calls whose stride, padding and dilation are ints, strings or tuples/lists of ints and
+    whose groups is an int (the common case; convkit.torch passes lists) are memoised: the
+    checks cost more than a tiny layer's kernel, and a repeated call passed them already.
+    Anything else (NumPy ints, bools) is checked anew.
     """
     key = None
-    if type(stride) is int and type(dilation) is int and type(groups) is int and type(padding) in (int, str):
-        key = (tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
-        geom = _geometry_cache.get(key)
+    if type(groups) is int:
+        key = (tuple(x_shape), tuple(w_shape), stride if type(stride) is int else _plain(stride),
+               padding if type(padding) is int else _plain(padding),
+               dilation if type(dilation) is int else _plain(dilation), groups)
+        try:
+            geom = _geometry_cache.get(key)
+        except TypeError:  # symbolic sizes (PyTorch's fake tensors under torch.compile) do not hash
+            geom = key = None
         if geom is not None:
             return geom
+        if key is not None and None in key[2:5]:
+            key = None
     geom = _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, x_name, w_name)
     if key is not None:
         if len(_geometry_cache) >= 1024:

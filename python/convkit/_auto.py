@@ -7,8 +7,9 @@ Two ways to choose, both per call shape:
   (bench/im2col_vs_direct.py, numbers in bench/RESULTS.md) and says why it holds.
 - measuring: ``convkit.autotune(True)`` (or CONVKIT_AUTOTUNE=1) times every compiled
   candidate once per new (primitive, geometry, dtype, layout, threads, ISA) on synthetic
-  arrays of that shape and keeps the fastest in an in-process cache. With
-  ``persist=True`` (or CONVKIT_AUTOTUNE=persist) the cache is also kept as JSON in the
+  arrays of that shape (warmed up, interleaved rounds: the median of thread CPU time at
+  one thread, the minimum of the wall clock above) and keeps the fastest in an in-process
+  cache. With ``persist=True`` (or CONVKIT_AUTOTUNE=persist) the cache is also kept as JSON in the
   user's cache directory ($XDG_CACHE_HOME or ~/.cache, then convkit/autotune.json), so a
   new process starts measured.
 
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _args
+from ._registry import forget_auto_choices
 from ._runtime import get_isa, get_num_threads
 from ._version import __version__
 
@@ -58,57 +60,58 @@ def _padded_area(g) -> int:
 # time ratio im2col / direct (below 1: im2col faster) measured per primitive, float32,
 # one thread, CPU time (immune to the shared machine's load), same build: the SIMD
 # direct engine against SciPy's OpenBLAS (bench/im2col_vs_direct.py, bench/RESULTS.md).
-# Re-measure when either side changes. Shapes: suite layers by name, others as
-# C/K/groups/kernel on 56x56.
+# Re-measure when either side changes (last: the direct engine's padding-skipping and
+# backward kernels, and im2col's pixel-major NCHW forward). Shapes: suite layers by name,
+# others as C/K/groups/kernel on 56x56.
 _RULES = (
     # The direct engine's SIMD kernels are float32; its float64 path is plain loops:
     # 3x3 C=K=64 5.0x / 6.3x / 5.2x slower than dgemm (forward / grad-input / grad-weight).
     _Rule("float64", lambda p, g, dt: dt == np.float64, "im2col",
           "float64: the GEMM runs at dgemm speed, the direct engine's float64 path is plain loops (5-6x slower)"),
-    # Depthwise 3x3 on 56x56x144: 3.4 / 3.6 / 3.0; channel multiplier 2: 2.1 / 2.1 / 2.1;
-    # 5x5 on C=64: 4.7 / 5.2 / 4.9. Each group's GEMM is a matrix-vector product.
+    # Depthwise 3x3 on 56x56x144: 3.9 / 3.8 (forward / backward pass); 5x5 on C=64: 4.7 /
+    # 5.2 / 4.9. Each group's GEMM is a matrix-vector product.
     _Rule("depthwise", lambda p, g, dt: g.C == g.groups > 1, "direct",
           "depthwise: the direct engine's own kernels; a GEMM per channel is a matrix-vector product "
           "(measured 2-5x slower)"),
     # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
-    # the image) forward 0.73-0.76, grad-input 0.61-0.67. Dilation alone is not it: 3x3
-    # on 56x56x64 at dilation 4 (padded plane 1.3x) stays direct (1.40 / 1.23).
-    _Rule("mostly padding",
-          lambda p, g, dt: p != _GRAD_WEIGHT and _padded_area(g) >= 2 * g.H * g.W,
-          "im2col",
-          "the padded input is at least twice the image: the direct engine sweeps padded planes, the column "
-          "copy visits each output pixel's taps once (ASPP rate 12: im2col 1.3-1.6x faster)"),
+    # the image) 1.40 / 1.38 / 1.59, 3x3 dilation 4 on 56x56x64 (padded plane 1.3x) 1.42 /
+    # 1.30 / 1.71. The column copy writes padded taps as zeros and the GEMM multiplies
+    # them; the direct engine skips them. Ahead of "few pixels per channel", which ASPP
+    # also meets.
+    _Rule("mostly padding", lambda p, g, dt: _padded_area(g) >= 2 * g.H * g.W, "direct",
+          "the padded input is at least twice the image: the direct engine skips taps in the padding, the "
+          "column matrix holds them as zeros that the GEMM multiplies (ASPP rate 12: im2col 1.4-1.6x slower)"),
     # Few pixels per channel (<= 5 output pixels per input channel, >= 128 channels):
-    # ResNet 3x3 on 14x14x256 grad-input 0.64-0.77, grad-weight 0.78-0.83; Xception 1x1
-    # on 19x19x728 0.90-1.02 / 0.64-0.71; Inception 1x7 on 17x17x128 0.94 / 1.10; DeepLab
-    # 3x3 on 33x33x256 0.70-0.92 / 1.02-1.07. Forward stays direct (1.16-1.27, 0.98).
-    # More pixels per channel stay direct: 3x3 on 28x28x128 1.07-1.13 / 1.16-1.18, and
-    # DCGAN's 16x16 from 64 channels 1.19 / 1.30.
+    # grad-input on ResNet 3x3 14x14x256 0.83, DeepLab 3x3 d2 on 33x33x256 0.94, Inception
+    # 1x7 on 17x17x128 0.97; 1x1 kernels, Xception 19x19x728: 0.95 / 0.94 / 0.92. Spatial
+    # kernels keep their forward and grad-weight direct: ResNet 1.25 / 0.94, DeepLab 1.23
+    # / 1.20, Inception 1.01 / 1.34.
     _Rule("few pixels per channel",
-          lambda p, g, dt: p != _FORWARD and g.C // g.groups >= 128 and g.OH * g.OW <= 5 * (g.C // g.groups),
+          lambda p, g, dt: (p == _GRAD_INPUT or g.kh * g.kw == 1) and g.C // g.groups >= 128
+          and g.OH * g.OW <= 5 * (g.C // g.groups),
           "im2col",
-          "backward with <= 5 output pixels per input channel (>= 128 channels): long GEMMs over the channels, "
-          "while the direct engine's pixel tiles run short"),
+          "grad-input (or a 1x1 kernel) with <= 5 output pixels per input channel (>= 128 channels): long "
+          "GEMMs over the channels, while the direct engine's pixel tiles run short"),
     # One input channel (grayscale first layers), grad-input on small images: LeNet
-    # (64 x 32x32, K=6, 5x5) 0.81, K=16 0.42, K=32 0.23, 3x3 0.92; the direct engine's
+    # (64 x 32x32, K=6, 5x5) 0.73, K=16 0.42, K=32 0.23, 3x3 0.92; the direct engine's
     # tiles over input channels are mostly empty. On a 224x224 image it wins again (1.93).
     _Rule("one input channel", lambda p, g, dt: p == _GRAD_INPUT and g.C == g.groups and g.OH * g.OW < 4096,
           "im2col",
           "grad-input into one channel per group on fewer than 4096 pixels per image: the direct engine's "
           "channel tiles are mostly empty, the GEMM is over all the taps"),
-    # Narrow weight gradients: LeNet 0.62 (6 outputs, one input channel), one input
-    # channel with 16 / 32 outputs 0.69 / 0.51, 3x3 C=3 K=8 0.57, C=1 K=4 0.35, groups of
-    # 2 or 4 channels 0.26 / 0.49; pointwise: ResNet 1x1 256->64 0.91, Xception 1x1 0.71,
-    # 1x1 C=K=16 0.32. The direct engine wins at 9 outputs per group with 9 inputs (2.3)
-    # and with 64+ outputs and a spatial kernel (1.2-1.5; LeNet's second layer, 16
-    # outputs from 6 channels: 4.6).
+    # Narrow weight gradients: LeNet 0.77 (6 outputs, one input channel), one input
+    # channel with 16 / 32 outputs 0.69 / 0.51, 3x3 C=3 K=8 0.72, groups of 2 or 4
+    # channels 0.26 / 0.49; 1x1 with 8 / 16 channels 0.39 / 0.85, but 64 channels 1.13 and
+    # ResNet's 1x1 256->64 1.13 (direct). The direct engine wins at 9 outputs per group
+    # with 9 inputs (2.3) and with 64+ outputs and a spatial kernel (1.2-1.7).
     _Rule("narrow grad-weight",
-          lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.C == g.groups or g.kh * g.kw == 1),
+          lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.C == g.groups
+                                                  or (g.kh * g.kw == 1 and g.K // g.groups <= 16)),
           "im2col",
-          "weight gradient with <= 8 outputs or one input channel per group, or a 1x1 kernel: one GEMM over "
-          "all pixels, where the direct engine's outer-product tiles are mostly empty"),
-    # Everything else: forward 1.1-2.9 (ResNet 3x3 64: 1.57-1.60, VGG: 1.33-1.45, stem: 1.85-1.96),
-    # grad-input 1.0-1.5, grad-weight 1.0-1.5 on the dense layers of the suite.
+          "weight gradient with <= 8 outputs or one input channel per group, or a 1x1 kernel with <= 16 outputs: "
+          "one GEMM over all pixels, where the direct engine's outer-product tiles are mostly empty"),
+    # Everything else: forward 1.2-3.1 (ResNet 3x3 64: 1.43, VGG: 1.27, stems: 1.6-1.8),
+    # backward 1.1-1.5 on the dense layers of the suite; 1x1 forward and grad-input 1.0-1.3.
     _Rule("dense", lambda p, g, dt: True, "direct",
           "the direct engine's SIMD kernels read the input in place, without the column copy and the BLAS "
           "packing pass (measured 1.1-2x faster on the suite's dense layers)"),
@@ -148,11 +151,14 @@ _enabled, _persist = _env_mode()
 # a dict lookup rather than formatting its key and reason again.
 _measured: dict = {}
 _cache: dict = {}
-# Interleaved timed rounds, the minimum of each candidate kept: at least _ROUNDS, more
-# (up to _MAX_ROUNDS) while the measurement has taken less than _BUDGET seconds, so that
-# on a shared machine one clean round of each fast candidate is very likely. Calls slower
-# than _SLOW_CALL get one round: a disturbance is a small part of them.
-_ROUNDS, _MAX_ROUNDS, _BUDGET, _SLOW_CALL = 3, 10, 0.25, 0.5
+# Interleaved timed rounds, each candidate's time the median or the minimum of its rounds
+# (see _clock): at least _ROUNDS, more (up to _MAX_ROUNDS) while the measurement has
+# taken less than _BUDGET seconds, so that on a shared machine clean rounds are likely. Calls slower
+# than _SLOW_CALL get one round: a disturbance is a small part of them. When the two
+# fastest are within _CLOSE of each other, they get a second set of rounds of their own:
+# there a disturbed round can swap them (the suite's autotune misses were candidates
+# 6-36% apart, timed on a machine with 4-9 runnable processes per 2 cores).
+_ROUNDS, _MAX_ROUNDS, _BUDGET, _SLOW_CALL, _CLOSE = 3, 10, 0.25, 0.5, 0.15
 
 
 def autotune(enabled: bool = True, *, persist: bool = False) -> None:
@@ -166,6 +172,7 @@ def autotune(enabled: bool = True, *, persist: bool = False) -> None:
     if not isinstance(enabled, bool) or not isinstance(persist, bool):
         raise TypeError(f"enabled and persist must be bools, got {enabled!r}, {persist!r}")
     _enabled, _persist = enabled, enabled and persist
+    forget_auto_choices()  # the registry's memo of rule choices must not answer for measuring
     if _persist:
         _measured.update(_load())
 
@@ -202,7 +209,7 @@ if _persist:  # CONVKIT_AUTOTUNE=persist: start from what earlier processes meas
     _measured.update(_load())
 
 
-def _key_text(primitive: str, g, dtype: str, layout: str, threads: int, isa: str) -> str:
+def _key_text(primitive: str, g, dtype: np.dtype, layout: str, threads: int, isa: str) -> str:
     return (f"{primitive} x{(g.N, g.C, g.H, g.W)} w{(g.K, g.C // g.groups, g.kh, g.kw)} s{g.stride} "
             f"p{g.padding} d{g.dilation} g{g.groups} {dtype} {layout} threads={threads} isa={isa}")
 
@@ -229,26 +236,46 @@ def _runner(primitive: str, geom, dtype, layout: str):
     return lambda algo: F._conv_grad_weight(gy, x, g, layout, algo, "cpu")
 
 
+def _clock():
+    """(timer, statistic) of a measurement. At one thread every kernel (convkit's pool and
+    the BLAS, which follows convkit's count) runs in the calling thread, so that thread's
+    CPU time is the call's cost, which other processes cannot inflate: the median of the
+    rounds, robust to the rare misreading of a virtual machine's CPU clock (seen: one call
+    at half its time in ~100). With more threads, the wall clock (CPU time would add up
+    every thread, waiting included), which load only ever inflates: the minimum."""
+    return (time.thread_time, statistics.median) if get_num_threads() == 1 else (time.perf_counter, min)
+
+
 def _measure(primitive: str, geom, dtype, layout: str, candidates: list) -> dict:
     """Seconds per call of each candidate: a warm-up call each (first-call costs such as
-    thread wake-up are not the algorithm's), then interleaved timed rounds, minimum kept."""
+    thread wake-up and scratch allocation are not the algorithm's), then interleaved timed
+    rounds, and more rounds for the two fastest when they are close."""
     run = _runner(primitive, geom, dtype, layout)
-    seconds = {}
+    clock, statistic = _clock()
+    warm_up = []
     for algo in candidates:
-        start = time.perf_counter()
+        start = clock()
         run(algo)
-        seconds[algo] = time.perf_counter() - start
-    fewest, most = (1, 1) if max(seconds.values()) > _SLOW_CALL else (_ROUNDS, _MAX_ROUNDS)
-    seconds = dict.fromkeys(candidates, math.inf)
-    begin = time.perf_counter()
-    for done in range(most):
-        if done >= fewest and time.perf_counter() - begin >= _BUDGET:
-            break
-        for algo in candidates:
-            start = time.perf_counter()
-            run(algo)
-            seconds[algo] = min(seconds[algo], time.perf_counter() - start)
-    return seconds
+        warm_up.append(clock() - start)
+    fewest, most = (1, 1) if max(warm_up) > _SLOW_CALL else (_ROUNDS, _MAX_ROUNDS)
+    samples = {algo: [] for algo in candidates}
+
+    def rounds(algos):
+        begin = time.perf_counter()
+        for done in range(most):
+            if done >= fewest and time.perf_counter() - begin >= _BUDGET:
+                break
+            for algo in algos:
+                start = clock()
+                run(algo)
+                samples[algo].append(clock() - start)
+
+    rounds(candidates)
+    seconds = {algo: statistic(t) for algo, t in samples.items()}
+    first, second = sorted(candidates, key=seconds.get)[:2]
+    if seconds[second] < (1 + _CLOSE) * seconds[first]:
+        rounds((first, second))
+    return {algo: statistic(t) for algo, t in samples.items()}
 
 
 def _by_measuring(primitive: str, geom, dtype, layout: str, candidates: list) -> Choice:
@@ -256,7 +283,8 @@ def _by_measuring(primitive: str, geom, dtype, layout: str, candidates: list) ->
     timed = [a for a in candidates if a != "reference"] or list(candidates)
     if len(timed) == 1:
         return Choice(timed[0], "autotune: the only compiled candidate, nothing to measure")
-    key = (primitive, geom, np.dtype(dtype).name, layout, get_num_threads(), get_isa())
+    # np.dtype(dtype), not its .name: 5 us in NumPy 2, 5% of a LeNet-sized call served from the cache
+    key = (primitive, geom, np.dtype(dtype), layout, get_num_threads(), get_isa())
     choice = _cache.get(key)
     if choice is not None and choice.algo in timed:
         return choice

@@ -1,6 +1,7 @@
 """convkit.info(): what this build is and what it found on this machine."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -24,6 +25,21 @@ def _cuda_status() -> tuple:
         return numba.__version__, f"no ({exc})"
 
 
+def _im2col_blas() -> str:
+    """The BLAS algo="im2col" multiplies with, and its threads inside and outside convkit's calls."""
+    try:
+        from ._runtime import get_num_threads, scipy_blas
+
+        libs = scipy_blas()
+    except Exception as exc:  # no SciPy or threadpoolctl: im2col is unavailable anyway
+        return f"unavailable ({exc})"
+    if not libs:
+        return "not found by threadpoolctl"
+    return "; ".join(f"{lib.internal_api} {lib.version} ({os.path.basename(lib.filepath)}): "
+                     f"{get_num_threads()} threads in convkit's calls, {lib.num_threads} outside them"
+                     for lib in libs)
+
+
 def info_dict() -> dict:
     numba_version, cuda_device = _cuda_status()
     return {
@@ -36,6 +52,7 @@ def info_dict() -> dict:
         "isa detected": _cpu.detected_isa(),
         "isa in use": _cpu.active_isa(),
         "threads": _cpu.get_num_threads(),
+        "im2col blas": _im2col_blas(),
         "numba": numba_version,
         "cuda device": cuda_device,
         "cpu algorithms": ", ".join(sorted({i.algo for i in _registry.implementations("cpu")})),
@@ -46,7 +63,8 @@ def info_dict() -> dict:
 
 
 def info(file=None) -> None:
-    """Print the version, build flags, CPU features, ISA in use, threads and CUDA status."""
+    """Print the version, build flags, CPU features, ISA in use, threads (convkit's and
+    im2col's BLAS) and CUDA status."""
     d = info_dict()
     width = max(len(k) for k in d)
     for key, value in d.items():

@@ -64,6 +64,8 @@ _loaded: set = set()
 # Per-call lookups are memoised (a tiny layer's whole call is a few microseconds):
 _ready: set = set()         # devices check_device has accepted (the table only grows)
 _algos_cache: dict = {}     # (primitive, device) -> algos(), cleared by register()
+_auto_algos: dict = {}      # (primitive, device, geom, dtype, layout) -> the rules' algo="auto" choice,
+                            # cleared by register() and by switching autotune (forget_auto_choices)
 
 
 def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",)):
@@ -74,6 +76,7 @@ def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",)):
     def add(fn):
         _table[(primitive, algo, device)] = Impl(primitive, algo, device, fn, tuple(layouts))
         _algos_cache.clear()
+        forget_auto_choices()
         return fn
 
     return add
@@ -129,9 +132,22 @@ def implementations(device: str | None = None) -> list:
     return [impl for impl in _table.values() if device is None or impl.device == device]
 
 
+def forget_auto_choices() -> None:
+    _auto_algos.clear()
+
+
 def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout=None) -> Impl:
     """The implementation to run; algo="auto" asks the chooser (convkit._auto), which
-    keys its measurements on the call's geometry, dtype and layout."""
+    keys its measurements on the call's geometry, dtype and layout.
+
+    Memoised: a registered algo is one table lookup, and algo="auto" remembers what the
+    rules chose for the call's shape (not what autotune measured: its own cache keys on
+    threads and ISA too). Anything not found that way takes the checked path below."""
+    if type(algo) is str and type(device) is str:
+        chosen = _auto_algos.get((primitive, device, geom, dtype, layout)) if algo == "auto" else algo
+        impl = _table.get((primitive, chosen, device))
+        if impl is not None:
+            return impl
     check_device(device)
     valid = algos(primitive, device)
     if not valid:
@@ -142,6 +158,10 @@ def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout
         from . import _auto
 
         algo = _auto.choose(primitive, geom, device, valid, dtype, layout).algo
+        if not _auto._enabled:
+            if len(_auto_algos) >= 4096:
+                _auto_algos.clear()
+            _auto_algos[(primitive, device, geom, dtype, layout)] = algo
     impl = _table.get((primitive, algo, device))
     if impl is None:
         raise ValueError(f"algo={algo!r} is not available for {primitive.split('_backward')[0]} on "

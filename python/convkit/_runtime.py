@@ -1,6 +1,8 @@
 """Process-wide settings of the CPU kernels: threads and instruction set."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import numbers
 import os
 
@@ -19,7 +21,13 @@ from . import _cpu  # noqa: E402
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for every CPU kernel (convkit's own pool, never OpenMP); n <= 0: all cores available."""
+    """Threads for every CPU kernel; n <= 0: all cores available.
+
+    They are convkit's own pool, or PyTorch's OpenMP team once convkit.torch is imported
+    (see convkit.torch.share_torch_threads); convkit never links OpenMP itself.
+    algo="im2col"'s matrix products run on SciPy's BLAS with this many threads too, set
+    around each call and restored after it (see scipy_blas_threads): the BLAS keeps its
+    own setting for the caller's SciPy work."""
     if not isinstance(n, numbers.Integral) or isinstance(n, bool):
         raise TypeError(f"n must be an int, got {n!r}")
     _cpu.set_num_threads(int(n))
@@ -27,6 +35,47 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return _cpu.get_num_threads()
+
+
+@functools.lru_cache(maxsize=1)
+def scipy_blas() -> tuple:
+    """threadpoolctl controllers of the BLAS that scipy.linalg.cython_blas (im2col's GEMM) calls.
+
+    SciPy's wheels carry their own OpenBLAS (scipy.libs/), apart from NumPy's
+    (numpy.libs/, 64-bit indices): then that one library, and NumPy's BLAS is untouched.
+    A SciPy built against a shared system BLAS has no library of its own; then every BLAS
+    in the process, which NumPy may share (the limit still lasts only for convkit's call).
+    """
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library before threadpoolctl looks)
+    from threadpoolctl import ThreadpoolController
+
+    blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    root = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
+    own = [lib for lib in blas if os.path.realpath(lib.filepath).startswith(
+        (os.path.join(root, "scipy") + os.sep, os.path.join(root, "scipy.libs") + os.sep))]
+    return tuple(own or blas)
+
+
+@contextlib.contextmanager
+def scipy_blas_threads():
+    """Runs the block with SciPy's BLAS on get_num_threads() threads, then restores its own count.
+
+    Per call rather than once in set_num_threads, so that the caller's own SciPy work
+    keeps the BLAS setting it had (OPENBLAS_NUM_THREADS, threadpoolctl). The count is
+    process-wide while the block runs: a SciPy call from another Python thread at that
+    moment sees it too. Costs a few microseconds per call (ctypes get/set).
+    """
+    n = get_num_threads()
+    changed = [(lib, lib.num_threads) for lib in scipy_blas()]
+    changed = [(lib, before) for lib, before in changed if before != n]
+    for lib, _ in changed:
+        lib.set_num_threads(n)
+    try:
+        yield
+    finally:
+        for lib, before in changed:
+            lib.set_num_threads(before)
 
 
 def set_isa(name: str) -> None:

@@ -15,8 +15,12 @@ Why custom_op and not ``torch.autograd.Function``: AOTAutograd (torch.compile) t
 backward with fake tensors too; a Python backward that hands tensors to NumPy cannot be
 traced, a backward custom op with a fake kernel can. A second derivative is not offered:
 asking for one raises PyTorch's "autograd not registered" error for the backward op. The
-price: PyTorch's custom-op dispatch adds a few tens of microseconds to every call (it
-matters only for tiny layers), and the first call imports torch._dynamo (seconds, once).
+price: PyTorch's custom-op dispatch adds 20-30 microseconds to every call that records a
+gradient (it matters only for tiny layers), and the first call imports torch._dynamo
+(seconds, once). A call with nothing to record or trace (inference, torch.no_grad) goes
+straight to the kernel (see _eager_or).
+
+Threads: convkit's kernels run on PyTorch's OpenMP threads (share_torch_threads).
 
 Memory: a contiguous CPU tensor reaches the kernels as a NumPy view of its own storage
 (``Tensor.numpy()``) and the kernel's new result array becomes the output tensor as it is
@@ -35,19 +39,68 @@ bottom/right).
 """
 from __future__ import annotations
 
+import ctypes
+import os
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch.library import custom_op
 
-from convkit import _args
+from convkit import _args, _cpu
 from convkit import functional as ck
 
 __all__ = [
     "conv2d", "conv_transpose2d", "depthwise_conv2d", "separable_conv2d",
-    "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d",
+    "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "share_torch_threads",
 ]
+
+
+# ------------------------------------------------------------------ one thread team
+def _torch_gomp_parallel() -> int:
+    """The address of GOMP_parallel in the OpenMP runtime PyTorch runs on; 0 if there is none.
+
+    The runtime is the one already loaded from PyTorch's own directory (its wheels ship
+    libgomp there), or else the only OpenMP runtime loaded at all; never a new one.
+    """
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return 0
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split()[-1] for line in maps if "/libgomp" in line or "/libiomp5" in line}
+    except OSError:  # not Linux
+        return 0
+    ours = [p for p in loaded if p.startswith(os.path.dirname(torch.__file__) + os.sep)]
+    runtimes = ours or list(loaded)
+    if len(runtimes) != 1:
+        return 0
+    try:
+        lib = ctypes.CDLL(runtimes[0], mode=os.RTLD_NOLOAD)
+        return ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError):
+        return 0
+
+
+def share_torch_threads(enabled: bool = True) -> bool:
+    """Run convkit's CPU kernels on PyTorch's OpenMP threads (the default once convkit.torch
+    is imported) or on convkit's own (False). Returns whether they now run on PyTorch's.
+
+    Why: between two PyTorch ops its OpenMP workers spin for the next parallel region for
+    milliseconds (GOMP_SPINCOUNT). A convkit op that starts meanwhile on its own threads
+    shares a core with a spinner whenever threads == cores: a ResNet block's training step
+    took 1.24x PyTorch's with 2 threads on 2 cores, although every convolution in it alone
+    ran at 0.96-0.99x; on PyTorch's team the spinning worker takes convkit's job at once
+    (0.8-0.9x). The other side: on an oversubscribed machine libgomp's spinning barriers
+    cost more than convkit's yielding pool (the same block under a load of 6 on 2 cores:
+    0.75x PyTorch's step time on its team, 0.51x on convkit's own threads), so a busy
+    server may prefer False. Results do not change (work is split by task, not thread).
+    """
+    address = _torch_gomp_parallel() if enabled else 0
+    _cpu.set_fork_join(address)
+    return bool(address)
+
+
+share_torch_threads()
 
 
 # ------------------------------------------------------------- tensors <-> kernel arrays
@@ -62,8 +115,10 @@ def _array(t: Optional[Tensor]):
     """What the kernels read: a NumPy (CPU) or Numba (CUDA) array viewing the tensor's memory."""
     if t is None:
         return None
-    t = t.detach().contiguous()  # returns t itself when it already is contiguous
-    if t.device.type == "cpu":
+    if t.requires_grad:  # (detach costs more than the check)
+        t = t.detach()
+    t = t.contiguous()  # returns t itself when it already is contiguous
+    if t.is_cpu:
         return t.numpy()
     from numba import cuda  # the CUDA backend's own dependency (convkit[cuda])
 
@@ -82,6 +137,48 @@ def _grads(arrays, like: Tensor) -> tuple:
 
 def _needed(grads, needs) -> tuple:
     return tuple(g if need else None for g, need in zip(grads, needs))
+
+
+# ------------------------------------------------------------------ dispatch or not
+_kernels: dict = {}  # custom op -> the Python function it runs on CPU and CUDA tensors
+
+
+def _op(name: str):
+    """torch.library.custom_op(name), its kernel remembered for _eager_or."""
+    def define(fn):
+        op = custom_op(name, mutates_args=())(fn)
+        _kernels[op] = fn
+        return op
+
+    return define
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+_C = torch._C
+# Anything that needs to see the op in PyTorch's dispatcher: modes (FakeTensor, tracing by
+# make_fx or AOTAutograd, FlopCounter...), torch function modes, functorch transforms
+# (vmap, grad), the profiler, TorchScript tracing. (Private functions: a PyTorch without
+# them always dispatches.)
+_WATCHERS = tuple(getattr(_C, name, lambda: True) for name in (
+    "_len_torch_dispatch_stack", "_is_torch_function_mode_enabled", "_are_functorch_transforms_active",
+    "_get_tracing_state")) + (getattr(_C._autograd, "_profiler_enabled", lambda: True),)
+
+
+def _eager_or(op, *tensors):
+    """op, or the Python kernel it would run when dispatching would add nothing but its cost
+    (about 20 us a call through custom_op's Python layers, several times a tiny layer's
+    kernel): CPU tensors that are plain Tensors or Parameters, no gradient to record, and
+    nothing that watches or traces ops (torch.compile, modes, transforms, the profiler)."""
+    if torch.compiler.is_compiling():
+        return op
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or not t.is_cpu or grad and t.requires_grad):
+            return op
+    for watching in _WATCHERS:
+        if watching():
+            return op
+    return _kernels[op]
 
 
 def _batched(x: Tensor) -> tuple:
@@ -116,7 +213,7 @@ def _fake_conv_grads(input, weight, out_channels, needs) -> tuple:
     return tuple(input.new_empty(s if need else (0,)) for s, need in zip(shapes, needs))
 
 
-@custom_op("convkit::conv2d", mutates_args=())
+@_op("convkit::conv2d")
 def _conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
             dilation: Sequence[int], groups: int) -> Tensor:
     y = ck.conv2d(_array(input), _array(weight), _array(bias), stride, padding, dilation, groups,
@@ -148,7 +245,7 @@ def _(grad_output, input, weight, stride, padding, dilation, groups, needs):
 _conv_autograd(_conv2d, _conv2d_backward)
 
 
-@custom_op("convkit::conv_transpose2d", mutates_args=())
+@_op("convkit::conv_transpose2d")
 def _conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
                       padding: Sequence[int], output_padding: Sequence[int], groups: int,
                       dilation: Sequence[int]) -> Tensor:
@@ -208,7 +305,7 @@ def _fake_pool(input, kernel_size, stride, padding, dilation, ceil_mode, **avg):
     return input.new_empty((g.N, g.C, g.OH, g.OW))
 
 
-@custom_op("convkit::max_pool2d", mutates_args=())
+@_op("convkit::max_pool2d")
 def _max_pool2d(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], ceil_mode: bool) -> tuple[Tensor, Tensor]:
     y, indices = ck.max_pool2d(_array(input), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True,
@@ -235,7 +332,7 @@ _max_pool2d_backward.register_fake(_fake_grad_input)
 _pool_autograd(_max_pool2d, _max_pool2d_backward)
 
 
-@custom_op("convkit::avg_pool2d", mutates_args=())
+@_op("convkit::avg_pool2d")
 def _avg_pool2d(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                 ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
     y = ck.avg_pool2d(_array(input), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
@@ -269,16 +366,16 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride = _args.pair(stride, "stride", minimum=1)
     dilation = _args.pair(dilation, "dilation", minimum=1)
     padding = _args.resolve_conv_padding(padding, tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, dilation)
-    return _unbatched(_conv2d(x, weight, bias, stride, padding, dilation, groups), unbatched)
+    return _unbatched(_eager_or(_conv2d, x, weight, bias)(x, weight, bias, stride, padding, dilation, groups),
+                      unbatched)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """As torch.nn.functional.conv_transpose2d (groups before dilation); weight (C, K/groups, kh, kw)."""
     x, unbatched = _batched(input)
-    y = _conv_transpose2d(x, weight, bias, _args.pair(stride, "stride", minimum=1),
-                          _args.pair(padding, "padding", minimum=0),
-                          _args.pair(output_padding, "output_padding", minimum=0), groups,
-                          _args.pair(dilation, "dilation", minimum=1))
+    op = _eager_or(_conv_transpose2d, x, weight, bias)
+    y = op(x, weight, bias, _args.pair(stride, "stride", minimum=1), _args.pair(padding, "padding", minimum=0),
+           _args.pair(output_padding, "output_padding", minimum=0), groups, _args.pair(dilation, "dilation", minimum=1))
     return _unbatched(y, unbatched)
 
 
@@ -305,7 +402,7 @@ def _pool_params(kernel_size, stride, padding, dilation) -> tuple:
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """As torch.nn.functional.max_pool2d; indices are flat offsets within each H*W plane, as torch's."""
     x, unbatched = _batched(input)
-    y, indices = _max_pool2d(x, *_pool_params(kernel_size, stride, padding, dilation), bool(ceil_mode))
+    y, indices = _eager_or(_max_pool2d, x)(x, *_pool_params(kernel_size, stride, padding, dilation), bool(ceil_mode))
     y, indices = _unbatched(y, unbatched), _unbatched(indices, unbatched)
     return (y, indices) if return_indices else y
 
@@ -315,7 +412,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     """As torch.nn.functional.avg_pool2d."""
     x, unbatched = _batched(input)
     kernel, stride, padding, _ = _pool_params(kernel_size, stride, padding, 1)
-    y = _avg_pool2d(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override)
+    y = _eager_or(_avg_pool2d, x)(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad),
+                                  divisor_override)
     return _unbatched(y, unbatched)
 
 
