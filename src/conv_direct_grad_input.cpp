@@ -117,22 +117,29 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
     }
     return bands;
   };
-  // Entries of phase ph in column band b: (tap, k), taps in reverse: consecutive entries
-  // then read consecutive weights of the transposed rows below (tap-major weights read
-  // k-major were 72 interleaved streams per tile: 30% slower). Tap (ai, bj) reads real
-  // gy on phase rows qh with 0 <= qh - ai < OH (`valid`, for row_bands).
+  // Entries of phase ph in column band b, taps in reverse, ordered for the weights'
+  // layout (w_in_place, below): transposed rows (c; kh, kw, k) are read (tap, k), so
+  // consecutive entries read consecutive weights (tap-major weights read k-major were 72
+  // interleaved streams per tile: 30% slower); in-place (k, c, kh, kw) weights are read
+  // (k, tap), an output channel block's R*kh*kw weights of one k at a time. Tap (ai, bj)
+  // reads real gy on phase rows qh with 0 <= qh - ai < OH (`valid`, for row_bands).
+  bool w_in_place = false;
   auto entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs, std::vector<RowRange>* valid) {
-    std::vector<Entry> ent;
+    std::vector<std::pair<std::int64_t, std::int64_t>> tap;  // (i, j)
     for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
-      for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j) {
-        const std::int64_t ai = *i * g.dh / g.sh, bj = *j * g.dw / g.sw;
-        if (!b.window.empty() && b.window[*j] < 0) continue;
-        const RowRange cols = tap_cols(*j, ph.rb);
-        for (std::int64_t k = 0; k < Kg; ++k) {
-          ent.push_back({k * cs + (b.window.empty() ? -ai * b.pg.Wq - bj : b.window[*j] - ai * b.pg.Wq),
-                         (*i * g.kw + *j) * Kg + k});
-          if (valid) valid->push_back(cols.lo < cols.hi ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
-        }
+      for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j)
+        if (b.window.empty() || b.window[*j] >= 0) tap.emplace_back(*i, *j);
+    const std::int64_t ntap = static_cast<std::int64_t>(tap.size());
+    std::vector<Entry> ent;
+    for (std::int64_t outer = 0; outer < (w_in_place ? Kg : ntap); ++outer)
+      for (std::int64_t inner = 0; inner < (w_in_place ? ntap : Kg); ++inner) {
+        const std::int64_t k = w_in_place ? outer : inner;
+        const auto [i, j] = tap[static_cast<std::size_t>(w_in_place ? inner : outer)];
+        const std::int64_t ai = i * g.dh / g.sh, bj = j * g.dw / g.sw;
+        ent.push_back({k * cs + (b.window.empty() ? -ai * b.pg.Wq - bj : b.window[j] - ai * b.pg.Wq),
+                       w_in_place ? k * Cg * taps + i * g.kw + j : (i * g.kw + j) * Kg + k});
+        const RowRange cols = tap_cols(j, ph.rb);
+        if (valid) valid->push_back(cols.lo < cols.hi ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
       }
     return ent;
   };
@@ -171,6 +178,14 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
       for (ColumnBand& b : rb) b.pg = PlaneGeom{1, 1, 0, 0, g.OH, g.OW, g.OH * g.OW};
     cs = g.OH * g.OW;
   }
+  // Weights: transposed once per call (rows of kh*kw*K values, one per input channel c,
+  // read in order as in the forward), or in place on small images. The copy costs a
+  // pass of its own through L3; in place, the rows are 288-byte runs 9 KiB apart on a
+  // 256-channel 3x3 layer, which the kernels prefetch (DirectJob::prefetch_w) but which cost more
+  // to read once they outgrow L2 and are read again by each group of tiles. Measured
+  // single-thread, in place against transposed: 14 x 14 +18%, 17 x 17 (Inception's 1x7)
+  // +4%, 33 x 33 -10%, 19 x 19 1x1 (a plain, cheap transpose) -3%.
+  w_in_place = taps > 1 && g.N * g.H * g.W <= 512;
   struct Region {
     const Phase* ph;
     const ColumnBand* cb;
@@ -186,16 +201,16 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
 
   Workspace ws;
   const auto planes_at = ws.add<T>(in_place ? 0 : buffer_size({g.N, g.K, cs}));
-  const auto wt_at = ws.add<T>(buffer_size({g.K, Cg, taps}));
+  const auto wt_at = ws.add<T>(w_in_place ? 0 : buffer_size({g.K, Cg, taps}));
   ws.allocate();
-  // Weights transposed to (groups, C/groups, kh, kw, K/groups): each output channel c's
-  // weights one contiguous row, read in order, as in the forward. In place they are
-  // 288-byte runs 9 KiB apart on a 256-channel 3x3 layer, which the prefetchers serve
-  // poorly once they outgrow L2 (14x14 grad-input: 90-160 GFLOP/s run to run; now
-  // 120-145, DeepLab's 3x3 d2: 130 -> 170).
+  // The transpose runs in column chunks, so that both cores share it at batch 1 (one
+  // task per group took a sixth of a two-thread 14 x 14 grad-input, the other core idle).
   T* wt = ws.at<T>(wt_at);
-  parallel_for(g.groups, [&](std::int64_t grp) {
-    ks.transpose(w + grp * Kg * Cg * taps, Cg * taps, wt + grp * Cg * taps * Kg, Kg, Kg, Cg * taps);
+  const std::int64_t cols = Cg * taps, chunk = std::max<std::int64_t>(16, (1 << 14) / std::max<std::int64_t>(1, Kg) / 16 * 16);
+  const std::int64_t chunks = w_in_place ? 0 : ceil_div(cols, chunk);
+  parallel_for(g.groups * chunks, [&](std::int64_t t) {
+    const std::int64_t grp = t / chunks, c0 = t % chunks * chunk, n = std::min(chunk, cols - c0);
+    ks.transpose(w + grp * Kg * cols + c0, cols, wt + (grp * cols + c0) * Kg, Kg, Kg, n);
   });
   const PlaneGeom& phased_pg = cbands[phases[0].rb][0].pg;  // shared by every band when not folded
   const T* planes = in_place ? gy
@@ -227,9 +242,10 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
         const T* in = planes + (n * g.K + grp * Kg) * cs + (ph.qh0 + Lh) * Wx + (fold ? 0 : ph.qw0 + Lw);
         for (const Band& b : rg.rows)
           jobs.push_back({in + b.r0 * Wx, b.ent.data(), static_cast<std::int64_t>(b.ent.size()),
-                          wt + grp * Cg * Kg * taps, Kg * taps, nullptr,
+                          w_in_place ? w + grp * Kg * Cg * taps : wt + grp * Cg * Kg * taps,
+                          w_in_place ? taps : Kg * taps, nullptr,
                           OutMap<T>{out + b.r0 * g.sh * xs.h, xs.c, g.sh * xs.h, g.sw * xs.w, b.r1 - b.r0, cb.cols, Wx},
-                          Cg, (b.r1 - b.r0 - 1) * Wx + cb.cols, in_place});
+                          Cg, (b.r1 - b.r0 - 1) * Wx + cb.cols, in_place, w_in_place});
       }
   run_direct_jobs(kern, jobs, false);
 }

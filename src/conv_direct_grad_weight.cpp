@@ -20,8 +20,9 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
     return;
   }
   const ConvKernels<T>& ks = conv_kernels<T>();
-  const GwKernel<T>& kern = cheapest(ks.gw, forced_conv_kernel(true), Kg, [](const auto& k) { return k.KB; }, E,
-                                     [](const auto& k) { return k.R; });
+  const GwKernel<T>& kern = cheapest(ks.gw, forced_conv_kernel(true), [&](const GwKernel<T>& k) {
+    return double(round_up(Kg, k.KB)) * double(round_up(E, k.R));
+  });
   const std::int64_t R = kern.R, KB = kern.KB, nkb = ceil_div(Kg, KB), neb = ceil_div(E, R);
   const InputPlanes ip = stride_phase_planes(g, 0);  // reads only real output pixels: never folded
   const PlaneGeom& pg = ip.bands[0].pg;

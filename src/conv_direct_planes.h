@@ -132,7 +132,7 @@ inline InputPlanes folded_planes(const ConvGeom& g, std::int64_t overrun, std::i
 // LeNet, AlexNet conv1 and stride-2 3x3 layers (-10 to -24%), ties on Inception's 1x7.
 template <typename T>
 double pass_cost(const DirectKernel<T>& k, std::int64_t nk, std::int64_t npix, std::int64_t entries, double packed) {
-  return double(ceil_div(nk, k.R) * k.R) * double(ceil_div(npix, k.P) * k.P) * double(entries) / k.eff +
+  return double(round_up(nk, k.R)) * double(k.padded(npix)) * double(entries) / k.eff +
          35.0 * packed;
 }
 

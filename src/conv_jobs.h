@@ -33,6 +33,10 @@ struct DirectJob {
   // past npix, so the last tile is moved back to end there (npix >= P), overlapping
   // its neighbour, whose pixels it recomputes identically and does not store again.
   bool exact;
+  // The weight rows are runs with page-sized gaps (grad-input's weights read in place),
+  // which defeat the hardware prefetchers: the kernels prefetch them in software. Not
+  // for sequential rows (the forward's), which it slowed by up to 4%.
+  bool prefetch_w = false;
 };
 
 // A run of output rows [r0, r1) of a flat domain and the reduction entries that read
@@ -55,31 +59,35 @@ struct RowRange {
 std::vector<Band> row_bands(const std::vector<Entry>& ent, const std::vector<RowRange>& valid, std::int64_t rows,
                             std::int64_t Wq, std::int64_t P);
 
+// Input bytes a group of pixel tiles may read so that it stays in L2 while every
+// channel block runs over it (run_direct_jobs): half of a 1 MiB L2.
+constexpr double kL2Share = 512.0 * 1024;
+
 // Below this many FLOPs a task costs more to hand to another thread than to run.
 constexpr double kMinTaskFlops = 4e5;
 
-// The kernel of `ks` whose padded work (a rounded up to tile_a(kernel), b to
-// tile_b(kernel)), divided by its measured efficiency, is least; or the one named
+// The kernel of `ks` whose padded work (work(kernel): the multiply-adds it computes,
+// tile edges included), divided by its measured efficiency, is least; or the one named
 // `forced` (tests, see force_conv_kernels).
-template <typename Kernel, typename TileA, typename TileB>
-const Kernel& cheapest(const std::vector<Kernel>& ks, const std::string& forced, std::int64_t a, TileA tile_a,
-                       std::int64_t b, TileB tile_b) {
+template <typename Kernel, typename Work>
+const Kernel& cheapest(const std::vector<Kernel>& ks, const std::string& forced, Work work) {
   const Kernel* best = &ks.front();
   double best_cost = 0;
   for (const Kernel& k : ks) {
     if (!forced.empty() && forced == k.name) return k;
-    const std::int64_t ta = tile_a(k), tb = tile_b(k);
-    const double cost = double((a + ta - 1) / ta * ta) * double((b + tb - 1) / tb * tb) / k.eff;
+    const double cost = work(k) / k.eff;
     if (best_cost == 0 || cost < best_cost) best = &k, best_cost = cost;
   }
   return *best;
 }
 
+inline std::int64_t round_up(std::int64_t a, std::int64_t b) { return ceil_div(a, b) * b; }
+
 // The direct kernel for nk output channels x npix flat pixels.
 template <typename T>
 const DirectKernel<T>& choose_direct_kernel(const ConvKernels<T>& ks, std::int64_t nk, std::int64_t npix) {
-  return cheapest(ks.direct, forced_conv_kernel(false), nk, [](const auto& k) { return k.R; }, npix,
-                  [](const auto& k) { return k.P; });
+  return cheapest(ks.direct, forced_conv_kernel(false),
+                  [&](const DirectKernel<T>& k) { return double(round_up(nk, k.R)) * double(k.padded(npix)); });
 }
 
 // Runs every (job, pixel tile, channel block) on the pool. The split into tasks never

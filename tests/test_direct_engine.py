@@ -164,9 +164,11 @@ def test_grid(isa, case, layout):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_medium_layer(isa, layout):
     """Sizes past every register block: grad-weight's SIMD transposes (16 x 16 on AVX-512)
-    of grad_output and of its sums run whole blocks, not only their edges."""
+    of grad_output and of its sums run whole blocks, not only their edges; grad-input
+    transposes its weights (over 512 input pixels; smaller images read them in place)."""
     rng = np.random.default_rng(17)
     check_conv2d(rng, 2, 20, 18, 19, 37, (3, 3), padding=1, layout=layout)
+    check_conv2d(rng, 2, 12, 17, 16, 10, (3, 2), stride=(2, 1), padding=1, groups=2, layout=layout)
     check_conv2d(rng, 1, 33, 9, 40, 18, (1, 1), layout=layout)
 
 

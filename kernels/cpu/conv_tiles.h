@@ -11,6 +11,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "conv_tile.h"
 
@@ -81,6 +82,9 @@ void conv_direct_tile(const DirectTile<typename VT::Elem>& t) {
   for (std::int64_t e = 0; e < t.n; ++e) {
     const T* in = t.in + t.ent[e].x;
     const std::int64_t wo = t.ent[e].w;
+    // Weights 32 entries ahead, one row per entry in turn (DirectJob::prefetch_w; the
+    // compiler unswitches the loop on the flag).
+    if (t.prefetch_w) __builtin_prefetch(w[e % R] + t.ent[std::min(e + 32, t.n - 1)].w);
     Vec x[V];
     for (int v = 0; v < V; ++v) x[v] = VT::loadu(in + v * W);
     for (int r = 0; r < R; ++r) {
@@ -94,6 +98,17 @@ void conv_direct_tile(const DirectTile<typename VT::Elem>& t) {
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) out[r][v] = t.relu ? VT::relu(acc[r][v]) : acc[r][v];
   store_tile<VT, R, V>(t.out, t.p0, t.skip, t.kr, out);
+}
+
+// The table entry of the R x (V vectors) direct kernel: the full tile and its narrower
+// tiles of 1 .. V-1 vectors (DirectKernel::tile).
+template <class VT, int R, int... v>
+DirectKernel<typename VT::Elem> direct_kernel_of(std::integer_sequence<int, v...>, float eff, const char* name) {
+  return {{&conv_direct_tile<VT, R, v + 1>...}, R, static_cast<int>(sizeof...(v)) * VT::W, eff, name};
+}
+template <class VT, int R, int V>
+DirectKernel<typename VT::Elem> direct_kernel(float eff, const char* name) {
+  return direct_kernel_of<VT, R>(std::make_integer_sequence<int, V>{}, eff, name);
 }
 
 // Grad-weight as outer products: per pixel, V vectors of grad_output (KB = V*W output

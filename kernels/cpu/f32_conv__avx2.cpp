@@ -10,9 +10,9 @@ const ConvKernels<float>& conv_kernels_f32_avx2() {
   using VT = VecAvx2F32;
   static const ConvKernels<float> kernels{
       {
-          {&conv_direct_tile<VT, 4, 3>, 4, 24, 0.90f, "f32_conv_direct_4x24__avx2"},
-          {&conv_direct_tile<VT, 6, 2>, 6, 16, 0.88f, "f32_conv_direct_6x16__avx2"},
-          {&conv_direct_tile<VT, 1, 8>, 1, 64, 0.50f, "f32_conv_direct_1x64__avx2"},
+          direct_kernel<VT, 4, 3>(0.90f, "f32_conv_direct_4x24__avx2"),
+          direct_kernel<VT, 6, 2>(0.88f, "f32_conv_direct_6x16__avx2"),
+          direct_kernel<VT, 1, 8>(0.50f, "f32_conv_direct_1x64__avx2"),
       },
       {
           {&conv_gw_tile<VT, 4, 3>, 4, 24, 0.85f, "f32_conv_gw_4x24__avx2"},

@@ -16,14 +16,14 @@ const ConvKernels<float>& conv_kernels_f32_avx512() {
   using VT = VecAvx512F32;
   static const ConvKernels<float> kernels{
       {
-          {&conv_direct_tile<VT, 8, 3>, 8, 48, 0.92f, "f32_conv_direct_8x48__avx512"},
-          {&conv_direct_tile<VT, 4, 6>, 4, 96, 0.90f, "f32_conv_direct_4x96__avx512"},
-          {&conv_direct_tile<VT, 6, 4>, 6, 64, 0.89f, "f32_conv_direct_6x64__avx512"},
-          {&conv_direct_tile<VT, 5, 5>, 5, 80, 0.89f, "f32_conv_direct_5x80__avx512"},
-          {&conv_direct_tile<VT, 12, 2>, 12, 32, 0.81f, "f32_conv_direct_12x32__avx512"},
-          {&conv_direct_tile<VT, 3, 8>, 3, 128, 0.66f, "f32_conv_direct_3x128__avx512"},
-          {&conv_direct_tile<VT, 2, 12>, 2, 192, 0.48f, "f32_conv_direct_2x192__avx512"},
-          {&conv_direct_tile<VT, 1, 16>, 1, 256, 0.37f, "f32_conv_direct_1x256__avx512"},
+          direct_kernel<VT, 8, 3>(0.92f, "f32_conv_direct_8x48__avx512"),
+          direct_kernel<VT, 4, 6>(0.90f, "f32_conv_direct_4x96__avx512"),
+          direct_kernel<VT, 6, 4>(0.89f, "f32_conv_direct_6x64__avx512"),
+          direct_kernel<VT, 5, 5>(0.89f, "f32_conv_direct_5x80__avx512"),
+          direct_kernel<VT, 12, 2>(0.81f, "f32_conv_direct_12x32__avx512"),
+          direct_kernel<VT, 3, 8>(0.66f, "f32_conv_direct_3x128__avx512"),
+          direct_kernel<VT, 2, 12>(0.48f, "f32_conv_direct_2x192__avx512"),
+          direct_kernel<VT, 1, 16>(0.37f, "f32_conv_direct_1x256__avx512"),
       },
       {
           {&conv_gw_tile<VT, 6, 4>, 6, 64, 0.88f, "f32_conv_gw_6x64__avx512"},
