@@ -286,7 +286,7 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
             const OutMap<float> out{M + (q * S + s0) * Kp, Kp, 0, 1, 1, Kp, Kp};
             const DirectTile<float> tile{U + q * p.C * Kp + k0, ent.data(), p.C, V + (q * S + s0) * Cp, Cp, nullptr,
                                          false, static_cast<int>(std::min(R, nt - s0)), 0, k0, out};
-            kern.fn(tile);
+            kern.tile.back()(tile);
           }
       // 3c. Output transform, bias and ReLU into y.
       float* dst[16];
