@@ -54,6 +54,15 @@ def count_measurements(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- rules
+@pytest.fixture
+def one_thread():
+    """The rules' table is written for one thread (see the rule 'several threads')."""
+    before = convkit.get_num_threads()
+    convkit.set_num_threads(1)
+    yield
+    convkit.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", GEOMS)
 @pytest.mark.parametrize("primitive", CONV_PRIMITIVES)
 def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
@@ -78,9 +87,25 @@ def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
     ("conv2d_grad_input", "pointwise", np.float32, "direct", "dense"),
     ("conv2d_forward", "dense3x3", np.float32, "direct", "dense"),
 ])
-def test_rules_follow_the_table(primitive, name, dtype, algo, rule):
+def test_rules_follow_the_table(primitive, name, dtype, algo, rule, one_thread):
     choice = _auto.choose(primitive, geom_of(name), "cpu", ["reference", "direct", "im2col"], dtype, "NCHW")
     assert (choice.algo, choice.reason.split("'")[1]) == (algo, rule)
+
+
+@pytest.mark.parametrize("name", ["small_image", "lenet", "pointwise"])
+@pytest.mark.parametrize("primitive", CONV_PRIMITIVES)
+def test_float32_stays_off_im2col_on_several_threads(primitive, name):
+    """The rules that pick im2col at one thread give way to the direct engine at two, and
+    set_num_threads makes a remembered choice answer for the new count."""
+    before = convkit.get_num_threads()
+    try:
+        convkit.set_num_threads(2)
+        choice = _auto.choose(primitive, geom_of(name), "cpu", ["reference", "direct", "im2col"], np.float32, "NCHW")
+        assert choice.algo == "direct" and "several threads" in choice.reason
+        f64 = _auto.choose(primitive, geom_of(name), "cpu", ["reference", "direct", "im2col"], np.float64, "NCHW")
+        assert f64.algo == "im2col"
+    finally:
+        convkit.set_num_threads(before)
 
 
 def test_a_rule_whose_algorithm_is_missing_is_skipped():

@@ -44,7 +44,7 @@ class Choice:
 @dataclass(frozen=True)
 class _Rule:
     name: str
-    applies: object  # (primitive, geom, dtype) -> bool
+    applies: object  # (primitive, geom, dtype, threads) -> bool
     algo: str
     why: str
 
@@ -79,11 +79,11 @@ def _winograd_pays(primitive: str, g) -> bool:
 _RULES = (
     # The direct engine's SIMD kernels are float32; its float64 path is plain loops:
     # 3x3 C=K=64 5.0x / 6.3x / 5.2x slower than dgemm (forward / grad-input / grad-weight).
-    _Rule("float64", lambda p, g, dt: dt == np.float64, "im2col",
+    _Rule("float64", lambda p, g, dt, threads: dt == np.float64, "im2col",
           "float64: the GEMM runs at dgemm speed, the direct engine's float64 path is plain loops (5-6x slower)"),
     # Depthwise 3x3 on 56x56x144: 3.9 / 3.8 (forward / backward pass); 5x5 on C=64: 4.7 /
     # 5.2 / 4.9. Each group's GEMM is a matrix-vector product.
-    _Rule("depthwise", lambda p, g, dt: g.C == g.groups > 1, "direct",
+    _Rule("depthwise", lambda p, g, dt, threads: g.C == g.groups > 1, "direct",
           "depthwise: the direct engine's own kernels; a GEMM per channel is a matrix-vector product "
           "(measured 2-5x slower)"),
     # Winograd F(4x4, 3x3) (float32 3x3 stride 1, groups 1; forward and grad-input): 36
@@ -98,7 +98,7 @@ _RULES = (
     # once its transformed weights are cached, which training, changing the weights every
     # step, never sees). Its error, <= 1.5e-5 of the output's scale on those layers
     # (direct: ~2e-6), is within the float32 tolerance (1e-4).
-    _Rule("winograd", lambda p, g, dt: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
+    _Rule("winograd", lambda p, g, dt, threads: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
           "winograd",
           "3x3 stride-1 float32 layer with >= 64 Winograd tiles, >= 60% full: F(4x4, 3x3) does 4x fewer "
           "multiplies (measured 1.5-2.3x faster than the direct engine)"),
@@ -107,16 +107,29 @@ _RULES = (
     # 1.30 / 1.71. The column copy writes padded taps as zeros and the GEMM multiplies
     # them; the direct engine skips them. Ahead of "few pixels per channel", which ASPP
     # also meets.
-    _Rule("mostly padding", lambda p, g, dt: _padded_area(g) >= 2 * g.H * g.W, "direct",
+    _Rule("mostly padding", lambda p, g, dt, threads: _padded_area(g) >= 2 * g.H * g.W, "direct",
           "the padded input is at least twice the image: the direct engine skips taps in the padding, the "
           "column matrix holds them as zeros that the GEMM multiplies (ASPP rate 12: im2col 1.4-1.6x slower)"),
+    # More than one thread: every float32 rule below picks im2col for a gain measured at one
+    # thread (0.23-0.97). At two threads SciPy's OpenBLAS runs the GEMM on its own worker
+    # threads, which then busy-wait ~100 ms for the next GEMM (measured: a worker's 10 CPU
+    # ticks in the second after one im2col call) on the cores the direct engine's threads
+    # need for the primitives and layers that follow: one im2col call left the direct
+    # engine's Inception 1x7 forward 10% slower, and the suite at 2 threads
+    # (bench/conv_vs_torch.py --algo auto against --algo direct, 3 runs each) measured
+    # Inception 1x7 backward 0.71x against 0.96x torch, ResNet 3x3 256 backward 0.66x
+    # against 0.94x, LeNet backward 2.9x against 4.0x with these rules.
+    _Rule("several threads", lambda p, g, dt, threads: threads > 1 and dt == np.float32, "direct",
+          "float32 on more than one thread: im2col's BLAS worker threads keep spinning after each GEMM on the "
+          "cores the direct engine needs next (measured: the suite's backward passes 0.66-0.71x torch with "
+          "im2col, 0.94-0.96x without)"),
     # Few pixels per channel (<= 5 output pixels per input channel, >= 128 channels):
     # grad-input on ResNet 3x3 14x14x256 0.83, DeepLab 3x3 d2 on 33x33x256 0.94, Inception
     # 1x7 on 17x17x128 0.97; 1x1 kernels, Xception 19x19x728: 0.95 / 0.94 / 0.92. Spatial
     # kernels keep their forward and grad-weight direct: ResNet 1.25 / 0.94, DeepLab 1.23
     # / 1.20, Inception 1.01 / 1.34.
     _Rule("few pixels per channel",
-          lambda p, g, dt: (p == _GRAD_INPUT or g.kh * g.kw == 1) and g.C // g.groups >= 128
+          lambda p, g, dt, threads: (p == _GRAD_INPUT or g.kh * g.kw == 1) and g.C // g.groups >= 128
           and g.OH * g.OW <= 5 * (g.C // g.groups),
           "im2col",
           "grad-input (or a 1x1 kernel) with <= 5 output pixels per input channel (>= 128 channels): long "
@@ -124,7 +137,7 @@ _RULES = (
     # One input channel (grayscale first layers), grad-input on small images: LeNet
     # (64 x 32x32, K=6, 5x5) 0.73, K=16 0.42, K=32 0.23, 3x3 0.92; the direct engine's
     # tiles over input channels are mostly empty. On a 224x224 image it wins again (1.93).
-    _Rule("one input channel", lambda p, g, dt: p == _GRAD_INPUT and g.C == g.groups and g.OH * g.OW < 4096,
+    _Rule("one input channel", lambda p, g, dt, threads: p == _GRAD_INPUT and g.C == g.groups and g.OH * g.OW < 4096,
           "im2col",
           "grad-input into one channel per group on fewer than 4096 pixels per image: the direct engine's "
           "channel tiles are mostly empty, the GEMM is over all the taps"),
@@ -134,14 +147,14 @@ _RULES = (
     # ResNet's 1x1 256->64 1.13 (direct). The direct engine wins at 9 outputs per group
     # with 9 inputs (2.3) and with 64+ outputs and a spatial kernel (1.2-1.7).
     _Rule("narrow grad-weight",
-          lambda p, g, dt: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.C == g.groups
+          lambda p, g, dt, threads: p == _GRAD_WEIGHT and (g.K // g.groups <= 8 or g.C == g.groups
                                                   or (g.kh * g.kw == 1 and g.K // g.groups <= 16)),
           "im2col",
           "weight gradient with <= 8 outputs or one input channel per group, or a 1x1 kernel with <= 16 outputs: "
           "one GEMM over all pixels, where the direct engine's outer-product tiles are mostly empty"),
     # Everything else: forward 1.2-3.1 (ResNet 3x3 64: 1.43, VGG: 1.27, stems: 1.6-1.8),
     # backward 1.1-1.5 on the dense layers of the suite; 1x1 forward and grad-input 1.0-1.3.
-    _Rule("dense", lambda p, g, dt: True, "direct",
+    _Rule("dense", lambda p, g, dt, threads: True, "direct",
           "the direct engine's SIMD kernels read the input in place, without the column copy and the BLAS "
           "packing pass (measured 1.1-2x faster on the suite's dense layers)"),
 )
@@ -152,11 +165,11 @@ _FALLBACK = ("direct", "im2col", "reference")
 
 
 @functools.lru_cache(maxsize=4096)  # per call shape: a cached call is one lookup
-def _by_rules(primitive: str, geom, dtype, candidates: tuple) -> Choice:
+def _by_rules(primitive: str, geom, dtype, candidates: tuple, threads: int) -> Choice:
     if geom is not None and primitive.startswith("conv2d"):
         dt = np.dtype(dtype if dtype is not None else np.float32)
         for rule in _RULES:
-            if rule.applies(primitive, geom, dt) and rule.algo in candidates:
+            if rule.applies(primitive, geom, dt, threads) and rule.algo in candidates:
                 return Choice(rule.algo, f"rule '{rule.name}': {rule.why}")
     for algo in _FALLBACK:
         if algo in candidates:
@@ -335,7 +348,7 @@ def choose(primitive: str, geom, device: str, candidates: list, dtype=None, layo
         return _choose_cuda(primitive, geom, candidates)
     if _enabled and primitive.startswith("conv2d") and geom is not None and dtype is not None:
         return _by_measuring(primitive, geom, dtype, layout or "NCHW", candidates)
-    return _by_rules(primitive, geom, dtype, tuple(candidates))
+    return _by_rules(primitive, geom, dtype, tuple(candidates), get_num_threads())
 
 
 def _choose_cuda(primitive: str, geom, candidates: list) -> Choice:
