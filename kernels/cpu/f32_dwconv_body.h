@@ -107,6 +107,19 @@ inline typename A::Vec load_channels(const float* p, int lanes) {
   }
 }
 
+// The NHWC tiles' epilogue: ReLU if asked, then P output pixels' channel vectors (a
+// partial last vector under its lane mask).
+template <class A, int P, bool Full>
+inline void store_nhwc_tile(const typename A::Vec* acc, bool relu, int lanes, float* out, std::int64_t out_step) {
+  for (int p = 0; p < P; ++p) {
+    const typename A::Vec v = relu ? A::relu(acc[p]) : acc[p];
+    if constexpr (Full)
+      A::storeu(out + p * out_step, v);
+    else
+      A::store_lanes(out + p * out_step, v, 0, lanes);
+  }
+}
+
 template <class A, int P, bool Full>
 inline void dwconv_nhwc_tile(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,
                              std::int64_t taps, std::int64_t ld, typename A::Vec bias, bool relu, int lanes,
@@ -118,13 +131,7 @@ inline void dwconv_nhwc_tile(const float* in, std::int64_t pix_step, const std::
     const float* src = in + off[t];
     for (int p = 0; p < P; ++p) acc[p] = A::fma(wt, load_channels<A, Full>(src + p * pix_step, lanes), acc[p]);
   }
-  for (int p = 0; p < P; ++p) {
-    const typename A::Vec v = relu ? A::relu(acc[p]) : acc[p];
-    if constexpr (Full)
-      A::storeu(out + p * out_step, v);
-    else
-      A::store_lanes(out + p * out_step, v, 0, lanes);
-  }
+  store_nhwc_tile<A, P, Full>(acc, relu, lanes, out, out_step);
 }
 
 // NHWC 3x3, dilation 1, stride S (MobileNet's depthwise layers): along a row, the P
@@ -154,13 +161,7 @@ inline void dwconv_nhwc_3x3_tile(const float* in, std::int64_t e, const std::int
           acc[(q - j) / S] = A::fma(wv[i * 3 + j], v, acc[(q - j) / S]);
     }
   }
-  for (int p = 0; p < P; ++p) {
-    const typename A::Vec v = relu ? A::relu(acc[p]) : acc[p];
-    if constexpr (Full)
-      A::storeu(out + p * out_step, v);
-    else
-      A::store_lanes(out + p * out_step, v, 0, lanes);
-  }
+  store_nhwc_tile<A, P, Full>(acc, relu, lanes, out, out_step);
 }
 
 template <class A, int S>
