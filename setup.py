@@ -5,6 +5,7 @@ One obvious path: `pip install .` runs this file; CMakeLists.txt owns the C++ fl
 (release, per-file ISA flags, no -march=native).
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,18 @@ class CMakeAwareBuildExt(build_ext):
             return super().build_extension(ext)
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_dir = Path(self.build_temp).resolve() / "cmake"
-        build_dir.mkdir(parents=True, exist_ok=True)
         import pybind11
+
+        # pip builds each time in a new isolated environment (a new temporary prefix for
+        # pybind11, cmake and ninja): a CMake cache left in build/ by an earlier `pip
+        # install .` names tools that are gone ("ninja --version failed"). Start the CMake
+        # tree afresh whenever the tools it was configured with changed.
+        tools = "\n".join([pybind11.get_cmake_dir(), shutil.which("cmake") or "", shutil.which("ninja") or ""])
+        stamp = build_dir / "configured-with.txt"
+        if build_dir.exists() and (not stamp.exists() or stamp.read_text() != tools):
+            shutil.rmtree(build_dir)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(tools)
 
         cfg = os.environ.get("CONVKIT_BUILD_TYPE", "Release")
         args = [
