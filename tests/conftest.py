@@ -19,18 +19,3 @@ settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None
 settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-import pytest  # noqa: E402
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item):
-    """A registry-driven test that names an algorithm for a call the algorithm does not
-    compute (Winograd on a 5x5 kernel or in float64) is skipped, not failed: refusing
-    is the registry's contract (convkit._registry.NotCovered). Any other error fails."""
-    from convkit._registry import NotCovered
-
-    try:
-        return (yield)
-    except NotCovered as exc:
-        pytest.skip(f"not covered: {exc}")

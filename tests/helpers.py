@@ -3,6 +3,7 @@
     assert_close(got, ref, dtype)    the one comparison rule (float32 1e-4, float64 1e-10)
     ConvCase, CONV_CASES             conv2d shapes chosen to hit every dimension's edges
     random_conv_cases(n, seed)       a seeded random sample on top of the chosen grid
+    CONV_GRID                        the two together: the grid of the conv2d tests
     conv_inputs(case, dtype)         x, w, b, grad_y of a case (deterministic, read-only)
     conv_reference(case, dtype)      the float64 reference (y without bias, gx, gw, gb)
     DTYPES, dtype_id                 float32 and float64, and their test ids
@@ -215,6 +216,11 @@ def random_conv_cases(n: int, seed: int) -> list:
     return out
 
 
+# The conv2d grid every algorithm is tested on (tests/test_conv2d.py; Winograd: the cases
+# it covers, tests/test_winograd.py): the chosen edges plus a seeded random sample.
+CONV_GRID = CONV_CASES + random_conv_cases(16, seed=2024)
+
+
 # ------------------------------------------------------------------------ inputs and truth
 def _rng(case) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(case.id.encode()))
@@ -276,9 +282,13 @@ def forced_isa(isa: str):
 
 
 def cpu_algos(*primitives) -> list:
-    """CPU algorithms that register every one of ``primitives``, in registration order."""
-    rows = {(r.algo, r.primitive) for r in convkit.implementations("cpu")}
-    names = dict.fromkeys(r.algo for r in convkit.implementations("cpu"))
+    """CPU algorithms that register every one of ``primitives`` for every call, in
+    registration order. An algorithm that covers only some shapes (a row with ``covers``,
+    e.g. Winograd's 3x3 stride 1) is left out of these grids, which would mostly ask it for
+    calls it refuses; tests/test_winograd.py runs it on the grid's cases it covers."""
+    full = [r for r in convkit.implementations("cpu") if r.covers is None]
+    rows = {(r.algo, r.primitive) for r in full}
+    names = dict.fromkeys(r.algo for r in full)
     return [a for a in names if all((a, p) in rows for p in primitives)]
 
 

@@ -245,7 +245,8 @@ def test_autotune_persists_to_the_user_cache(monkeypatch, tmp_path, count_measur
     # without persist nothing is written
     path.unlink()
     convkit.autotune(True)
-    _auto.choose("conv2d_grad_input", g, "cpu", _registry.algos("conv2d_grad_input"), np.float64, "NHWC")
+    _auto.choose("conv2d_grad_input", g, "cpu", _registry.covering("conv2d_grad_input", "cpu", g, np.float64),
+                 np.float64, "NHWC")
     assert not path.exists()
 
 

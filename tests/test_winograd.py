@@ -12,7 +12,7 @@ import pytest
 import convkit
 from convkit import _cpu, reference as ref
 from convkit._registry import NotCovered
-from helpers import ISAS, assert_close, forced_isa
+from helpers import CONV_GRID, ISAS, assert_close, conv_inputs, conv_reference, forced_isa
 
 F32 = np.float32
 
@@ -72,6 +72,25 @@ def test_forward_and_grad_input_match_reference(case, layout, isa):
     assert_close(back(y), y64, F32)
     assert_close(back(y_fused), fused, F32)
     assert_close(back(gx), gx64, F32)
+
+
+def _covered(case):  # what Winograd computes: 3x3, stride 1, groups 1, any padding and dilation
+    return (case.kh, case.kw) == (3, 3) and case.stride in (1, (1, 1)) and case.groups == 1
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", [c for c in CONV_GRID if _covered(c)], ids=str)
+def test_the_conv2d_grid_cases_it_covers(case, isa):
+    """The other algorithms' grid (tests/test_conv2d.py), where Winograd computes it:
+    forward with the fused bias and ReLU, and grad-input."""
+    x, w, b, gy = conv_inputs(case, F32)
+    y64, gx64 = conv_reference(case, F32)[:2]
+    with forced_isa(isa):
+        y = convkit.conv2d(x, w, b, **case.kwargs, activation="relu", algo="winograd")
+        gx, _, _ = convkit.conv2d_backward(gy, x, w, **case.kwargs, need_weight=False, need_bias=False,
+                                           algo="winograd")
+    assert_close(y, np.maximum(y64 + b.astype(np.float64).reshape(-1, 1, 1), 0.0), F32)
+    assert_close(gx, gx64, F32)
 
 
 @pytest.mark.parametrize("case", [(1, 8, 6, 5, 4, 1, 1), (2, 3, 9, 6, 2, 0, 2)], ids=_case_id)
