@@ -51,11 +51,10 @@ class Pool {
   explicit Pool(int n) { resize(n); }
   ~Pool() { stop_workers(); }
 
-  int size() {
-    std::lock_guard<std::mutex> lock(run_mutex_);
-    return static_cast<int>(workers_.size()) + 1;
-  }
-  int size_at_fork() const { return size_.load(); }  // without the lock a dead thread may hold
+  // Without run_mutex_: Python reads the count on every algo="auto" call (convkit._registry),
+  // which must not wait for a job another thread is running; and in a forked child a dead
+  // thread may hold the lock.
+  int size() const { return size_.load(); }
 
   void set_fork_join(ForkJoin fork_join) {
     std::lock_guard<std::mutex> lock(run_mutex_);  // not while a job runs
@@ -198,7 +197,7 @@ std::atomic<Pool*> g_pool{nullptr};
 std::atomic<int> g_size_after_fork{0};  // 0: the cores available
 
 void forget_pool_in_child() {
-  if (Pool* old = g_pool.load()) g_size_after_fork.store(old->size_at_fork());
+  if (Pool* old = g_pool.load()) g_size_after_fork.store(old->size());
   g_pool.store(nullptr);
 }
 

@@ -2,13 +2,16 @@
 
 convkit trims its per-call cost by remembering what a repeated call already passed: the
 checked geometry per argument tuple (_args.conv_geometry), what algo="auto" chose per
-shape (_registry.lookup), and, in convkit.torch, that an eager call needs no dispatch.
+shape and thread count (_registry.lookup), a conv2d call's whole plan per argument types,
+shapes, dtypes and values (_registry.call_plans), and, in convkit.torch, that an eager
+call needs no dispatch.
 """
 import numpy as np
 import pytest
+from op_cases import num_threads
 
 import convkit
-from convkit import _args, _auto, _registry
+from convkit import _args, _auto, _registry, reference
 
 X = np.ones((1, 2, 6, 6), np.float32)
 W = np.ones((3, 2, 3, 3), np.float32)
@@ -63,6 +66,84 @@ def test_auto_choice_memo_gives_way_to_autotune_and_new_rows(monkeypatch, tmp_pa
     _registry.lookup("conv2d_forward", "auto", "cpu", geom, X.dtype, "NCHW")
     _registry.register("conv2d_forward", "memo_test")(lambda *a: None)
     assert not _registry._auto_algos
+
+
+def _plan_key(x, w, **kw):
+    args = {**dict(bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None, layout="NCHW",
+                   algo="auto", device="cpu"), **kw}
+    return convkit.functional._conv2d_plan(x, w, *args.values())[0]
+
+
+def test_a_repeated_conv2d_call_runs_its_plan_and_gives_the_same_result():
+    x, w = np.random.default_rng(0).standard_normal((2, 1, 2, 6, 6)).astype(np.float32), W
+    first = convkit.conv2d(x[0], w, padding=1)
+    assert _plan_key(x[0], w, padding=1) in _registry.call_plans
+    np.testing.assert_array_equal(convkit.conv2d(x[0], w, padding=1), first)
+    # same shapes, other values: the plan computes, it does not remember results
+    np.testing.assert_allclose(convkit.conv2d(x[1], w, padding=1), reference.conv2d(x[1], w, padding=1),
+                               rtol=1e-4, atol=1e-4 * 20)
+
+
+def test_a_planned_call_still_reads_a_non_contiguous_input_right():
+    x = np.random.default_rng(1).standard_normal((1, 6, 6, 2)).astype(np.float32)
+    view = x.transpose(0, 3, 1, 2)  # NCHW shape, not C-contiguous
+    convkit.conv2d(np.ascontiguousarray(view), W)  # makes the plan for this shape and dtype
+    assert _plan_key(view, W) in _registry.call_plans
+    np.testing.assert_allclose(convkit.conv2d(view, W), reference.conv2d(view, W), rtol=1e-4, atol=1e-3)
+
+
+def test_a_planned_call_with_other_dtypes_or_array_types_is_checked_again():
+    convkit.conv2d(X, W)
+    with pytest.raises(TypeError, match="dtypes must match"):
+        convkit.conv2d(X.astype(np.float64), W)
+    with pytest.raises(ValueError, match="bias"):
+        convkit.conv2d(X, W, np.ones(2, np.float32))
+    assert _plan_key(X.tolist(), W) is None  # not NumPy: the checked path converts it
+    np.testing.assert_array_equal(convkit.conv2d(memoryview(X), W), convkit.conv2d(X, W))
+
+
+def test_a_plan_keeps_the_checked_layout_name():
+    x = np.ascontiguousarray(X.transpose(0, 2, 3, 1))
+    want = convkit.conv2d(x, W, layout="NHWC")
+    convkit.conv2d(x, W, layout="nhwc")
+    np.testing.assert_array_equal(convkit.conv2d(x, W, layout="nhwc"), want)
+
+
+def test_the_auto_choice_is_memoised_per_thread_count():
+    """The rules pick differently at one thread and at two (rule 'several threads'): the
+    memos key on the count, so neither answers for the other, without being cleared."""
+    if "im2col" not in _registry.algos("conv2d_grad_input"):
+        pytest.skip("im2col is not built")
+    geom = _args.conv_geometry((1, 128, 5, 5), (64, 128, 1, 1), 1, 0, 1, 1)  # 'few pixels per channel' at one thread
+    chosen = {}
+    for threads in (1, 2, 1, 2):
+        with num_threads(threads):
+            chosen.setdefault(threads, set()).add(
+                _registry.lookup("conv2d_grad_input", "auto", "cpu", geom, np.dtype(np.float32), "NCHW").algo)
+    assert chosen == {1: {"im2col"}, 2: {"direct"}}
+    x, w = np.ones((1, 128, 5, 5), np.float32), np.ones((64, 128, 1, 1), np.float32)
+    for threads in (1, 2):
+        with num_threads(threads):
+            convkit.conv2d(x, w)
+            assert _plan_key(x, w)[-1] == threads and _plan_key(x, w) in _registry.call_plans
+
+
+def test_a_new_registration_or_autotune_forgets_the_plans(monkeypatch):
+    monkeypatch.setattr(_registry, "_table", dict(_registry._table))
+    monkeypatch.setattr(_registry, "_algos_cache", {})
+    convkit.conv2d(X, W)
+    assert _registry.call_plans
+    _registry.register("conv2d_forward", "memo_test")(lambda *a: None)
+    assert not _registry.call_plans
+    convkit.conv2d(X, W)
+    try:
+        convkit.autotune(True)
+        assert not _registry.call_plans
+        monkeypatch.setattr(_auto, "_measure", lambda p, g, dt, lay, cands: dict.fromkeys(cands, 1.0))
+        convkit.conv2d(X, W)
+        assert not _registry.call_plans  # measuring: autotune's own cache answers
+    finally:
+        convkit.autotune(False)  # forgets what was chosen with the test's row
 
 
 # ------------------------------------------------------------------------ convkit.torch

@@ -300,10 +300,11 @@ def test_routing_by_device(monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     cuda = pytest.importorskip("numba.cuda")
-    assert ct._backend_device(torch.device("cpu")) == "cpu"
-    assert ct._backend_device(torch.device("cuda", 1)) == "cuda"
+    assert ct._backend_device(torch.zeros(1)) == "cpu"
+    with FakeTensorMode():  # a CUDA tensor without a GPU
+        assert ct._backend_device(torch.empty(1, device="cuda:1")) == "cuda"
     with pytest.raises(ValueError, match="CPU and CUDA"):
-        ct._backend_device(torch.device("meta"))
+        ct._backend_device(torch.empty(1, device="meta"))
     viewed = []
     monkeypatch.setattr(cuda, "as_cuda_array", lambda t: viewed.append(t) or "numba view", raising=False)  # not in the simulator
     assert isinstance(ct._array(torch.zeros(2)), np.ndarray) and viewed == []

@@ -136,6 +136,25 @@ def test_results_do_not_depend_on_thread_count():
             np.testing.assert_array_equal(a, b_)
 
 
+def test_super_blocks_taken_by_either_thread_give_the_same_bits():
+    """Enough tiles for several super-blocks per thread (200 tiles of 64 channels, about
+    56 to a block), which the threads take from a shared counter in any order."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 64, 40, 40)).astype(F32)
+    w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(F32)
+    runs = []
+    before = convkit.get_num_threads()
+    try:
+        for n in (1, 2, 3, 2):
+            convkit.set_num_threads(n)
+            runs.append(convkit.conv2d(x, w, None, 1, 1, algo="winograd"))
+    finally:
+        convkit.set_num_threads(before)
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+    assert_close(runs[0], ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, 1, 1), F32)
+
+
 @pytest.mark.parametrize("what, kwargs, dtype, k", [
     ("5x5 kernel", {}, F32, 5),
     ("stride 2", {"stride": 2}, F32, 3),

@@ -167,7 +167,7 @@ def resolve_conv_padding(padding, in_hw, kernel, stride, dilation) -> tuple:
 _geometry_cache: dict = {}  # memo of conv_geometry for plain arguments, see there
 
 
-def _plain(value):
+def plain(value):
     """value itself if it is an int or a str, as a tuple if a tuple or list of ints; else None.
 
     Only exact ints: a bool or a NumPy int compares equal to an int, and a memo keyed on
@@ -194,9 +194,9 @@ def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups, *, x_name
     """
     key = None
     if type(groups) is int:
-        key = (tuple(x_shape), tuple(w_shape), stride if type(stride) is int else _plain(stride),
-               padding if type(padding) is int else _plain(padding),
-               dilation if type(dilation) is int else _plain(dilation), groups)
+        key = (tuple(x_shape), tuple(w_shape), stride if type(stride) is int else plain(stride),
+               padding if type(padding) is int else plain(padding),
+               dilation if type(dilation) is int else plain(dilation), groups)
         try:
             geom = _geometry_cache.get(key)
         except TypeError:  # symbolic sizes (PyTorch's fake tensors under torch.compile) do not hash

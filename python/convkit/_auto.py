@@ -18,7 +18,6 @@ primitive of an op would run, and why.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import statistics
@@ -164,8 +163,8 @@ _RULES = (
 _FALLBACK = ("direct", "im2col", "reference")
 
 
-@functools.lru_cache(maxsize=4096)  # per call shape: a cached call is one lookup
 def _by_rules(primitive: str, geom, dtype, candidates: tuple, threads: int) -> Choice:
+    """The first rule that applies (calls memoise the result: convkit._registry.lookup)."""
     if geom is not None and primitive.startswith("conv2d"):
         dt = np.dtype(dtype if dtype is not None else np.float32)
         for rule in _RULES:

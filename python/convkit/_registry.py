@@ -42,6 +42,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from ._cpu import get_num_threads  # lock-free: read on every algo="auto" call
+
 PRIMITIVES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight",
               "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
               "maxout2d", "maxout2d_backward")
@@ -75,8 +77,16 @@ _loaded: set = set()
 # Per-call lookups are memoised (a tiny layer's whole call is a few microseconds):
 _ready: set = set()         # devices check_device has accepted (the table only grows)
 _algos_cache: dict = {}     # (primitive, device) -> algos(), cleared by register()
-_auto_algos: dict = {}      # (primitive, device, geom, dtype, layout) -> the rules' algo="auto" choice,
-                            # cleared by register() and by switching autotune (forget_auto_choices)
+# The one memo of what algo="auto"'s rules chose: (primitive, device, geom, dtype, layout,
+# threads) -> algo (the rules depend on the thread count, hence the key). Cleared, with
+# call_plans, by register() and by switching autotune (forget_auto_choices).
+_auto_algos: dict = {}
+# Checked calls of the public ops that skip their checks and lookups when repeated
+# (functional.conv2d): the op's raw-argument key -> what the checks and the lookup gave.
+# Keys hold the thread count too; only calls whose algorithm the memo above (or a name)
+# fixes are kept (see remember_plan).
+call_plans: dict = {}
+_MEMO_SIZE = 4096
 
 
 def register(primitive: str, algo: str, device: str = "cpu", layouts=("NCHW",), covers=None):
@@ -151,6 +161,24 @@ def implementations(device: str | None = None) -> list:
 
 def forget_auto_choices() -> None:
     _auto_algos.clear()
+    call_plans.clear()
+
+
+def _bounded_put(memo: dict, key, value) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
+def remember_plan(key, plan, algo: str) -> None:
+    """Keeps a checked call's plan in call_plans, unless algo="auto" is measuring (autotune
+    keys its choices on the ISA too and has its own cache)."""
+    if algo == "auto":
+        from . import _auto
+
+        if _auto._enabled:
+            return
+    _bounded_put(call_plans, key, plan)
 
 
 def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout=None) -> Impl:
@@ -158,10 +186,11 @@ def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout
     keys its measurements on the call's geometry, dtype and layout.
 
     Memoised: a registered algo is one table lookup, and algo="auto" remembers what the
-    rules chose for the call's shape (not what autotune measured: its own cache keys on
-    threads and ISA too). Anything not found that way takes the checked path below."""
+    rules chose for the call's shape and thread count (not what autotune measured: its own
+    cache keys on the ISA too). Anything not found that way takes the checked path below."""
     if type(algo) is str and type(device) is str:
-        chosen = _auto_algos.get((primitive, device, geom, dtype, layout)) if algo == "auto" else algo
+        chosen = _auto_algos.get((primitive, device, geom, dtype, layout, get_num_threads())) if algo == "auto" \
+            else algo
         impl = _table.get((primitive, chosen, device))
         # a named algorithm that covers only some calls takes the checked path (auto's
         # remembered choice already covers its call)
@@ -178,9 +207,7 @@ def lookup(primitive: str, algo: str, device: str, geom=None, dtype=None, layout
 
         algo = _auto.choose(primitive, geom, device, covering(primitive, device, geom, dtype), dtype, layout).algo
         if not _auto._enabled:
-            if len(_auto_algos) >= 4096:
-                _auto_algos.clear()
-            _auto_algos[(primitive, device, geom, dtype, layout)] = algo
+            _bounded_put(_auto_algos, (primitive, device, geom, dtype, layout, get_num_threads()), algo)
     impl = _table.get((primitive, algo, device))
     if impl is None:
         raise ValueError(f"algo={algo!r} is not available for {primitive.split('_backward')[0]} on "

@@ -18,7 +18,6 @@ def _check_isa_env() -> None:
 
 _check_isa_env()
 from . import _cpu  # noqa: E402
-from ._registry import forget_auto_choices  # noqa: E402
 
 
 def set_num_threads(n: int) -> None:
@@ -31,8 +30,7 @@ def set_num_threads(n: int) -> None:
     own setting for the caller's SciPy work."""
     if not isinstance(n, numbers.Integral) or isinstance(n, bool):
         raise TypeError(f"n must be an int, got {n!r}")
-    _cpu.set_num_threads(int(n))
-    forget_auto_choices()  # algo="auto"'s rules depend on the thread count
+    _cpu.set_num_threads(int(n))  # algo="auto"'s memo keys on the count (convkit._registry)
 
 
 def get_num_threads() -> int:

@@ -15,7 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
-from ._registry import check_device, lookup
+from ._cpu import get_num_threads
+from ._registry import call_plans, check_device, lookup, remember_plan
+
+_contiguous = np.ascontiguousarray
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
@@ -129,6 +132,28 @@ def _conv_inputs(input, weight, bias, layout, device, names=("input", "weight"))
 
 
 # ----------------------------------------------------------------------------- conv2d
+def _conv2d_plan(x, w, b, stride, padding, dilation, groups, activation, layout, algo, device) -> tuple:
+    """(key, plan) of a conv2d call in call_plans: the plan is None when the call is not
+    there yet, the key None when the memo does not serve the call: not all NumPy arrays,
+    or an unhashable argument. The key holds everything the call's checks and algorithm
+    choice read: array types, shapes and dtypes, the parameters as given, the threads.
+    A parameter that is not an exact int (or str, or tuple/list of ints) is None there
+    and never stored (a bool or a NumPy int compares equal to an int but must still meet
+    its check, see _args.plain)."""
+    if type(x) is not np.ndarray or type(w) is not np.ndarray or (b is not None and type(b) is not np.ndarray) \
+            or type(groups) is not int:
+        return None, None
+    key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype),
+           stride if type(stride) is int else _args.plain(stride),
+           padding if type(padding) is int else _args.plain(padding),
+           dilation if type(dilation) is int else _args.plain(dilation),
+           groups, activation, layout, algo, device, get_num_threads())
+    try:
+        return key, call_plans.get(key)
+    except TypeError:
+        return None, None
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
            layout="NCHW", algo="auto", device="cpu"):
     """2-D cross-correlation, as torch.nn.functional.conv2d.
@@ -137,10 +162,24 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     pair, (top, bottom, left, right), "valid" or "same" (any stride; TensorFlow's rule).
     activation=None or "relu" is fused into the kernel's epilogue.
     """
+    # A repeated call of NumPy arrays goes straight to its kernel (a tiny layer's whole
+    # call is about 2 us, the checks below cost as much): its plan holds what the checks
+    # and algo="auto" gave for the same types, shapes, dtypes, parameters and threads, so
+    # only the arrays' memory can differ, and ascontiguousarray makes that what the
+    # kernel reads, as _to_impl_layout does below.
+    key, plan = _conv2d_plan(input, weight, bias, stride, padding, dilation, groups, activation, layout, algo, device)
+    if plan is not None:
+        geom, fn, layout = plan
+        return fn(_contiguous(input), _contiguous(weight), None if bias is None else _contiguous(bias), geom,
+                  activation, layout)
     _check_activation(activation)
     x, w, b, layout = _conv_inputs(input, weight, bias, layout, device)
     geom = _args.conv_geometry(_nchw_shape(x.shape, layout), w.shape, stride, padding, dilation, groups)
-    return _conv_forward(x, w, b, geom, activation, layout, algo, device)
+    impl = lookup("conv2d_forward", algo, device, geom, x.dtype, layout)
+    if key is not None and None not in key[5:8] and device == "cpu" and layout in impl.layouts:
+        remember_plan(key, (geom, impl.fn, layout), algo)
+    xa, have = _to_impl_layout(x, layout, impl)
+    return _from_impl_layout(impl.fn(xa, w, b, geom, activation, have), have, layout)
 
 
 def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input=True,
