@@ -176,7 +176,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     x, w, b, layout = _conv_inputs(input, weight, bias, layout, device)
     geom = _args.conv_geometry(_nchw_shape(x.shape, layout), w.shape, stride, padding, dilation, groups)
     impl = lookup("conv2d_forward", algo, device, geom, x.dtype, layout)
-    if key is not None and None not in key[5:8] and device == "cpu" and layout in impl.layouts:
+    # stored only when the checks took the arrays as they are: a big-endian array is
+    # converted by them (as_array), and the plan would hand the kernel the original
+    if key is not None and None not in key[5:8] and device == "cpu" and layout in impl.layouts \
+            and x.dtype == input.dtype and w.dtype == weight.dtype and (b is None or b.dtype == bias.dtype):
         remember_plan(key, (geom, impl.fn, layout), algo)
     xa, have = _to_impl_layout(x, layout, impl)
     return _from_impl_layout(impl.fn(xa, w, b, geom, activation, have), have, layout)
