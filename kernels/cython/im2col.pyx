@@ -205,8 +205,9 @@ cdef void transfer_nchw(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py
                         for ow in range(lo, hi):
                             src[ow * g.sw + off] += seg[ow]
                         continue
-                    memset(seg, 0, lo * sizeof(floating))
-                    memset(seg + hi, 0, (g.OW - hi) * sizeof(floating))
+                    if lo > 0 or hi < g.OW:  # (a call per edge row only: these rows are short)
+                        memset(seg, 0, lo * sizeof(floating))
+                        memset(seg + hi, 0, (g.OW - hi) * sizeof(floating))
                     if g.sw == 1:
                         memcpy(seg + lo, src + lo + off, (hi - lo) * sizeof(floating))
                     else:
@@ -336,7 +337,7 @@ cdef void forward_tile_via_hwc(Geom* g, floating* xn, floating* yn, floating* wt
     cdef Geom h = g[0]
     cdef Py_ssize_t Pt = (oh1 - oh0) * g.OW
     cdef Py_ssize_t ih0, ih1
-    ih0, ih1 = hwc_rows(g, oh0, oh1)
+    ih0, ih1 = input_rows(g, oh0, oh1)
     transpose(xn + ih0 * g.W, g.C, (ih1 - ih0) * g.W, g.H * g.W, hwc, g.C, NULL, False)
     # h: rows [ih0, ih1) as an HWC image whose top padding grew by ih0 (the rows outside
     # them that the tile reads are padding, as they were).
@@ -365,7 +366,8 @@ cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floa
     pixels: 202-212 vs 172-178 GFLOP/s): with NCHW's row-major columns both operands then
     run along the pixels as 'T' x 'N', the case it packs cheapest. So the sums build up in
     tmp and are transposed into wt once at the end (a weight-sized copy)."""
-    cdef Py_ssize_t n, grp, oh0, oh1, Pt
+    cdef Py_ssize_t n, grp, oh0, oh1, Pt, ih0, ih1, zeroed
+    cdef bint col2im = prim == GRAD_INPUT and not g.identity
     cdef int ldc, ldo
     cdef floating* imgn
     cdef floating* colp
@@ -373,10 +375,15 @@ cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floa
     cdef floating* wg
     for n in range(g.N):
         imgn = img + n * g.C * g.H * g.W
+        zeroed = 0  # col2im: grad-input rows [0, zeroed) are zeroed (see zero_rows)
         oh0 = 0
         while oh0 < g.OH:
             oh1 = min(g.OH, oh0 + rows)
             Pt = (oh1 - oh0) * g.OW
+            if col2im:
+                ih0, ih1 = input_rows(g, oh0, oh1)
+                zero_rows(g, imgn, zeroed, ih1)
+                zeroed = max(zeroed, ih1)
             if prim == FORWARD and g.via_hwc:
                 forward_tile_via_hwc(g, imgn, outs + n * g.K * g.P, wt, bias, relu, buf, hwc, tmp, oh0, oh1)
                 oh0 = oh1
@@ -403,12 +410,29 @@ cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floa
                     gemm(True, g.Kg, g.R, Pt, 1, ot, ldo, g.nhwc, colp, ldc, not g.nhwc,
                          0 if n == 0 and oh0 == 0 else 1, tmp + grp * g.Kg * g.R, g.Kg)
             oh0 = oh1
+        if col2im:
+            zero_rows(g, imgn, zeroed, g.H)
     if prim == GRAD_WEIGHT:
         for grp in range(g.G):
             transpose(tmp + grp * g.Kg * g.R, g.R, g.Kg, g.Kg, wt + grp * g.Kg * g.R, g.R, NULL, False)
 
 
-cdef inline (Py_ssize_t, Py_ssize_t) hwc_rows(Geom* g, Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
+cdef void zero_rows(Geom* g, floating* img, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Zeroes rows [r0, r1) of every channel of one image. col2im adds into grad-input, so
+    each row is zeroed just before the first tile that adds into it (then it is in cache
+    for the adds) and the rows no tile reaches at the end, instead of a zeroed array: one
+    pass over it less (resnet_3x3_64_b8 grad-input 3.6% faster at one core)."""
+    cdef Py_ssize_t c
+    if r1 <= r0:
+        return
+    if g.nhwc:
+        memset(img + r0 * g.W * g.C, 0, (r1 - r0) * g.W * g.C * sizeof(floating))
+        return
+    for c in range(g.C):
+        memset(img + (c * g.H + r0) * g.W, 0, (r1 - r0) * g.W * sizeof(floating))
+
+
+cdef inline (Py_ssize_t, Py_ssize_t) input_rows(Geom* g, Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
     """[ih0, ih1): the input rows output rows [oh0, oh1) read, clipped to the image (may be empty)."""
     cdef Py_ssize_t ih0 = min(g.H, max(0, oh0 * g.sh - g.pt))
     return ih0, max(ih0, min(g.H, (oh1 - 1) * g.sh - g.pt + (g.kh - 1) * g.dh + 1))
@@ -420,9 +444,8 @@ cdef tuple nchw_sizes(Py_ssize_t* shape, bint nhwc):
     return (shape[0], shape[3], shape[1], shape[2]) if nhwc else (shape[0], shape[1], shape[2], shape[3])
 
 
-cdef object new_array(Geom* g, Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, dtype, bint zero):
-    shape = (n, h, w, c) if g.nhwc else (n, c, h, w)
-    return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+cdef object new_array(Geom* g, Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, dtype):
+    return np.empty((n, h, w, c) if g.nhwc else (n, c, h, w), dtype)
 
 
 cdef object tap_major(w, bint nhwc):
@@ -499,7 +522,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if bias is not None and bias.shape[0] != g.K:
         raise ValueError(f"bias has shape ({bias.shape[0]},), expected ({g.K},)")
     g.via_hwc = not nhwc and g.G == 1 and not g.identity and g.C >= HWC_MIN_CHANNELS
-    y = new_array(&g, g.N, g.K, g.OH, g.OW, np.asarray(x).dtype, False)
+    y = new_array(&g, g.N, g.K, g.OH, g.OW, np.asarray(x).dtype)
     cdef floating[:, :, :, ::1] yv = y
     cdef const floating[:, :, :, ::1] wk = tap_major(np.asarray(w), nhwc or g.via_hwc)
     launch(FORWARD, &g, x, yv, wk, bias, relu, buffer_limit)
@@ -514,7 +537,7 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_output, const floating[:
     cdef Geom g = make_geom(N, w.shape[1] * groups, H, W, w.shape[0], w.shape[1], w.shape[2], w.shape[3], stride,
                             padding, dilation, groups, nhwc)
     require_nchw("grad_output", nchw_sizes(grad_output.shape, nhwc), (g.N, g.K, g.OH, g.OW), nhwc)
-    gx = new_array(&g, g.N, g.C, g.H, g.W, np.asarray(w).dtype, True)
+    gx = new_array(&g, g.N, g.C, g.H, g.W, np.asarray(w).dtype)  # zeroed by the kernel (zero_rows)
     cdef floating[:, :, :, ::1] gxv = gx
     cdef const floating[:, :, :, ::1] wk = tap_major(np.asarray(w), nhwc)
     cdef const floating[::1] no_bias = None
