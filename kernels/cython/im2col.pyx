@@ -123,6 +123,8 @@ cdef enum:
 # TRANSPOSE_BLOCK: a 16 x 16 block of floats touches 16 lines on each side (2 KiB of L1).
     TRANSPOSE_BLOCK = 16
     HWC_MIN_CHANNELS = 32
+# See gw_sums_column_major.
+    GW_SUMS_CM_MIN_PIXELS = 512
 
 
 cdef Py_ssize_t tile_rows(Geom* g, Py_ssize_t buffer_limit, Py_ssize_t itemsize):
@@ -337,7 +339,7 @@ cdef void forward_tile_via_hwc(Geom* g, floating* xn, floating* yn, floating* wt
     cdef Geom h = g[0]
     cdef Py_ssize_t Pt = (oh1 - oh0) * g.OW
     cdef Py_ssize_t ih0, ih1
-    ih0, ih1 = input_rows(g, oh0, oh1)
+    ih0, ih1 = hwc_rows(g, oh0, oh1)
     transpose(xn + ih0 * g.W, g.C, (ih1 - ih0) * g.W, g.H * g.W, hwc, g.C, NULL, False)
     # h: rows [ih0, ih1) as an HWC image whose top padding grew by ih0 (the rows outside
     # them that the tile reads are padding, as they were).
@@ -354,6 +356,19 @@ cdef enum Primitive:
     GRAD_WEIGHT  # img = x,          outs = gy,           wt = gw (zeroed, accumulated)
 
 
+cdef inline bint gw_sums_column_major(Geom* g, Py_ssize_t rows) noexcept nogil:
+    """Whether grad-weight sums dy_g . col^T into column-major Kg x R matrices (then
+    transposed into the weight) rather than into the row-major weight itself: OpenBLAS
+    multiplies 15-20% faster that way once a tile has GW_SUMS_CM_MIN_PIXELS pixels (with
+    NCHW's row-major columns both operands then run along the pixels, 'T' x 'N', the
+    case it packs cheapest; one core, K=64, R=576, 900-3100 pixels: 202-212 vs 172-178
+    GFLOP/s; grad-weight over the suite, time vs the row-major sums: ResNet 3x3 64
+    0.86-0.87, 3x3 128 stride 2 (784 pixels) 0.86, VGG 0.87, 1x1 256->64 0.84, stem
+    0.84), but slower on short tiles (ResNet 3x3 256 on 14x14, 196 pixels, 1.08;
+    Xception 1x1 on 19x19, 361 pixels, 1.11; 289-1089 pixels with R >= 896: 0.98-1.01)."""
+    return min(rows, g.OH) * g.OW >= GW_SUMS_CM_MIN_PIXELS
+
+
 cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floating* wt, floating* bias, bint relu,
                     floating* buf, floating* hwc, floating* tmp, Py_ssize_t rows) noexcept nogil:
     """One primitive over every image, tile of output rows and group. img is input-shaped,
@@ -361,13 +376,11 @@ cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floa
     forward_tile_via_hwc's scratch, tmp the GEMM result that it or grad-weight
     transposes into place.
 
-    Grad-weight: OpenBLAS multiplies dy_g . col^T 15-20% faster into a column-major
-    Kg x R result than into the row-major weight (one core, K=64, R=576, 900-3100
-    pixels: 202-212 vs 172-178 GFLOP/s): with NCHW's row-major columns both operands then
-    run along the pixels as 'T' x 'N', the case it packs cheapest. So the sums build up in
-    tmp and are transposed into wt once at the end (a weight-sized copy)."""
-    cdef Py_ssize_t n, grp, oh0, oh1, Pt, ih0, ih1, zeroed
-    cdef bint col2im = prim == GRAD_INPUT and not g.identity
+    Grad-weight: on tiles of >= GW_SUMS_CM_MIN_PIXELS pixels its sums build up in tmp as
+    column-major Kg x R matrices and are transposed into wt once at the end (a
+    weight-sized copy), else straight in wt (see gw_sums_column_major)."""
+    cdef Py_ssize_t n, grp, oh0, oh1, Pt
+    cdef bint sums_cm = prim == GRAD_WEIGHT and gw_sums_column_major(g, rows)
     cdef int ldc, ldo
     cdef floating* imgn
     cdef floating* colp
@@ -375,15 +388,10 @@ cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floa
     cdef floating* wg
     for n in range(g.N):
         imgn = img + n * g.C * g.H * g.W
-        zeroed = 0  # col2im: grad-input rows [0, zeroed) are zeroed (see zero_rows)
         oh0 = 0
         while oh0 < g.OH:
             oh1 = min(g.OH, oh0 + rows)
             Pt = (oh1 - oh0) * g.OW
-            if col2im:
-                ih0, ih1 = input_rows(g, oh0, oh1)
-                zero_rows(g, imgn, zeroed, ih1)
-                zeroed = max(zeroed, ih1)
             if prim == FORWARD and g.via_hwc:
                 forward_tile_via_hwc(g, imgn, outs + n * g.K * g.P, wt, bias, relu, buf, hwc, tmp, oh0, oh1)
                 oh0 = oh1
@@ -404,35 +412,18 @@ cdef void run_tiles(Primitive prim, Geom* g, floating* img, floating* outs, floa
                     if not g.identity:
                         transfer(imgn, colp, g, grp, oh0, oh1, True)
                 else:
-                    # Into the group's Kg x R column-major sums (see above); col^T is
-                    # the same storage read in the other orientation. The first product of
-                    # each group overwrites them.
-                    gemm(True, g.Kg, g.R, Pt, 1, ot, ldo, g.nhwc, colp, ldc, not g.nhwc,
-                         0 if n == 0 and oh0 == 0 else 1, tmp + grp * g.Kg * g.R, g.Kg)
+                    # col^T: the same storage read in the other orientation. The first
+                    # product of each group overwrites its sums.
+                    gemm(sums_cm, g.Kg, g.R, Pt, 1, ot, ldo, g.nhwc, colp, ldc, not g.nhwc,
+                         0 if n == 0 and oh0 == 0 else 1, tmp + grp * g.Kg * g.R if sums_cm else wg,
+                         g.Kg if sums_cm else g.R)
             oh0 = oh1
-        if col2im:
-            zero_rows(g, imgn, zeroed, g.H)
-    if prim == GRAD_WEIGHT:
+    if sums_cm:
         for grp in range(g.G):
             transpose(tmp + grp * g.Kg * g.R, g.R, g.Kg, g.Kg, wt + grp * g.Kg * g.R, g.R, NULL, False)
 
 
-cdef void zero_rows(Geom* g, floating* img, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """Zeroes rows [r0, r1) of every channel of one image. col2im adds into grad-input, so
-    each row is zeroed just before the first tile that adds into it (then it is in cache
-    for the adds) and the rows no tile reaches at the end, instead of a zeroed array: one
-    pass over it less (resnet_3x3_64_b8 grad-input 3.6% faster at one core)."""
-    cdef Py_ssize_t c
-    if r1 <= r0:
-        return
-    if g.nhwc:
-        memset(img + r0 * g.W * g.C, 0, (r1 - r0) * g.W * g.C * sizeof(floating))
-        return
-    for c in range(g.C):
-        memset(img + (c * g.H + r0) * g.W, 0, (r1 - r0) * g.W * sizeof(floating))
-
-
-cdef inline (Py_ssize_t, Py_ssize_t) input_rows(Geom* g, Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
+cdef inline (Py_ssize_t, Py_ssize_t) hwc_rows(Geom* g, Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
     """[ih0, ih1): the input rows output rows [oh0, oh1) read, clipped to the image (may be empty)."""
     cdef Py_ssize_t ih0 = min(g.H, max(0, oh0 * g.sh - g.pt))
     return ih0, max(ih0, min(g.H, (oh1 - 1) * g.sh - g.pt + (g.kh - 1) * g.dh + 1))
@@ -444,8 +435,9 @@ cdef tuple nchw_sizes(Py_ssize_t* shape, bint nhwc):
     return (shape[0], shape[3], shape[1], shape[2]) if nhwc else (shape[0], shape[1], shape[2], shape[3])
 
 
-cdef object new_array(Geom* g, Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, dtype):
-    return np.empty((n, h, w, c) if g.nhwc else (n, c, h, w), dtype)
+cdef object new_array(Geom* g, Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, dtype, bint zero):
+    shape = (n, h, w, c) if g.nhwc else (n, c, h, w)
+    return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
 
 
 cdef object tap_major(w, bint nhwc):
@@ -499,7 +491,11 @@ cdef void launch(Primitive prim, Geom* g, const floating[:, :, :, ::1] img, cons
     _last_buffer_bytes = size * sizeof(floating)
     # forward_tile_via_hwc's HWC rows of a tile; the GEMM result it or grad-weight transposes into place
     cdef Py_ssize_t hwc_size = g.C * g.W * min(g.H, (rows - 1) * g.sh + (g.kh - 1) * g.dh + 1) if g.via_hwc else 0
-    cdef Py_ssize_t tmp_size = g.K * rows * g.OW if g.via_hwc else (g.K * g.R if prim == GRAD_WEIGHT else 0)
+    cdef Py_ssize_t tmp_size = 0
+    if g.via_hwc:
+        tmp_size = g.K * rows * g.OW
+    elif prim == GRAD_WEIGHT and gw_sums_column_major(g, rows):
+        tmp_size = g.K * g.R
     cdef floating[::1] work = workspace(aligned(size) + aligned(hwc_size) + aligned(tmp_size),
                                         np.float32 if floating is float else np.float64)
     cdef floating* buf = &work[0]
@@ -522,7 +518,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if bias is not None and bias.shape[0] != g.K:
         raise ValueError(f"bias has shape ({bias.shape[0]},), expected ({g.K},)")
     g.via_hwc = not nhwc and g.G == 1 and not g.identity and g.C >= HWC_MIN_CHANNELS
-    y = new_array(&g, g.N, g.K, g.OH, g.OW, np.asarray(x).dtype)
+    y = new_array(&g, g.N, g.K, g.OH, g.OW, np.asarray(x).dtype, False)
     cdef floating[:, :, :, ::1] yv = y
     cdef const floating[:, :, :, ::1] wk = tap_major(np.asarray(w), nhwc or g.via_hwc)
     launch(FORWARD, &g, x, yv, wk, bias, relu, buffer_limit)
@@ -537,7 +533,7 @@ def conv2d_grad_input(const floating[:, :, :, ::1] grad_output, const floating[:
     cdef Geom g = make_geom(N, w.shape[1] * groups, H, W, w.shape[0], w.shape[1], w.shape[2], w.shape[3], stride,
                             padding, dilation, groups, nhwc)
     require_nchw("grad_output", nchw_sizes(grad_output.shape, nhwc), (g.N, g.K, g.OH, g.OW), nhwc)
-    gx = new_array(&g, g.N, g.C, g.H, g.W, np.asarray(w).dtype)  # zeroed by the kernel (zero_rows)
+    gx = new_array(&g, g.N, g.C, g.H, g.W, np.asarray(w).dtype, True)
     cdef floating[:, :, :, ::1] gxv = gx
     cdef const floating[:, :, :, ::1] wk = tap_major(np.asarray(w), nhwc)
     cdef const floating[::1] no_bias = None
