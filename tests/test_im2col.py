@@ -75,6 +75,9 @@ CASES = [
     # NCHW forward with >= 32 channels and groups 1 runs on pixel-major columns (forward_via_hwc):
     Case(2, 32, 9, 11, 33, 3, 3, padding=1),
     Case(1, 33, 10, 7, 5, 3, 2, stride=(2, 1), padding=(5, 1, 1, 2), dilation=(2, 1)),  # top rows all padding
+    # >= 512 output pixels per tile: grad-weight sums into column-major scratch (gw_sums_column_major)
+    Case(2, 3, 24, 23, 5, 3, 3, padding=1),
+    Case(1, 4, 26, 22, 6, 3, 3, padding=(1, 0), groups=2),
 ]
 
 
