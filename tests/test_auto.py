@@ -21,6 +21,7 @@ GEOMS = {
     "lenet": ((4, 1, 12, 12), (6, 1, 5, 5), dict(stride=1, padding=0, dilation=1, groups=1)),
     "dilated": ((1, 8, 12, 12), (32, 8, 3, 3), dict(stride=1, padding=4, dilation=4, groups=1)),
     "small_image": ((1, 128, 9, 9), (16, 128, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1)),
+    "patchify": ((1, 3, 32, 32), (16, 3, 4, 4), dict(stride=4, padding=0, dilation=1, groups=1)),
 }
 
 
@@ -86,6 +87,8 @@ def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
     ("conv2d_grad_weight", "pointwise", np.float32, "im2col", "narrow grad-weight"),
     ("conv2d_grad_input", "pointwise", np.float32, "direct", "dense"),
     ("conv2d_forward", "dense3x3", np.float32, "direct", "dense"),
+    ("conv2d_grad_input", "patchify", np.float32, "im2col", "large stride into few channels"),
+    ("conv2d_forward", "patchify", np.float32, "direct", "dense"),
 ])
 def test_rules_follow_the_table(primitive, name, dtype, algo, rule, one_thread):
     choice = _auto.choose(primitive, geom_of(name), "cpu", ["reference", "direct", "im2col"], dtype, "NCHW")

@@ -140,6 +140,19 @@ _RULES = (
           "im2col",
           "grad-input into one channel per group on fewer than 4096 pixels per image: the direct engine's "
           "channel tiles are mostly empty, the GEMM is over all the taps"),
+    # Large strides into few input channels, grad-input: AlexNet conv1 (3 channels, 11x11
+    # stride 4) 0.69, the same on 131x131 0.53, 3 channels 7x7 / 8x8 / 4x4 stride 4 0.69 /
+    # 0.70 / 0.71, a 16x16 stride-16 patch embedding to 256 channels 0.17, 16 channels
+    # 11x11 stride 4 0.80, 5x5 stride 3 0.84 (one thread, CPU time, grad-input alone,
+    # 128x128 images unless named). The direct engine splits a grad-input into stride^2
+    # phases, small convolutions into few channels whose tiles are mostly empty; the GEMM
+    # runs over all the output channels and taps at once. At stride 2 the direct engine
+    # wins again (ResNet stem 7x7: 1.17, 3x3 on 224x224: 1.23).
+    _Rule("large stride into few channels",
+          lambda p, g, dt, threads: p == _GRAD_INPUT and min(g.stride) >= 3 and g.C // g.groups <= 16,
+          "im2col",
+          "grad-input at stride >= 3 into <= 16 channels per group: the direct engine's stride phases are small "
+          "convolutions with mostly empty channel tiles, the GEMM is over all the output channels and taps"),
     # Narrow weight gradients: LeNet 0.77 (6 outputs, one input channel), one input
     # channel with 16 / 32 outputs 0.69 / 0.51, 3x3 C=3 K=8 0.72, groups of 2 or 4
     # channels 0.26 / 0.49; 1x1 with 8 / 16 channels 0.39 / 0.85, but 64 channels 1.13 and
