@@ -124,13 +124,14 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   // (k, tap), an output channel block's R*kh*kw weights of one k at a time. Tap (ai, bj)
   // reads real gy on phase rows qh with 0 <= qh - ai < OH (`valid`, for row_bands).
   bool w_in_place = false;
-  auto entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs, std::vector<RowRange>* valid) {
+  auto entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs, std::vector<RowRange>& valid) {
     std::vector<std::pair<std::int64_t, std::int64_t>> tap;  // (i, j)
     for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
       for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j)
         if (b.window.empty() || b.window[*j] >= 0) tap.emplace_back(*i, *j);
     const std::int64_t ntap = static_cast<std::int64_t>(tap.size());
     std::vector<Entry> ent;
+    ent.reserve(Kg * ntap);
     for (std::int64_t outer = 0; outer < (w_in_place ? Kg : ntap); ++outer)
       for (std::int64_t inner = 0; inner < (w_in_place ? ntap : Kg); ++inner) {
         const std::int64_t k = w_in_place ? outer : inner;
@@ -139,7 +140,7 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
         ent.push_back({k * cs + (b.window.empty() ? -ai * b.pg.Wq - bj : b.window[j] - ai * b.pg.Wq),
                        w_in_place ? k * Cg * taps + i * g.kw + j : (i * g.kw + j) * Kg + k});
         const RowRange cols = tap_cols(j, ph.rb);
-        if (valid) valid->push_back(cols.lo < cols.hi ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
+        valid.push_back(cols.lo < cols.hi ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
       }
     return ent;
   };
@@ -151,14 +152,17 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   std::int64_t cs_p = 0, cs_f = 0;
   const auto bands_p = column_bands(false, 0, kern_p.P, cs_p), bands_f = column_bands(true, 0, kern_f.P, cs_f);
   double cost_p = 35.0 * double(g.K * cs_p), cost_f = 35.0 * double(g.K * cs_f);
-  auto n_entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs) {
-    return static_cast<std::int64_t>(entries(ph, b, cs, nullptr).size());
+  auto n_entries = [&](const Phase& ph, const ColumnBand& b) {  // entries(ph, b, ...).size(), not built
+    const auto cols = std::count_if(ph.j.begin(), ph.j.end(), [&](std::int64_t j) {
+      return b.window.empty() || b.window[j] >= 0;
+    });
+    return Kg * static_cast<std::int64_t>(ph.i.size()) * cols;
   };
   for (const Phase& ph : phases) {
     for (const ColumnBand& b : bands_p[ph.rb])
-      cost_p += pass_cost(kern_p, Cg, ph.rows * b.pg.Wq, n_entries(ph, b, cs_p), 0);
+      cost_p += pass_cost(kern_p, Cg, ph.rows * b.pg.Wq, n_entries(ph, b), 0);
     for (const ColumnBand& b : bands_f[ph.rb])
-      cost_f += pass_cost(kern_f, Cg, ph.rows * b.pg.Wq, n_entries(ph, b, cs_f), 0);
+      cost_f += pass_cost(kern_f, Cg, ph.rows * b.pg.Wq, n_entries(ph, b), 0);
   }
   const int forced = forced_conv_fold();
   const bool fold = forced >= 0 ? forced == 1 : cost_f < cost_p;
@@ -195,7 +199,7 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   for (const Phase& ph : phases)
     for (const ColumnBand& b : cbands[ph.rb]) {
       std::vector<RowRange> valid;
-      const std::vector<Entry> ent = entries(ph, b, cs, &valid);
+      const std::vector<Entry> ent = entries(ph, b, cs, valid);
       regions.push_back({&ph, &b, row_bands(ent, valid, ph.rows, b.pg.Wq, kern.P)});
     }
 

@@ -15,10 +15,18 @@
 
 namespace convkit {
 
-// Runs fn(i0, i1) over [0, n) in chunks of at least `grain` items.
+// Runs fn(i0, i1) over [0, n) in chunks of about `grain` items, evenly sized, their
+// count a multiple of the thread count once there is more than a quarter grain of work:
+// in grain-sized chunks, Inception's 128 input channels packed as 29 + 29 + 29 + 29 + 12
+// (three chunks on one core, two on the other), and a 14 x 14 grad-weight's gy
+// transpose (4 items, grain 5) on one core while the other waited.
 template <typename Fn>
 void parallel_ranges(std::int64_t n, std::int64_t grain, Fn fn) {
-  const std::int64_t per = std::max<std::int64_t>(1, grain);
+  if (n <= 0) return;
+  const std::int64_t threads = get_num_threads(), g = std::max<std::int64_t>(1, grain);
+  std::int64_t chunks = ceil_div(n, g);
+  if (4 * n >= g) chunks = std::min(n, round_up(chunks, threads));
+  const std::int64_t per = ceil_div(n, chunks);
   parallel_for(ceil_div(n, per), [&](std::int64_t t) { fn(t * per, std::min(n, (t + 1) * per)); });
 }
 
