@@ -123,7 +123,15 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   // interleaved streams per tile: 30% slower); in-place (k, c, kh, kw) weights are read
   // (k, tap), an output channel block's R*kh*kw weights of one k at a time. Tap (ai, bj)
   // reads real gy on phase rows qh with 0 <= qh - ai < OH (`valid`, for row_bands).
-  bool w_in_place = false;
+  // Weights: transposed once per call (rows of kh*kw*K values, one per input channel c,
+  // read in order as in the forward), or in place on small images. The copy costs a
+  // pass of its own through L3; in place, the rows are 288-byte runs 9 KiB apart on a
+  // 256-channel 3x3 layer, which the kernels prefetch (DirectJob::prefetch_w) but which
+  // cost more to read (the kernel choice counts it: eff_w_in_place), more still
+  // once they outgrow L2 and are read again by each group of tiles. Measured
+  // single-thread, in place against transposed: 14 x 14 +18%, 17 x 17 (Inception's 1x7)
+  // +4%, 33 x 33 -10%, 19 x 19 1x1 (a plain, cheap transpose) -3%.
+  const bool w_in_place = taps > 1 && g.N * g.H * g.W <= 512;
   auto entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs, std::vector<RowRange>& valid) {
     std::vector<std::pair<std::int64_t, std::int64_t>> tap;  // (i, j)
     for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
@@ -146,9 +154,9 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   };
 
   const ConvKernels<T>& ks = conv_kernels<T>();
-  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Cg, max_rows * Wq);
+  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Cg, max_rows * Wq, w_in_place);
   const std::int64_t widest = *std::max_element(ncols.begin(), ncols.end());
-  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Cg, max_rows * widest);
+  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Cg, max_rows * widest, w_in_place);
   std::int64_t cs_p = 0, cs_f = 0;
   const auto bands_p = column_bands(false, 0, kern_p.P, cs_p), bands_f = column_bands(true, 0, kern_f.P, cs_f);
   double cost_p = 35.0 * double(g.K * cs_p), cost_f = 35.0 * double(g.K * cs_f);
@@ -160,9 +168,9 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   };
   for (const Phase& ph : phases) {
     for (const ColumnBand& b : bands_p[ph.rb])
-      cost_p += pass_cost(kern_p, Cg, ph.rows * b.pg.Wq, n_entries(ph, b), 0);
+      cost_p += pass_cost(kern_p, Cg, ph.rows * b.pg.Wq, n_entries(ph, b), 0, w_in_place);
     for (const ColumnBand& b : bands_f[ph.rb])
-      cost_f += pass_cost(kern_f, Cg, ph.rows * b.pg.Wq, n_entries(ph, b), 0);
+      cost_f += pass_cost(kern_f, Cg, ph.rows * b.pg.Wq, n_entries(ph, b), 0, w_in_place);
   }
   const int forced = forced_conv_fold();
   const bool fold = forced >= 0 ? forced == 1 : cost_f < cost_p;
@@ -182,14 +190,6 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
       for (ColumnBand& b : rb) b.pg = PlaneGeom{1, 1, 0, 0, g.OH, g.OW, g.OH * g.OW};
     cs = g.OH * g.OW;
   }
-  // Weights: transposed once per call (rows of kh*kw*K values, one per input channel c,
-  // read in order as in the forward), or in place on small images. The copy costs a
-  // pass of its own through L3; in place, the rows are 288-byte runs 9 KiB apart on a
-  // 256-channel 3x3 layer, which the kernels prefetch (DirectJob::prefetch_w) but which cost more
-  // to read once they outgrow L2 and are read again by each group of tiles. Measured
-  // single-thread, in place against transposed: 14 x 14 +18%, 17 x 17 (Inception's 1x7)
-  // +4%, 33 x 33 -10%, 19 x 19 1x1 (a plain, cheap transpose) -3%.
-  w_in_place = taps > 1 && g.N * g.H * g.W <= 512;
   struct Region {
     const Phase* ph;
     const ColumnBand* cb;

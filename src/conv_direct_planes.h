@@ -138,9 +138,12 @@ inline InputPlanes folded_planes(const ConvGeom& g, std::int64_t overrun, std::i
 // does 32 MACs a cycle at 4 GHz). With it the choice matches measurements: folded wins
 // on DeepLab's dilated layers (+7% at dilation 2, +50% with ASPP's bands), loses on
 // LeNet, AlexNet conv1 and stride-2 3x3 layers (-10 to -24%), ties on Inception's 1x7.
+// Weights read in place (w_in_place) run at the kernel's eff_w_in_place.
 template <typename T>
-double pass_cost(const DirectKernel<T>& k, std::int64_t nk, std::int64_t npix, std::int64_t entries, double packed) {
-  return double(round_up(nk, k.R)) * double(k.padded(npix)) * double(entries) / k.eff +
+double pass_cost(const DirectKernel<T>& k, std::int64_t nk, std::int64_t npix, std::int64_t entries, double packed,
+                 bool w_in_place = false) {
+  return double(round_up(nk, k.R)) * double(k.padded(npix)) * double(entries) /
+             (w_in_place ? k.eff_w_in_place : k.eff) +
          35.0 * packed;
 }
 
