@@ -38,20 +38,33 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const std::int64_t taps = g.kh * g.kw;
   std::vector<std::int64_t> off(static_cast<std::size_t>(neb * R));
   std::vector<std::int64_t> box(static_cast<std::size_t>(neb * 4));  // rows [0], [1), cols [2], [3) per block
+  struct Tap {
+    std::int64_t off, r0, r1, c0, c1;  // offset in a channel's planes; output rows and cols reading real input
+  };
+  std::vector<Tap> tap(static_cast<std::size_t>(taps));
+  for (std::int64_t t = 0; t < taps; ++t) {
+    Tap& tp = tap[t];
+    tp.off = ip.offset_of(ip.bands[0], t / g.kw * g.dh, t % g.kw);
+    tap_range(g.H, g.sh, g.pt, t / g.kw * g.dh, g.OH, tp.r0, tp.r1);
+    tap_range(g.W, g.sw, g.pl, t % g.kw * g.dw, g.OW, tp.c0, tp.c1);
+  }
   auto order = [&](bool tap_major) {  // fills off and box; returns the pixels the blocks' calls cover
     double pixels = 0;
-    for (std::int64_t e = 0; e < neb * R; ++e) {
-      const std::int64_t el = std::min(e, E - 1), t = tap_major ? el / Cg : el % taps;
-      const std::int64_t c = tap_major ? el % Cg : el / taps, i = t / g.kw, j = t % g.kw;
-      off[e] = c * ip.cs + ip.offset_of(ip.bands[0], i * g.dh, j);
-      std::int64_t r0, r1, c0, c1;
-      tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, r0, r1);
-      tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, c0, c1);
-      std::int64_t* b = &box[(e / R) * 4];
-      if (e % R == 0 || b[0] >= b[1] || b[2] >= b[3]) b[0] = r0, b[1] = r1, b[2] = c0, b[3] = c1;
-      if (r0 < r1 && c0 < c1)
-        b[0] = std::min(b[0], r0), b[1] = std::max(b[1], r1), b[2] = std::min(b[2], c0), b[3] = std::max(b[3], c1);
-      if (e % R == R - 1 && b[0] < b[1] && b[2] < b[3]) pixels += double((b[1] - b[0]) * (b[3] - b[2]));
+    std::int64_t t = 0, c = 0;  // entry min(e, E - 1)'s tap and channel, counted up (no divisions)
+    for (std::int64_t eb = 0, e = 0; eb < neb; ++eb) {
+      std::int64_t* b = &box[eb * 4];
+      for (std::int64_t r = 0; r < R; ++r, ++e) {
+        const Tap& tp = tap[t];
+        off[e] = c * ip.cs + tp.off;
+        if (r == 0 || b[0] >= b[1] || b[2] >= b[3]) b[0] = tp.r0, b[1] = tp.r1, b[2] = tp.c0, b[3] = tp.c1;
+        if (tp.r0 < tp.r1 && tp.c0 < tp.c1)
+          b[0] = std::min(b[0], tp.r0), b[1] = std::max(b[1], tp.r1), b[2] = std::min(b[2], tp.c0),
+          b[3] = std::max(b[3], tp.c1);
+        if (e + 1 >= E) continue;
+        if (tap_major && ++c == Cg) c = 0, ++t;
+        if (!tap_major && ++t == taps) t = 0, ++c;
+      }
+      if (b[0] < b[1] && b[2] < b[3]) pixels += double((b[1] - b[0]) * (b[3] - b[2]));
     }
     return pixels;
   };
