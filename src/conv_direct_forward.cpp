@@ -1,5 +1,6 @@
 // The direct engine's forward: one flat-domain correlation per (image, group, column
 // band, row band) over the input's planes (conv_direct_planes.h), taps at their offsets.
+#include <algorithm>
 #include <vector>
 
 #include "conv_direct_planes.h"
@@ -8,24 +9,35 @@
 namespace convkit {
 namespace {
 
+// The taps (i, j) a column band reads: every tap, or (folded) those of the tap columns
+// with a window in the band.
+std::int64_t band_taps(const ConvGeom& g, const ColumnBand& b) {
+  if (b.window.empty()) return g.kh * g.kw;
+  return g.kh * std::count_if(b.window.begin(), b.window.end(), [](std::int64_t o) { return o >= 0; });
+}
+
 // The forward's reduction for a column band: one entry per (input channel c, tap (i, j)
 // the band reads), taps innermost so consecutive entries read neighbouring input; the
 // weight offset (c*kh + i)*kw + j is the entry's index in a weight row. `rows` gets the
 // output rows where each entry reads real input (tap_range), for row_bands.
 std::vector<Entry> forward_entries(const ConvGeom& g, const InputPlanes& ip, const ColumnBand& b,
-                                   std::vector<RowRange>* rows = nullptr) {
+                                   std::vector<RowRange>& rows) {
+  std::vector<Entry> taps;  // per tap: its offset in a channel's planes and in a weight row
+  std::vector<RowRange> tap_rows;
+  for (std::int64_t i = 0; i < g.kh; ++i)
+    for (std::int64_t j = 0; j < g.kw; ++j) {
+      if (!b.window.empty() && b.window[j] < 0) continue;
+      taps.push_back({ip.offset_of(b, i * g.dh, j), i * g.kw + j});
+      std::int64_t lo, hi, clo, chi;
+      tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, lo, hi);
+      tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, clo, chi);
+      tap_rows.push_back(clo < chi ? RowRange{lo, hi} : RowRange{0, 0});
+    }
   std::vector<Entry> ent;
+  ent.reserve(g.Cg() * taps.size());
   for (std::int64_t c = 0; c < g.Cg(); ++c)
-    for (std::int64_t i = 0; i < g.kh; ++i)
-      for (std::int64_t j = 0; j < g.kw; ++j) {
-        if (!b.window.empty() && b.window[j] < 0) continue;
-        ent.push_back({c * ip.cs + ip.offset_of(b, i * g.dh, j), (c * g.kh + i) * g.kw + j});
-        if (!rows) continue;
-        std::int64_t lo, hi, clo, chi;
-        tap_range(g.H, g.sh, g.pt, i * g.dh, g.OH, lo, hi);
-        tap_range(g.W, g.sw, g.pl, j * g.dw, g.OW, clo, chi);
-        rows->push_back(clo < chi ? RowRange{lo, hi} : RowRange{0, 0});
-      }
+    for (const Entry& t : taps) ent.push_back({c * ip.cs + t.x, c * g.kh * g.kw + t.w});
+  for (std::int64_t c = 0; c < g.Cg(); ++c) rows.insert(rows.end(), tap_rows.begin(), tap_rows.end());
   return ent;
 }
 
@@ -42,7 +54,7 @@ void direct_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
   const InputPlanes folded = folded_planes(g, 0, kern_f.P);
   double cost_f = 35.0 * double(g.C * folded.cs);
   for (const ColumnBand& b : folded.bands)
-    cost_f += pass_cost(kern_f, Kg, g.OH * b.cols, static_cast<std::int64_t>(forward_entries(g, folded, b).size()), 0);
+    cost_f += pass_cost(kern_f, Kg, g.OH * b.cols, Cg * band_taps(g, b), 0);
   const int forced = forced_conv_fold();
   const double cost_p = pass_cost(kern_p, Kg, g.OH * phased.bands[0].pg.Wq, E, double(g.C * phased.cs));
   const bool fold = forced >= 0 ? forced == 1 : cost_f < cost_p;
@@ -74,7 +86,7 @@ void direct_forward(const ConvGeom& g, Layout layout, const T* x, const T* w, co
   std::vector<Region> regions;
   for (const ColumnBand& cb : ip.bands) {
     std::vector<RowRange> valid;
-    const std::vector<Entry> ent = forward_entries(g, ip, cb, &valid);
+    const std::vector<Entry> ent = forward_entries(g, ip, cb, valid);
     regions.push_back({&cb, row_bands(ent, valid, g.OH, cb.pg.Wq, kern.P)});
   }
   std::vector<DirectJob<T>> jobs;

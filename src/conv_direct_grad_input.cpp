@@ -123,42 +123,61 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   // interleaved streams per tile: 30% slower); in-place (k, c, kh, kw) weights are read
   // (k, tap), an output channel block's R*kh*kw weights of one k at a time. Tap (ai, bj)
   // reads real gy on phase rows qh with 0 <= qh - ai < OH (`valid`, for row_bands).
-  bool w_in_place = false;
-  auto entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs, std::vector<RowRange>* valid) {
-    std::vector<std::pair<std::int64_t, std::int64_t>> tap;  // (i, j)
+  // Weights: transposed once per call (rows of kh*kw*K values, one per input channel c,
+  // read in order as in the forward), or in place on small images. The copy costs a
+  // pass of its own through L3; in place, the rows are 288-byte runs 9 KiB apart on a
+  // 256-channel 3x3 layer, which the kernels prefetch (DirectJob::prefetch_w) but which
+  // cost more to read (the kernel choice counts it: eff_w_in_place), more still
+  // once they outgrow L2 and are read again by each group of tiles. Measured
+  // single-thread, in place against transposed: 14 x 14 +18%, 17 x 17 (Inception's 1x7)
+  // +4%, 33 x 33 -10%, 19 x 19 1x1 (a plain, cheap transpose) -3%.
+  const bool w_in_place = taps > 1 && g.N * g.H * g.W <= 512;
+  auto entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs, std::vector<RowRange>& valid) {
+    struct Tap {
+      std::int64_t x, w;  // offset in a gy channel's planes, in a weight row (k = 0)
+      RowRange rows;      // valid rows
+    };
+    std::vector<Tap> tap;
     for (auto i = ph.i.rbegin(); i != ph.i.rend(); ++i)
-      for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j)
-        if (b.window.empty() || b.window[*j] >= 0) tap.emplace_back(*i, *j);
+      for (auto j = ph.j.rbegin(); j != ph.j.rend(); ++j) {
+        if (!b.window.empty() && b.window[*j] < 0) continue;
+        const std::int64_t ai = *i * g.dh / g.sh, bj = *j * g.dw / g.sw;
+        const RowRange cols = tap_cols(*j, ph.rb);
+        tap.push_back({b.window.empty() ? -ai * b.pg.Wq - bj : b.window[*j] - ai * b.pg.Wq,
+                       w_in_place ? *i * g.kw + *j : (*i * g.kw + *j) * Kg,
+                       cols.lo < cols.hi ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0}});
+      }
     const std::int64_t ntap = static_cast<std::int64_t>(tap.size());
     std::vector<Entry> ent;
+    ent.reserve(Kg * ntap);
     for (std::int64_t outer = 0; outer < (w_in_place ? Kg : ntap); ++outer)
       for (std::int64_t inner = 0; inner < (w_in_place ? ntap : Kg); ++inner) {
         const std::int64_t k = w_in_place ? outer : inner;
-        const auto [i, j] = tap[static_cast<std::size_t>(w_in_place ? inner : outer)];
-        const std::int64_t ai = i * g.dh / g.sh, bj = j * g.dw / g.sw;
-        ent.push_back({k * cs + (b.window.empty() ? -ai * b.pg.Wq - bj : b.window[j] - ai * b.pg.Wq),
-                       w_in_place ? k * Cg * taps + i * g.kw + j : (i * g.kw + j) * Kg + k});
-        const RowRange cols = tap_cols(j, ph.rb);
-        if (valid) valid->push_back(cols.lo < cols.hi ? RowRange{ai - ph.qh0, ai - ph.qh0 + g.OH} : RowRange{0, 0});
+        const Tap& t = tap[static_cast<std::size_t>(w_in_place ? inner : outer)];
+        ent.push_back({k * cs + t.x, t.w + (w_in_place ? k * Cg * taps : k)});
+        valid.push_back(t.rows);
       }
     return ent;
   };
 
   const ConvKernels<T>& ks = conv_kernels<T>();
-  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Cg, max_rows * Wq);
+  const DirectKernel<T>& kern_p = choose_direct_kernel(ks, Cg, max_rows * Wq, w_in_place);
   const std::int64_t widest = *std::max_element(ncols.begin(), ncols.end());
-  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Cg, max_rows * widest);
+  const DirectKernel<T>& kern_f = choose_direct_kernel(ks, Cg, max_rows * widest, w_in_place);
   std::int64_t cs_p = 0, cs_f = 0;
   const auto bands_p = column_bands(false, 0, kern_p.P, cs_p), bands_f = column_bands(true, 0, kern_f.P, cs_f);
   double cost_p = 35.0 * double(g.K * cs_p), cost_f = 35.0 * double(g.K * cs_f);
-  auto n_entries = [&](const Phase& ph, const ColumnBand& b, std::int64_t cs) {
-    return static_cast<std::int64_t>(entries(ph, b, cs, nullptr).size());
+  auto n_entries = [&](const Phase& ph, const ColumnBand& b) {  // entries(ph, b, ...).size(), not built
+    const auto cols = std::count_if(ph.j.begin(), ph.j.end(), [&](std::int64_t j) {
+      return b.window.empty() || b.window[j] >= 0;
+    });
+    return Kg * static_cast<std::int64_t>(ph.i.size()) * cols;
   };
   for (const Phase& ph : phases) {
     for (const ColumnBand& b : bands_p[ph.rb])
-      cost_p += pass_cost(kern_p, Cg, ph.rows * b.pg.Wq, n_entries(ph, b, cs_p), 0);
+      cost_p += pass_cost(kern_p, Cg, ph.rows * b.pg.Wq, n_entries(ph, b), 0, w_in_place);
     for (const ColumnBand& b : bands_f[ph.rb])
-      cost_f += pass_cost(kern_f, Cg, ph.rows * b.pg.Wq, n_entries(ph, b, cs_f), 0);
+      cost_f += pass_cost(kern_f, Cg, ph.rows * b.pg.Wq, n_entries(ph, b), 0, w_in_place);
   }
   const int forced = forced_conv_fold();
   const bool fold = forced >= 0 ? forced == 1 : cost_f < cost_p;
@@ -178,14 +197,6 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
       for (ColumnBand& b : rb) b.pg = PlaneGeom{1, 1, 0, 0, g.OH, g.OW, g.OH * g.OW};
     cs = g.OH * g.OW;
   }
-  // Weights: transposed once per call (rows of kh*kw*K values, one per input channel c,
-  // read in order as in the forward), or in place on small images. The copy costs a
-  // pass of its own through L3; in place, the rows are 288-byte runs 9 KiB apart on a
-  // 256-channel 3x3 layer, which the kernels prefetch (DirectJob::prefetch_w) but which cost more
-  // to read once they outgrow L2 and are read again by each group of tiles. Measured
-  // single-thread, in place against transposed: 14 x 14 +18%, 17 x 17 (Inception's 1x7)
-  // +4%, 33 x 33 -10%, 19 x 19 1x1 (a plain, cheap transpose) -3%.
-  w_in_place = taps > 1 && g.N * g.H * g.W <= 512;
   struct Region {
     const Phase* ph;
     const ColumnBand* cb;
@@ -195,7 +206,7 @@ void direct_grad_input(const ConvGeom& g, Layout layout, const T* gy, const T* w
   for (const Phase& ph : phases)
     for (const ColumnBand& b : cbands[ph.rb]) {
       std::vector<RowRange> valid;
-      const std::vector<Entry> ent = entries(ph, b, cs, &valid);
+      const std::vector<Entry> ent = entries(ph, b, cs, valid);
       regions.push_back({&ph, &b, row_bands(ent, valid, ph.rows, b.pg.Wq, kern.P)});
     }
 

@@ -83,11 +83,14 @@ const Kernel& cheapest(const std::vector<Kernel>& ks, const std::string& forced,
 
 inline std::int64_t round_up(std::int64_t a, std::int64_t b) { return ceil_div(a, b) * b; }
 
-// The direct kernel for nk output channels x npix flat pixels.
+// The direct kernel for nk output channels x npix flat pixels, its weights read in
+// sequence or in place (w_in_place: rated by DirectKernel::eff_w_in_place).
 template <typename T>
-const DirectKernel<T>& choose_direct_kernel(const ConvKernels<T>& ks, std::int64_t nk, std::int64_t npix) {
-  return cheapest(ks.direct, forced_conv_kernel(false),
-                  [&](const DirectKernel<T>& k) { return double(round_up(nk, k.R)) * double(k.padded(npix)); });
+const DirectKernel<T>& choose_direct_kernel(const ConvKernels<T>& ks, std::int64_t nk, std::int64_t npix,
+                                            bool w_in_place = false) {
+  return cheapest(ks.direct, forced_conv_kernel(false), [&](const DirectKernel<T>& k) {
+    return double(round_up(nk, k.R)) * double(k.padded(npix)) * (w_in_place ? k.eff / k.eff_w_in_place : 1.0);
+  });
 }
 
 // Runs every (job, pixel tile, channel block) on the pool. The split into tasks never

@@ -73,6 +73,10 @@ struct DirectKernel {
   std::vector<void (*)(const DirectTile<T>&)> tile;  // tile.back(): the full R x P tile
   int R, P;
   float eff;  // measured fraction of the FMA peak on a large layer (the tile choice's cost model)
+  // The same with the weights read in place (DirectJob::prefetch_w, grad-input on small
+  // images): each entry's R broadcasts then come from R runs far apart, which favours
+  // fewer rows per tile up to the point where the input's loads bind (4 rows).
+  float eff_w_in_place;
   const char* name;
 
   std::int64_t lanes() const { return P / static_cast<std::int64_t>(tile.size()); }

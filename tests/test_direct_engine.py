@@ -118,6 +118,9 @@ def test_grad_weight_tile_edges(isa_kernel):
         check_conv2d(rng, 3, R // 2 + 1, 6, 5, KB + 3, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2))
         # ResNet-stem-like: 147 entries, in R-blocks that split unevenly over the tasks.
         check_conv2d(rng, 1, 3, 48, 48, KB, (7, 7), stride=2, padding=3)
+        # Entries in both orders: channel-major (small padding, above), tap-major where the
+        # taps read mostly padding (ASPP-like: each R-block runs over its taps' box only).
+        check_conv2d(rng, 1, R + 1, 20, 19, KB + 1, (3, 3), padding=8, dilation=8)
 
 
 # --------------------------------------------------------------------- geometry grid

@@ -10,7 +10,7 @@ namespace {
 template <typename T>
 ConvKernels<T> scalar_kernels(const char* direct_name, const char* gw_name) {
   using VT = VecScalar<T>;
-  return {{direct_kernel<VT, 4, 8>(1.0f, direct_name)},
+  return {{direct_kernel<VT, 4, 8>(1.0f, 1.0f, direct_name)},
           {{&conv_gw_tile<VT, 4, 8>, 4, 8, 1.0f, gw_name}},
           &transpose<VT>};
 }

@@ -103,12 +103,13 @@ void conv_direct_tile(const DirectTile<typename VT::Elem>& t) {
 // The table entry of the R x (V vectors) direct kernel: the full tile and its narrower
 // tiles of 1 .. V-1 vectors (DirectKernel::tile).
 template <class VT, int R, int... v>
-DirectKernel<typename VT::Elem> direct_kernel_of(std::integer_sequence<int, v...>, float eff, const char* name) {
-  return {{&conv_direct_tile<VT, R, v + 1>...}, R, static_cast<int>(sizeof...(v)) * VT::W, eff, name};
+DirectKernel<typename VT::Elem> direct_kernel_of(std::integer_sequence<int, v...>, float eff, float eff_w_in_place,
+                                                 const char* name) {
+  return {{&conv_direct_tile<VT, R, v + 1>...}, R, static_cast<int>(sizeof...(v)) * VT::W, eff, eff_w_in_place, name};
 }
 template <class VT, int R, int V>
-DirectKernel<typename VT::Elem> direct_kernel(float eff, const char* name) {
-  return direct_kernel_of<VT, R>(std::make_integer_sequence<int, V>{}, eff, name);
+DirectKernel<typename VT::Elem> direct_kernel(float eff, float eff_w_in_place, const char* name) {
+  return direct_kernel_of<VT, R>(std::make_integer_sequence<int, V>{}, eff, eff_w_in_place, name);
 }
 
 // Grad-weight as outer products: per pixel, V vectors of grad_output (KB = V*W output
