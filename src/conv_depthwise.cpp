@@ -100,8 +100,9 @@ InputPlan plan_input(const ConvGeom& g, int lanes) {
   return plan;
 }
 
-// Stride 2, 3x3, dilation 1 (MobileNet's downsampling layers) reads x in place
-// (f32_dwconv.h): units of (image, channel, block of rows) as the planes' path.
+// Stride 2, 3x3, dilation 1 (MobileNet's downsampling layers) reads x and grad_output in
+// place and writes grad_input in place (f32_dwconv.h): units of (image, channel, block of
+// rows) as the planes' path.
 bool in_place_3x3s2(const ConvGeom& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1;
 }
@@ -222,12 +223,27 @@ void spread_strided(const float* in, std::int64_t in_stride, std::int64_t step, 
   }
 }
 
+// Stride 2, 3x3, dilation 1: gx written in place from grad_output read in place, units
+// of (image, channel, block of gx rows).
+void grad_input_3x3s2_f32(const ConvGeom& g, const DwKernels& kern, const float* gy, const float* w, float* gx) {
+  const std::int64_t m = g.K / g.C;
+  const Blocks bl = row_blocks(g.H, g.N * g.C, (m + 2) * g.W * static_cast<std::int64_t>(sizeof(float)),
+                               kPlaneBlockBytes);
+  parallel_units(g.N * g.C * bl.count, m * bl.rows * g.W * 9 / 4, [&](std::int64_t unit) {
+    const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
+    const std::int64_t ih0 = b * bl.rows, ih1 = ih0 + bl.rows_of(b, g.H);
+    kern.grad_input_3x3s2(gy + (n * g.K + c * m) * g.OH * g.OW, m, g.OH, g.OW, w + c * m * 9, g.pt, g.pl, ih0, ih1,
+                          g.W, gx + nc * g.H * g.W);
+  });
+}
+
 // Grad-input (the phases: conv_depthwise_units.h). gy is packed once per unit with the
 // phases' U rows / V columns of zeros in front, so the phases' outputs are flat pixels
 // q * Wg + r like the forward's. Stride 1 has one phase, stored straight into gx;
 // otherwise each phase is stored compactly and then spread into gx's rows and columns.
 void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
   const DwKernels& kern = f32_dwconv_kernels(active_isa());
+  if (in_place_3x3s2(g)) return grad_input_3x3s2_f32(g, kern, gy, w, gx);
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
   const GradInputPhases phs = grad_input_phases(g);
   const std::int64_t U = phs.U, V = phs.V;

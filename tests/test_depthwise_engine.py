@@ -54,6 +54,13 @@ CASES = {
     "8 channels x multiplier 2": (1, 8, 7, 12, 2, (5, 5), 1, 2, 1),
     "33 channels, stride 3, dilation 2": (1, 33, 13, 14, 1, (3, 3), 3, 2, 2),
     "40 channels, NHWC rows over the L2 budget": (1, 40, 30, 200, 1, (3, 3), 1, 1, 1),
+    # 3x3 stride 2 (in place, gx rows as interleaved pairs of vectors): gx columns from
+    # 2q - pl, pl odd or even, rows past one vector pair or ending inside one.
+    "3x3 stride 2, 1x1 image": (2, 3, 1, 1, 1, (3, 3), 2, 1, 1),
+    "3x3 stride 2, 5x33, multiplier 3": (1, 2, 5, 33, 3, (3, 3), 2, 1, 1),
+    "3x3 stride 2, padding (2, 3)": (1, 2, 9, 18, 1, (3, 3), 2, (2, 3), 1),
+    "3x3 stride 2, rows of 65, padding (0, 1)": (1, 2, 3, 65, 1, (3, 3), 2, (0, 1), 1),
+    "3x3 stride 2, four-sided padding": (2, 3, 8, 9, 1, (3, 3), 2, (1, 0, 2, 1), 1),
 }
 
 

@@ -45,6 +45,13 @@ struct DwKernels {
   //   gy[oh*OW + ow] * x[2oh-pt+i][2ow-pl+j] (zero outside the image).
   void (*grad_weight_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
                             const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums);
+  // Its grad-input: gx[ih*W + iw] for ih in [ih0, ih1), every iw < W, from m grad_output
+  // planes gy + j*OH*OW (OH x OW) and weights w[j*9 + i*3 + jj], j < m:
+  //   sum over j and taps (i, jj) with ih + pt - i = 2oh, iw + pl - jj = 2ow inside gy of
+  //   w[j*9 + i*3 + jj] * gy[j*OH*OW + oh*OW + ow].
+  void (*grad_input_3x3s2)(const float* gy, std::int64_t m, std::int64_t OH, std::int64_t OW, const float* w,
+                           std::int64_t pt, std::int64_t pl, std::int64_t ih0, std::int64_t ih1, std::int64_t W,
+                           float* gx);
 
   // NHWC, p < npix, c < channels: out[p*out_step + c] <-
   //   relu?(bias[c] + sum_t w[t*ld + c] * in[p*pix_step + off[t] + c]).

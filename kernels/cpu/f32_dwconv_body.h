@@ -12,7 +12,8 @@
 //   storeu, store_lanes(dst, v, 0, n) (the first n lanes), load_lanes(p, n) (the first n
 //   lanes, zeros after; reads nothing past p[n - 1]), load_range(p, lo, hi) (lanes
 //   [lo, hi) from p, zeros elsewhere, reading nothing else), evens(a, b) / odds(a, b) (the
-//   even / odd lanes of a then b), shift1(a, b) (a's lanes 1.. then b's lane 0), pin(v) (keeps v in a register: an
+//   even / odd lanes of a then b), interleave_lo(a, b) / interleave_hi(a, b) (a0 b0 a1 b1 ...
+//   from the first / second half of a and b: the inverse of evens / odds), shift1(a, b) (a's lanes 1.. then b's lane 0), pin(v) (keeps v in a register: an
 //   empty asm, so the compiler cannot fold its load into every instruction that uses it).
 //
 // Everything sits in an anonymous namespace: this header is compiled once per instruction
@@ -423,10 +424,70 @@ void dwconv_3x3s2_grad_weight(const float* x, std::int64_t H, std::int64_t W, st
   for (int t = 0; t < 9; ++t) sums[t] += A::sum(acc[t]);
 }
 
+// Its grad-input, written straight into gx (no phase planes to spread: that spread stored
+// one float at a time, ~28% of the layer's grad-input). gx column 2q + b - pl of a row
+// takes tap column 1 at b = 1 and tap columns 0 and 2 at b = 0, from grad_output columns
+// q and q - 1: per vector of q, even columns E and odd columns O, interleaved into two
+// vectors of consecutive gx columns and stored whole (masked at the image's edges). A gx
+// row takes the one or two tap rows i whose grad_output row (ih + pt - i) / 2 exists.
+// One = (m == 1): the 9 weights stay in registers over the whole call.
+template <class A, bool One>
+void dwconv_3x3s2_grad_input_rows(const float* gy, std::int64_t m, std::int64_t OH, std::int64_t OW, const float* w,
+                                  std::int64_t pt, std::int64_t pl, std::int64_t ih0, std::int64_t ih1, std::int64_t W,
+                                  float* gx) {
+  using Vec = typename A::Vec;
+  Vec wv[9];
+  if constexpr (One)
+    for (int t = 0; t < 9; ++t) wv[t] = A::set1(w[t]);
+  // Stores lanes of v holding gx columns c0 + lane inside [0, W).
+  auto store = [W](float* row, std::int64_t c0, Vec v) {
+    const std::int64_t lo = c0 < 0 ? -c0 : 0, hi = W - c0 < A::W ? W - c0 : A::W;
+    if (lo == 0 && hi == A::W)
+      A::storeu(row + c0, v);
+    else if (hi > lo)
+      A::store_lanes(row + c0 + lo, v, static_cast<int>(lo), static_cast<int>(hi - lo));
+  };
+  for (std::int64_t ih = ih0; ih < ih1; ++ih) {
+    float* row = gx + ih * W;
+    for (std::int64_t q = pl / 2, c0 = 2 * (pl / 2) - pl; c0 < W; q += A::W, c0 += 2 * A::W) {
+      Vec even = A::set1(0.0f), odd = A::set1(0.0f);
+      for (std::int64_t j = 0; j < m; ++j) {
+        if constexpr (!One)
+          for (int t = 0; t < 9; ++t) wv[t] = A::set1(w[j * 9 + t]);
+#pragma GCC unroll 3
+        for (int i = 0; i < 3; ++i) {
+          const std::int64_t r = ih + pt - i;
+          if (r % 2 != 0 || r < 0 || r / 2 >= OH) continue;
+          const float* src = gy + (j * OH + r / 2) * OW;
+          const Vec g = load_columns<A>(src, q, A::W, OW), g1 = load_columns<A>(src, q - 1, A::W, OW);
+          even = A::fma(wv[3 * i], g, A::fma(wv[3 * i + 2], g1, even));
+          odd = A::fma(wv[3 * i + 1], g, odd);
+        }
+      }
+      store(row, c0, A::interleave_lo(even, odd));
+      store(row, c0 + A::W, A::interleave_hi(even, odd));
+    }
+  }
+}
+
+template <class A>
+void dwconv_3x3s2_grad_input(const float* gy, std::int64_t m, std::int64_t OH, std::int64_t OW, const float* w,
+                             std::int64_t pt, std::int64_t pl, std::int64_t ih0, std::int64_t ih1, std::int64_t W,
+                             float* gx) {
+  if (m == 1) return dwconv_3x3s2_grad_input_rows<A, true>(gy, m, OH, OW, w, pt, pl, ih0, ih1, W, gx);
+  dwconv_3x3s2_grad_input_rows<A, false>(gy, m, OH, OW, w, pt, pl, ih0, ih1, W, gx);
+}
+
 template <class A>
 constexpr DwKernels dwconv_kernels() {
-  return DwKernels{A::W,           &dwconv<A>,          &dwconv_grad_weight<A>, &dwconv_3x3s2<A>,
-                   &dwconv_3x3s2_grad_weight<A>, &dwconv_nhwc<A>, &dwconv_nhwc_grad_weight<A>};
+  return DwKernels{A::W,
+                   &dwconv<A>,
+                   &dwconv_grad_weight<A>,
+                   &dwconv_3x3s2<A>,
+                   &dwconv_3x3s2_grad_weight<A>,
+                   &dwconv_3x3s2_grad_input<A>,
+                   &dwconv_nhwc<A>,
+                   &dwconv_nhwc_grad_weight<A>};
 }
 
 }  // namespace
