@@ -61,6 +61,9 @@ CASES = {
     "3x3 stride 2, padding (2, 3)": (1, 2, 9, 18, 1, (3, 3), 2, (2, 3), 1),
     "3x3 stride 2, rows of 65, padding (0, 1)": (1, 2, 3, 65, 1, (3, 3), 2, (0, 1), 1),
     "3x3 stride 2, four-sided padding": (2, 3, 8, 9, 1, (3, 3), 2, (1, 0, 2, 1), 1),
+    # 3x3 stride 1 forward in place, blocks of 8 output rows then single rows.
+    "3x3 stride 1, 11x17, padding (0, 2)": (1, 2, 11, 17, 1, (3, 3), 1, (0, 2), 1),
+    "3x3 stride 1, 19x33, multiplier 2": (2, 3, 19, 33, 2, (3, 3), 1, 1, 1),
 }
 
 
@@ -132,6 +135,7 @@ def test_float64(case, layout):
 
 
 @_cases("kernel larger, strided, multiplier 3", "4x4, four-sided padding, multiplier 3", "strided rows of 34-35 pixels",
+        "3x3 stride 2, 5x33, multiplier 3", "3x3 stride 1, 19x33, multiplier 2",
         "few planes, strided, multiplier 2", "planes larger than the L2 budget",
         "40 channels, NHWC rows over the L2 budget")
 def test_one_and_two_threads_bit_identical(case, isa, layout):
