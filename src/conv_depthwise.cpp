@@ -101,8 +101,8 @@ InputPlan plan_input(const ConvGeom& g, int lanes) {
 }
 
 // 3x3, dilation 1, stride 1 or 2 (MobileNet's depthwise layers): the forward reads x in
-// place (f32_dwconv.h); at stride 2 grad-weight and grad-input also read their inputs in
-// place and grad-input writes gx in place. Units of (image, channel, block of rows) as
+// place (f32_dwconv.h), and so does grad-input (grad_output, writing gx in place; at
+// stride 1 for multiplier 1); at stride 2 grad-weight reads x and grad_output in place. Units of (image, channel, block of rows) as
 // the planes' path.
 bool in_place_3x3(const ConvGeom& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == g.sw && (g.sh == 1 || g.sh == 2) && g.dh == 1 && g.dw == 1;
@@ -226,17 +226,28 @@ void spread_strided(const float* in, std::int64_t in_stride, std::int64_t step, 
   }
 }
 
-// Stride 2, 3x3, dilation 1: gx written in place from grad_output read in place, units
-// of (image, channel, block of gx rows).
-void grad_input_3x3s2_f32(const ConvGeom& g, const DwKernels& kern, const float* gy, const float* w, float* gx) {
+// 3x3, dilation 1: gx written in place from grad_output read in place, units of (image,
+// channel, block of gx rows). Stride 2 has its own kernel (any multiplier); stride 1 with
+// multiplier 1 is the forward's kernel on grad_output with the taps flipped and padding
+// 2 - p (the full correlation: gx[ih] = sum over i of gy[ih - (2 - pt) + i] * w[2 - i]).
+bool grad_input_in_place(const ConvGeom& g) { return in_place_3x3(g) && (g.sh == 2 || g.K == g.C); }
+
+void grad_input_3x3_f32(const ConvGeom& g, const DwKernels& kern, const float* gy, const float* w, float* gx) {
   const std::int64_t m = g.K / g.C;
   const Blocks bl = row_blocks(g.H, g.N * g.C, (m + 2) * g.W * static_cast<std::int64_t>(sizeof(float)),
                                kPlaneBlockBytes);
-  parallel_units(g.N * g.C * bl.count, m * bl.rows * g.W * 9 / 4, [&](std::int64_t unit) {
+  parallel_units(g.N * g.C * bl.count, m * bl.rows * g.W * 9 / (g.sh * g.sw), [&](std::int64_t unit) {
     const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t ih0 = b * bl.rows, ih1 = ih0 + bl.rows_of(b, g.H);
-    kern.grad_input_3x3s2(gy + (n * g.K + c * m) * g.OH * g.OW, m, g.OH, g.OW, w + c * m * 9, g.pt, g.pl, ih0, ih1,
-                          g.W, gx + nc * g.H * g.W);
+    if (g.sh == 2) {
+      kern.grad_input_3x3s2(gy + (n * g.K + c * m) * g.OH * g.OW, m, g.OH, g.OW, w + c * m * 9, g.pt, g.pl, ih0,
+                            ih1, g.W, gx + nc * g.H * g.W);
+      return;
+    }
+    float flipped[9];
+    for (int t = 0; t < 9; ++t) flipped[t] = w[c * 9 + 8 - t];
+    kern.conv_3x3[0](gy + nc * g.OH * g.OW, g.OH, g.OW, 2 - g.pt, 2 - g.pl, flipped, 0.0f, false, ih0, ih1, g.W,
+                     gx + nc * g.H * g.W);
   });
 }
 
@@ -246,7 +257,7 @@ void grad_input_3x3s2_f32(const ConvGeom& g, const DwKernels& kern, const float*
 // otherwise each phase is stored compactly and then spread into gx's rows and columns.
 void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
   const DwKernels& kern = f32_dwconv_kernels(active_isa());
-  if (in_place_3x3(g) && g.sh == 2) return grad_input_3x3s2_f32(g, kern, gy, w, gx);
+  if (grad_input_in_place(g)) return grad_input_3x3_f32(g, kern, gy, w, gx);
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
   const GradInputPhases phs = grad_input_phases(g);
   const std::int64_t U = phs.U, V = phs.V;

@@ -61,8 +61,11 @@ CASES = {
     "3x3 stride 2, padding (2, 3)": (1, 2, 9, 18, 1, (3, 3), 2, (2, 3), 1),
     "3x3 stride 2, rows of 65, padding (0, 1)": (1, 2, 3, 65, 1, (3, 3), 2, (0, 1), 1),
     "3x3 stride 2, four-sided padding": (2, 3, 8, 9, 1, (3, 3), 2, (1, 0, 2, 1), 1),
-    # 3x3 stride 1 forward in place, blocks of 8 output rows then single rows.
+    # 3x3 stride 1 forward (and multiplier-1 grad-input, padding 2 - p) in place, blocks of
+    # 8 output rows then single rows.
+    "3x3 stride 1, 1x1 image": (2, 3, 1, 1, 1, (3, 3), 1, 1, 1),
     "3x3 stride 1, 11x17, padding (0, 2)": (1, 2, 11, 17, 1, (3, 3), 1, (0, 2), 1),
+    "3x3 stride 1, four-sided padding": (1, 2, 7, 20, 1, (3, 3), 1, (2, 0, 1, 2), 1),
     "3x3 stride 1, 19x33, multiplier 2": (2, 3, 19, 33, 2, (3, 3), 1, 1, 1),
 }
 
