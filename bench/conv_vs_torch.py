@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import convkit  # noqa: E402
-from convkit.bench.timing import steady_heap  # noqa: E402
+from convkit.bench.timing import settle, steady_heap  # noqa: E402
 
 SUITES = (Path(__file__).with_name("suite.json"), Path("/work/shared/bench/suite.json"))
 
@@ -169,6 +169,7 @@ def interleaved(fns, blocks, budget=0.04):
         for i, (setup, fn) in enumerate(fns):
             if setup:
                 setup()
+            settle()  # the other library's threads have stopped spin-waiting (timing.py)
             per[i].append(block_time(fn, calls[i]))
     return per
 

@@ -3,8 +3,9 @@
 Runs the depthwise layers (groups == C) of the layer suite, float32, forward and backward
 (grad-input + grad-weight, counted as 2x the forward FLOPs), in NCHW (the suite's layout)
 and NHWC (torch: channels_last), the same number of threads for both libraries, in
-interleaved blocks (convkit x reps, torch x reps, ...; the first call of each block wakes
-that library's threads and is dropped), and prints the median over the blocks:
+interleaved blocks (convkit x reps, torch x reps, ...; convkit.bench.timing.interleaved:
+the other library's threads settle first, the first call of each block wakes this one's
+and is dropped), and prints the median over the blocks:
 
     python bench/depthwise_vs_torch.py [--suite suite.json] [--threads 2] [--blocks 9] [--reps 10]
                                        [--layouts NCHW,NHWC] [--clock wall|cpu]
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import convkit
-from convkit.bench.timing import steady_heap
+from convkit.bench.timing import interleaved, steady_heap
 
 
 def default_suite() -> Path | None:
@@ -82,20 +82,6 @@ def contenders(L: dict, layout: str):
     return ours, theirs, flops, nbytes
 
 
-def interleaved(fns: list, blocks: int, reps: int, now=time.perf_counter) -> list:
-    """Median seconds per call of each fn over `blocks` interleaved blocks of `reps` calls."""
-    times = [[] for _ in fns]
-    with torch.no_grad():
-        for _ in range(blocks):
-            for i, fn in enumerate(fns):
-                fn()  # wakes this library's threads; not counted
-                t0 = now()
-                for _ in range(reps):
-                    fn()
-                times[i].append((now() - t0) / reps)
-    return [statistics.median(t) for t in times]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", type=Path, default=default_suite())
@@ -125,7 +111,10 @@ def main() -> None:
             ours, theirs, flops, nbytes = contenders(L, layout)
             for pass_, factor, fo, ft, nb in (("fwd", 1, ours[0], theirs[0], nbytes[0]),
                                               ("bwd", 2, ours[1], theirs[1], nbytes[1])):
-                t_ours, t_theirs = interleaved([fo, ft], args.blocks, args.reps, now)
+                with torch.no_grad():
+                    timed = interleaved({"ours": fo, "theirs": ft}, dict.fromkeys(("ours", "theirs"), args.reps),
+                                        dict.fromkeys(("ours", "theirs"), args.blocks), now)
+                t_ours, t_theirs = timed["ours"].median, timed["theirs"].median
                 print(f"| {L['name']} | {layout} | {pass_} | {factor * flops / t_ours / 1e9:.1f} | "
                       f"{nb / t_ours / 1e9:.1f} | {factor * flops / t_theirs / 1e9:.1f} | {nb / t_theirs / 1e9:.1f} | "
                       f"{t_theirs / t_ours:.2f}x |", flush=True)

@@ -6,17 +6,55 @@ library's threads (PyTorch's OpenMP workers, convkit's pool, OpenBLAS's) and is 
 counted: single calls with pauses between them measure thread wake-up, not the kernel.
 A block's time is the mean of its counted calls; the result is the median over blocks,
 so a block disturbed by another process on the shared machine does not move it.
+
+Before each block the process settles (`settle`): the library timed just before leaves
+its worker threads spin-waiting for its next call (PyTorch's OpenMP workers spin for
+GOMP_SPINCOUNT, ~4-5 ms of CPU after each op here), and on a 2-core machine such a
+spinner takes half a core from the next library's worker. convkit's 2-thread depthwise
+calls ran at their 1-thread speed for the first ~5 ms of every block timed after PyTorch:
+all of a 10-call block, and up to the median of a 50-call block (one forward read 45 or
+88 GFLOP/s by the run). Neither library is slowed by its own threads in steady use.
 """
 from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import statistics
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 MIN_BLOCKS = 7  # the project's standard: a median of at least 7 blocks
+
+
+def settle(timeout: float = 0.05) -> bool:
+    """Waits (up to `timeout` s) until no other thread of this process is runnable: the
+    previous block's library has stopped spin-waiting. True when it settled. Outside Linux
+    (no /proc) it sleeps 20 ms, a few times PyTorch's spin."""
+    me, deadline = str(threading.get_native_id()), time.monotonic() + timeout
+    try:
+        while True:
+            busy = False
+            for tid in os.listdir("/proc/self/task"):
+                if tid == me:
+                    continue
+                try:
+                    with open(f"/proc/self/task/{tid}/stat") as f:
+                        busy = f.read().rsplit(")", 1)[1].split()[0] == "R"
+                except OSError:  # the thread ended
+                    continue
+                if busy:
+                    break
+            if not busy:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+    except OSError:
+        time.sleep(0.02)
+        return True
 
 
 @dataclass(frozen=True)
@@ -58,6 +96,7 @@ def interleaved(fns: dict, calls: dict, blocks: dict, clock=time.perf_counter) -
             for name, fn in fns.items():
                 if b >= blocks[name]:
                     continue
+                settle()  # the previous block's library has stopped spinning
                 fn()  # wakes the library's threads: not counted
                 n = calls[name]
                 start = clock()

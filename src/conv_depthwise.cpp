@@ -100,28 +100,31 @@ InputPlan plan_input(const ConvGeom& g, int lanes) {
   return plan;
 }
 
-// Stride 2, 3x3, dilation 1 (MobileNet's downsampling layers) reads x in place
-// (f32_dwconv.h): units of (image, channel, block of rows) as the planes' path.
-bool in_place_3x3s2(const ConvGeom& g) {
-  return g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1;
+// 3x3, dilation 1, stride 1 or 2 (MobileNet's depthwise layers): the forward reads x in
+// place (f32_dwconv.h), and so does grad-input (grad_output, writing gx in place; at
+// stride 1 for multiplier 1); at stride 2 grad-weight reads x and grad_output in place. Units of (image, channel, block of rows) as
+// the planes' path.
+bool in_place_3x3(const ConvGeom& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == g.sw && (g.sh == 1 || g.sh == 2) && g.dh == 1 && g.dw == 1;
 }
 
-void forward_3x3s2_f32(const ConvGeom& g, const DwKernels& kern, const float* x, const float* w, const float* bias,
+void forward_3x3_f32(const ConvGeom& g, const DwKernels& kern, const float* x, const float* w, const float* bias,
                        bool relu, float* y) {
   const std::int64_t m = g.K / g.C;
-  const Blocks bl = row_blocks(g.OH, g.N * g.C, 2 * g.W * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
+  const Blocks bl =
+      row_blocks(g.OH, g.N * g.C, g.sh * g.W * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
   parallel_units(g.N * g.C * bl.count, m * bl.rows * g.OW * 9, [&](std::int64_t unit) {
     const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t r0 = b * bl.rows, r1 = r0 + bl.rows_of(b, g.OH);
     for (std::int64_t k = c * m; k < (c + 1) * m; ++k)
-      kern.conv_3x3s2(x + nc * g.H * g.W, g.H, g.W, g.pt, g.pl, w + k * 9, bias ? bias[k] : 0.0f, relu, r0, r1, g.OW,
-                      y + (n * g.K + k) * g.OH * g.OW);
+      kern.conv_3x3[g.sh - 1](x + nc * g.H * g.W, g.H, g.W, g.pt, g.pl, w + k * 9, bias ? bias[k] : 0.0f, relu, r0,
+                              r1, g.OW, y + (n * g.K + k) * g.OH * g.OW);
   });
 }
 
 void forward_f32(const ConvGeom& g, const float* x, const float* w, const float* bias, bool relu, float* y) {
   const DwKernels& kern = f32_dwconv_kernels(active_isa());
-  if (in_place_3x3s2(g)) return forward_3x3s2_f32(g, kern, x, w, bias, relu, y);
+  if (in_place_3x3(g)) return forward_3x3_f32(g, kern, x, w, bias, relu, y);
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
   const InputPlan plan = plan_input(g, kern.lanes);
   const Blocks& bl = plan.blocks;
@@ -144,12 +147,13 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
 // gy's rows laid out at the planes' row width and zeros in the padding columns. One unit
 // per (channel, block of rows) sums the batch in a fixed order; blocks are then added in
 // a fixed order: deterministic, no atomics.
-// Stride 2, 3x3, dilation 1: x and grad_output read in place, units of (image, channel,
+// 3x3, dilation 1, stride 2: x and grad_output read in place, units of (image, channel,
 // block of rows) in memory order (one unit per channel summing the batch jumps a whole
 // image between its planes: measured 2x slower), their sums then added in a fixed order.
 void grad_weight_3x3s2_f32(const ConvGeom& g, const DwKernels& kern, const float* gy, const float* x, float* gw) {
   const std::int64_t m = g.K / g.C;
-  const Blocks bl = row_blocks(g.OH, g.N * g.C, 2 * g.W * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
+  const Blocks bl =
+      row_blocks(g.OH, g.N * g.C, 2 * g.W * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
   const std::int64_t units = g.N * g.C * bl.count;
   std::vector<float> partial(static_cast<std::size_t>(units * m * 9));
   parallel_units(units, m * bl.rows * g.OW * 9, [&](std::int64_t unit) {
@@ -173,7 +177,7 @@ void grad_weight_3x3s2_f32(const ConvGeom& g, const DwKernels& kern, const float
 
 void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* gw) {
   const DwKernels& kern = f32_dwconv_kernels(active_isa());
-  if (in_place_3x3s2(g)) return grad_weight_3x3s2_f32(g, kern, gy, x, gw);
+  if (in_place_3x3(g) && g.sh == 2) return grad_weight_3x3s2_f32(g, kern, gy, x, gw);
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
   const InputPlan plan = plan_input(g, kern.lanes);
   const Blocks& bl = plan.blocks;
@@ -222,12 +226,38 @@ void spread_strided(const float* in, std::int64_t in_stride, std::int64_t step, 
   }
 }
 
+// 3x3, dilation 1: gx written in place from grad_output read in place, units of (image,
+// channel, block of gx rows). Stride 2 has its own kernel (any multiplier); stride 1 with
+// multiplier 1 is the forward's kernel on grad_output with the taps flipped and padding
+// 2 - p (the full correlation: gx[ih] = sum over i of gy[ih - (2 - pt) + i] * w[2 - i]).
+bool grad_input_in_place(const ConvGeom& g) { return in_place_3x3(g) && (g.sh == 2 || g.K == g.C); }
+
+void grad_input_3x3_f32(const ConvGeom& g, const DwKernels& kern, const float* gy, const float* w, float* gx) {
+  const std::int64_t m = g.K / g.C;
+  const Blocks bl = row_blocks(g.H, g.N * g.C, (m + 2) * g.W * static_cast<std::int64_t>(sizeof(float)),
+                               kPlaneBlockBytes);
+  parallel_units(g.N * g.C * bl.count, m * bl.rows * g.W * 9 / (g.sh * g.sw), [&](std::int64_t unit) {
+    const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
+    const std::int64_t ih0 = b * bl.rows, ih1 = ih0 + bl.rows_of(b, g.H);
+    if (g.sh == 2) {
+      kern.grad_input_3x3s2(gy + (n * g.K + c * m) * g.OH * g.OW, m, g.OH, g.OW, w + c * m * 9, g.pt, g.pl, ih0,
+                            ih1, g.W, gx + nc * g.H * g.W);
+      return;
+    }
+    float flipped[9];
+    for (int t = 0; t < 9; ++t) flipped[t] = w[c * 9 + 8 - t];
+    kern.conv_3x3[0](gy + nc * g.OH * g.OW, g.OH, g.OW, 2 - g.pt, 2 - g.pl, flipped, 0.0f, false, ih0, ih1, g.W,
+                     gx + nc * g.H * g.W);
+  });
+}
+
 // Grad-input (the phases: conv_depthwise_units.h). gy is packed once per unit with the
 // phases' U rows / V columns of zeros in front, so the phases' outputs are flat pixels
 // q * Wg + r like the forward's. Stride 1 has one phase, stored straight into gx;
 // otherwise each phase is stored compactly and then spread into gx's rows and columns.
 void grad_input_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
   const DwKernels& kern = f32_dwconv_kernels(active_isa());
+  if (grad_input_in_place(g)) return grad_input_3x3_f32(g, kern, gy, w, gx);
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
   const GradInputPhases phs = grad_input_phases(g);
   const std::int64_t U = phs.U, V = phs.V;

@@ -54,6 +54,19 @@ CASES = {
     "8 channels x multiplier 2": (1, 8, 7, 12, 2, (5, 5), 1, 2, 1),
     "33 channels, stride 3, dilation 2": (1, 33, 13, 14, 1, (3, 3), 3, 2, 2),
     "40 channels, NHWC rows over the L2 budget": (1, 40, 30, 200, 1, (3, 3), 1, 1, 1),
+    # 3x3 stride 2 (in place, gx rows as interleaved pairs of vectors): gx columns from
+    # 2q - pl, pl odd or even, rows past one vector pair or ending inside one.
+    "3x3 stride 2, 1x1 image": (2, 3, 1, 1, 1, (3, 3), 2, 1, 1),
+    "3x3 stride 2, 5x33, multiplier 3": (1, 2, 5, 33, 3, (3, 3), 2, 1, 1),
+    "3x3 stride 2, padding (2, 3)": (1, 2, 9, 18, 1, (3, 3), 2, (2, 3), 1),
+    "3x3 stride 2, rows of 65, padding (0, 1)": (1, 2, 3, 65, 1, (3, 3), 2, (0, 1), 1),
+    "3x3 stride 2, four-sided padding": (2, 3, 8, 9, 1, (3, 3), 2, (1, 0, 2, 1), 1),
+    # 3x3 stride 1 forward (and multiplier-1 grad-input, padding 2 - p) in place, blocks of
+    # 8 output rows then single rows.
+    "3x3 stride 1, 1x1 image": (2, 3, 1, 1, 1, (3, 3), 1, 1, 1),
+    "3x3 stride 1, 11x17, padding (0, 2)": (1, 2, 11, 17, 1, (3, 3), 1, (0, 2), 1),
+    "3x3 stride 1, four-sided padding": (1, 2, 7, 20, 1, (3, 3), 1, (2, 0, 1, 2), 1),
+    "3x3 stride 1, 19x33, multiplier 2": (2, 3, 19, 33, 2, (3, 3), 1, 1, 1),
 }
 
 
@@ -125,6 +138,7 @@ def test_float64(case, layout):
 
 
 @_cases("kernel larger, strided, multiplier 3", "4x4, four-sided padding, multiplier 3", "strided rows of 34-35 pixels",
+        "3x3 stride 2, 5x33, multiplier 3", "3x3 stride 1, 19x33, multiplier 2",
         "few planes, strided, multiplier 2", "planes larger than the L2 budget",
         "40 channels, NHWC rows over the L2 budget")
 def test_one_and_two_threads_bit_identical(case, isa, layout):

@@ -36,15 +36,23 @@ struct DwKernels {
   void (*grad_weight)(const float* planes, const std::int64_t* off, std::int64_t taps, const float* gy,
                       std::int64_t nvec, float* sums);
 
-  // NCHW, stride 2, 3x3, dilation 1, reading one H x W plane x in place (pt, pl: the
-  // padding before it): y[oh*OW + ow] for oh in [oh0, oh1), every ow <
-  //   relu?(bias + sum over taps (i, j) inside the image of w[i*3 + j] * x[2oh-pt+i][2ow-pl+j]).
-  void (*conv_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
-                     float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y);
-  // Its grad-weight: sums[i*3 + j] += sum over oh in [oh0, oh1), ow < OW of
-  //   gy[oh*OW + ow] * x[2oh-pt+i][2ow-pl+j] (zero outside the image).
+  // NCHW, 3x3, dilation 1, stride S = 1 or 2 (index S - 1), reading one H x W plane x in
+  // place (pt, pl: the padding before it): y[oh*OW + ow] for oh in [oh0, oh1), every ow <
+  //   relu?(bias + sum over taps (i, j) inside the image of w[i*3 + j] * x[S*oh-pt+i][S*ow-pl+j]).
+  void (*conv_3x3[2])(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
+                      const float* w, float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW,
+                      float* y);
+  // Stride 2's grad-weight: sums[i*3 + j] += sum over oh in [oh0, oh1), ow < OW of
+  //   gy[oh*OW + ow] * x[2*oh-pt+i][2*ow-pl+j] (zero outside the image).
   void (*grad_weight_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
                             const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums);
+  // Stride 2's grad-input: gx[ih*W + iw] for ih in [ih0, ih1), every iw < W, from m grad_output
+  // planes gy + j*OH*OW (OH x OW) and weights w[j*9 + i*3 + jj], j < m:
+  //   sum over j and taps (i, jj) with ih + pt - i = 2oh, iw + pl - jj = 2ow inside gy of
+  //   w[j*9 + i*3 + jj] * gy[j*OH*OW + oh*OW + ow].
+  void (*grad_input_3x3s2)(const float* gy, std::int64_t m, std::int64_t OH, std::int64_t OW, const float* w,
+                           std::int64_t pt, std::int64_t pl, std::int64_t ih0, std::int64_t ih1, std::int64_t W,
+                           float* gx);
 
   // NHWC, p < npix, c < channels: out[p*out_step + c] <-
   //   relu?(bias[c] + sum_t w[t*ld + c] * in[p*pix_step + off[t] + c]).

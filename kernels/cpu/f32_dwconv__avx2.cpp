@@ -48,6 +48,13 @@ struct Avx2 : VecAvx2F32 {
   static Vec odds(Vec a, Vec b) {
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
   }
+  // unpack interleaves within each 128-bit half; permute2f128 puts the halves in order.
+  static Vec interleave_lo(Vec a, Vec b) {
+    return _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20);
+  }
+  static Vec interleave_hi(Vec a, Vec b) {
+    return _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x31);
+  }
   static Vec shift1(Vec a, Vec b) {
     const __m256i rot = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0);
     return _mm256_blend_ps(_mm256_permutevar8x32_ps(a, rot), _mm256_permutevar8x32_ps(b, rot), 0x80);

@@ -46,6 +46,16 @@ struct Scalar {
     for (int l = 0; l < W / 2; ++l) r.v[l] = a.v[2 * l + 1], r.v[W / 2 + l] = b.v[2 * l + 1];
     return r;
   }
+  static Vec interleave_lo(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int l = 0; l < W / 2; ++l) r.v[2 * l] = a.v[l], r.v[2 * l + 1] = b.v[l];
+    return r;
+  }
+  static Vec interleave_hi(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int l = 0; l < W / 2; ++l) r.v[2 * l] = a.v[W / 2 + l], r.v[2 * l + 1] = b.v[W / 2 + l];
+    return r;
+  }
   static Vec shift1(const Vec& a, const Vec& b) {
     Vec r;
     for (int l = 0; l + 1 < W; ++l) r.v[l] = a.v[l + 1];

@@ -12,7 +12,8 @@
 //   storeu, store_lanes(dst, v, 0, n) (the first n lanes), load_lanes(p, n) (the first n
 //   lanes, zeros after; reads nothing past p[n - 1]), load_range(p, lo, hi) (lanes
 //   [lo, hi) from p, zeros elsewhere, reading nothing else), evens(a, b) / odds(a, b) (the
-//   even / odd lanes of a then b), shift1(a, b) (a's lanes 1.. then b's lane 0), pin(v) (keeps v in a register: an
+//   even / odd lanes of a then b), interleave_lo(a, b) / interleave_hi(a, b) (a0 b0 a1 b1 ...
+//   from the first / second half of a and b: the inverse of evens / odds), shift1(a, b) (a's lanes 1.. then b's lane 0), pin(v) (keeps v in a register: an
 //   empty asm, so the compiler cannot fold its load into every instruction that uses it).
 //
 // Everything sits in an anonymous namespace: this header is compiled once per instruction
@@ -342,14 +343,15 @@ void dwconv_nhwc_grad_weight(const float* in, std::int64_t pix_step, const std::
                                     gy_step, npix, channels, sums);
 }
 
-// NCHW, stride 2, 3x3, dilation 1, read in place (no stride-phase planes: packing them
-// took 63% of this layer's time). Output columns [o, o + W) read, for tap column j, input
-// columns s + j + 2l (s = 2o - pl, lane l): for j = 0 and 1 the even and odd lanes of the
-// 2W columns from s (two loads, one deinterleave each), for j = 2 the even lanes shifted
-// down one with column s + 2W appended. Columns outside the image load as zeros (masked
-// loads, which touch nothing outside the image), rows outside it are skipped: no padding
-// copy and no edge code. Lanes past OW are computed from columns past the window and not
-// stored.
+// NCHW, 3x3, dilation 1, stride S = 1 or 2, read in place (no padded planes: packing the
+// stride phases took 63% of the stride-2 layer's time, the padded plane ~25% of the
+// stride-1 one's). Output columns [o, o + W) read, for tap column j, input columns
+// s + j + S*l (s = S*o - pl, lane l). Stride 1: three unaligned loads. Stride 2: for j = 0
+// and 1 the even and odd lanes of the 2W columns from s (two loads, one deinterleave
+// each), for j = 2 the even lanes shifted down one with column s + 2W appended. Columns
+// outside the image load as zeros (masked loads, which touch nothing outside the image),
+// rows outside it are skipped: no padding copy and no edge code. Lanes past OW are
+// computed from columns past the window and not stored.
 template <class A>
 inline typename A::Vec load_columns(const float* row, std::int64_t s, std::int64_t n, std::int64_t W) {
   // Columns [s, s + n) of a row of W, n <= A::W: zeros outside [0, W) and from lane n.
@@ -359,74 +361,170 @@ inline typename A::Vec load_columns(const float* row, std::int64_t s, std::int64
   return A::load_range(row + s, static_cast<int>(lo), static_cast<int>(hi));
 }
 
-// Columns s + j + 2l (lane l) of a row of W, j = 0, 1, 2, into col[j].
-template <class A>
-inline void stride2_columns(const float* row, std::int64_t s, std::int64_t W, typename A::Vec* col) {
-  const typename A::Vec a = load_columns<A>(row, s, A::W, W), b = load_columns<A>(row, s + A::W, A::W, W);
-  col[0] = A::evens(a, b);
-  col[1] = A::odds(a, b);
-  col[2] = A::shift1(col[0], load_columns<A>(row, s + 2 * A::W, 1, W));
-}
-
-// fn(i, col) for each window row i inside the image (input row h0 + i, columns from s0);
-// unrolled, so that i is a constant and the caller's weights or sums stay in registers.
-template <class A, typename Fn>
-inline void stride2_window(const float* x, std::int64_t H, std::int64_t W, std::int64_t h0, std::int64_t s0,
-                           const Fn& fn) {
-#pragma GCC unroll 3
-  for (int i = 0; i < 3; ++i) {
-    if (h0 + i < 0 || h0 + i >= H) continue;
-    typename A::Vec col[3];
-    stride2_columns<A>(x + (h0 + i) * W, s0, W, col);
-    fn(i, col);
+// Columns s + j + S*l (lane l) of a row of W, j = 0, 1, 2, into col[j]. Vectors whose
+// columns all lie inside the row (all but the first and last of a row) load unmasked.
+template <class A, int S>
+inline void window_columns(const float* row, std::int64_t s, std::int64_t W, typename A::Vec* col) {
+  const bool inside = s >= 0 && s + S * A::W + 3 - S <= W;
+  auto load = [&](std::int64_t at, std::int64_t n) {
+    return inside && n == A::W ? A::loadu(row + at) : load_columns<A>(row, at, n, W);
+  };
+  if constexpr (S == 1) {
+    for (int j = 0; j < 3; ++j) col[j] = load(s + j, A::W);
+  } else {
+    const typename A::Vec a = load(s, A::W), b = load(s + A::W, A::W);
+    col[0] = A::evens(a, b);
+    col[1] = A::odds(a, b);
+    col[2] = A::shift1(col[0], load(s + 2 * A::W, 1));
   }
 }
 
-template <class A>
-void dwconv_3x3s2(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
-                  float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y) {
+// R output rows at once (rows h0 + S*q of their windows, q < R): each of their
+// S*(R-1) + 3 input rows inside the image is loaded once (columns from s0) and handed to
+// fn(q, i, col) for every output row q whose window holds it as tap row i (stride 1,
+// R = 8: 10 row loads for 8 output rows instead of 24). Unrolled, so that q and i are
+// constants and the caller's weights or sums stay in registers.
+template <class A, int S, int R, typename Fn>
+inline void window_block(const float* x, std::int64_t H, std::int64_t W, std::int64_t h0, std::int64_t s0,
+                         const Fn& fn) {
+#pragma GCC unroll 32
+  for (int r = 0; r < S * (R - 1) + 3; ++r) {
+    if (h0 + r < 0 || h0 + r >= H) continue;
+    typename A::Vec col[3];
+    window_columns<A, S>(x + (h0 + r) * W, s0, W, col);
+#pragma GCC unroll 16
+    for (int q = 0; q < R; ++q)
+      if (r - S * q >= 0 && r - S * q < 3) fn(q, r - S * q, col);
+  }
+}
+
+// Rows per block: 8 at stride 1 (measured 1.24x over one row at a time with AVX-512,
+// 1.06x with AVX2, whose 16 registers then spill the weights; 14 spilled and ran at
+// half speed), 2 at stride 2 (1.2x).
+template <int S>
+constexpr int kRows3x3 = S == 1 ? 8 : 2;
+
+// Output rows [oh0, oh1) in blocks of kRows3x3 rows, then one at a time:
+// fn(integral_constant R, oh) per block.
+template <int S, typename Fn>
+inline void row_blocks_3x3(std::int64_t oh0, std::int64_t oh1, const Fn& fn) {
+  std::int64_t oh = oh0;
+  for (; oh + kRows3x3<S> <= oh1; oh += kRows3x3<S>) fn(std::integral_constant<int, kRows3x3<S>>(), oh);
+  for (; oh < oh1; ++oh) fn(std::integral_constant<int, 1>(), oh);
+}
+
+template <class A, int S>
+void dwconv_3x3(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl, const float* w,
+                float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* y) {
   using Vec = typename A::Vec;
   Vec wv[9];
   for (int t = 0; t < 9; ++t) wv[t] = A::set1(w[t]);
-  for (std::int64_t oh = oh0; oh < oh1; ++oh) {
+  row_blocks_3x3<S>(oh0, oh1, [&](auto rows, std::int64_t oh) {
+    constexpr int R = decltype(rows)::value;
     for (std::int64_t o = 0; o < OW; o += A::W) {
-      Vec acc = A::set1(bias);
-      stride2_window<A>(x, H, W, 2 * oh - pt, 2 * o - pl, [&](int i, const Vec* col) {
-        for (int j = 0; j < 3; ++j) acc = A::fma(wv[3 * i + j], col[j], acc);
+      Vec acc[R];
+      for (int q = 0; q < R; ++q) acc[q] = A::set1(bias);
+      window_block<A, S, R>(x, H, W, S * oh - pt, S * o - pl, [&](int q, int i, const Vec* col) {
+        for (int j = 0; j < 3; ++j) acc[q] = A::fma(wv[3 * i + j], col[j], acc[q]);
       });
-      if (relu) acc = A::relu(acc);
-      float* dst = y + oh * OW + o;
-      if (OW - o >= A::W)
-        A::storeu(dst, acc);
-      else
-        A::store_lanes(dst, acc, 0, static_cast<int>(OW - o));
+      for (int q = 0; q < R; ++q) {
+        const Vec v = relu ? A::relu(acc[q]) : acc[q];
+        float* dst = y + (oh + q) * OW + o;
+        if (OW - o >= A::W)
+          A::storeu(dst, v);
+        else
+          A::store_lanes(dst, v, 0, static_cast<int>(OW - o));
+      }
+    }
+  });
+}
+
+// Its grad-weight: the same reads, each multiplied by its output row's grad_output vector
+// (zeros past OW) into the tap's sum. Instantiated for stride 2 only: at stride 1 the
+// packed planes' kernel (16 taps a pass over flat pixels) measured 1.14x faster.
+template <class A, int S>
+void dwconv_3x3_grad_weight(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
+                            const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums) {
+  using Vec = typename A::Vec;
+  Vec acc[9];
+  for (int t = 0; t < 9; ++t) acc[t] = A::set1(0.0f);
+  row_blocks_3x3<S>(oh0, oh1, [&](auto rows, std::int64_t oh) {
+    constexpr int R = decltype(rows)::value;
+    for (std::int64_t o = 0; o < OW; o += A::W) {
+      Vec g[R];
+      for (int q = 0; q < R; ++q) g[q] = load_columns<A>(gy + (oh + q) * OW, o, A::W, OW);
+      window_block<A, S, R>(x, H, W, S * oh - pt, S * o - pl, [&](int q, int i, const Vec* col) {
+        for (int j = 0; j < 3; ++j) acc[3 * i + j] = A::fma(g[q], col[j], acc[3 * i + j]);
+      });
+    }
+  });
+  for (int t = 0; t < 9; ++t) sums[t] += A::sum(acc[t]);
+}
+
+// Its grad-input, written straight into gx (no phase planes to spread: that spread stored
+// one float at a time, ~28% of the layer's grad-input). gx column 2q + b - pl of a row
+// takes tap column 1 at b = 1 and tap columns 0 and 2 at b = 0, from grad_output columns
+// q and q - 1: per vector of q, even columns E and odd columns O, interleaved into two
+// vectors of consecutive gx columns and stored whole (masked at the image's edges). A gx
+// row takes the one or two tap rows i whose grad_output row (ih + pt - i) / 2 exists.
+// One = (m == 1): the 9 weights stay in registers over the whole call.
+template <class A, bool One>
+void dwconv_3x3s2_grad_input_rows(const float* gy, std::int64_t m, std::int64_t OH, std::int64_t OW, const float* w,
+                                  std::int64_t pt, std::int64_t pl, std::int64_t ih0, std::int64_t ih1, std::int64_t W,
+                                  float* gx) {
+  using Vec = typename A::Vec;
+  Vec wv[9];
+  if constexpr (One)
+    for (int t = 0; t < 9; ++t) wv[t] = A::set1(w[t]);
+  // Stores lanes of v holding gx columns c0 + lane inside [0, W).
+  auto store = [W](float* row, std::int64_t c0, Vec v) {
+    const std::int64_t lo = c0 < 0 ? -c0 : 0, hi = W - c0 < A::W ? W - c0 : A::W;
+    if (lo == 0 && hi == A::W)
+      A::storeu(row + c0, v);
+    else if (hi > lo)
+      A::store_lanes(row + c0 + lo, v, static_cast<int>(lo), static_cast<int>(hi - lo));
+  };
+  for (std::int64_t ih = ih0; ih < ih1; ++ih) {
+    float* row = gx + ih * W;
+    for (std::int64_t q = pl / 2, c0 = 2 * (pl / 2) - pl; c0 < W; q += A::W, c0 += 2 * A::W) {
+      Vec even = A::set1(0.0f), odd = A::set1(0.0f);
+      for (std::int64_t j = 0; j < m; ++j) {
+        if constexpr (!One)
+          for (int t = 0; t < 9; ++t) wv[t] = A::set1(w[j * 9 + t]);
+#pragma GCC unroll 3
+        for (int i = 0; i < 3; ++i) {
+          const std::int64_t r = ih + pt - i;
+          if (r % 2 != 0 || r < 0 || r / 2 >= OH) continue;
+          const float* src = gy + (j * OH + r / 2) * OW;
+          const Vec g = load_columns<A>(src, q, A::W, OW), g1 = load_columns<A>(src, q - 1, A::W, OW);
+          even = A::fma(wv[3 * i], g, A::fma(wv[3 * i + 2], g1, even));
+          odd = A::fma(wv[3 * i + 1], g, odd);
+        }
+      }
+      store(row, c0, A::interleave_lo(even, odd));
+      store(row, c0 + A::W, A::interleave_hi(even, odd));
     }
   }
 }
 
-// Its grad-weight: the same reads, each multiplied by grad_output's vector (zeros past
-// OW) into the tap's sum.
 template <class A>
-void dwconv_3x3s2_grad_weight(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
-                              const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums) {
-  using Vec = typename A::Vec;
-  Vec acc[9];
-  for (int t = 0; t < 9; ++t) acc[t] = A::set1(0.0f);
-  for (std::int64_t oh = oh0; oh < oh1; ++oh) {
-    for (std::int64_t o = 0; o < OW; o += A::W) {
-      const Vec g = load_columns<A>(gy + oh * OW, o, A::W, OW);
-      stride2_window<A>(x, H, W, 2 * oh - pt, 2 * o - pl, [&](int i, const Vec* col) {
-        for (int j = 0; j < 3; ++j) acc[3 * i + j] = A::fma(g, col[j], acc[3 * i + j]);
-      });
-    }
-  }
-  for (int t = 0; t < 9; ++t) sums[t] += A::sum(acc[t]);
+void dwconv_3x3s2_grad_input(const float* gy, std::int64_t m, std::int64_t OH, std::int64_t OW, const float* w,
+                             std::int64_t pt, std::int64_t pl, std::int64_t ih0, std::int64_t ih1, std::int64_t W,
+                             float* gx) {
+  if (m == 1) return dwconv_3x3s2_grad_input_rows<A, true>(gy, m, OH, OW, w, pt, pl, ih0, ih1, W, gx);
+  dwconv_3x3s2_grad_input_rows<A, false>(gy, m, OH, OW, w, pt, pl, ih0, ih1, W, gx);
 }
 
 template <class A>
 constexpr DwKernels dwconv_kernels() {
-  return DwKernels{A::W,           &dwconv<A>,          &dwconv_grad_weight<A>, &dwconv_3x3s2<A>,
-                   &dwconv_3x3s2_grad_weight<A>, &dwconv_nhwc<A>, &dwconv_nhwc_grad_weight<A>};
+  return DwKernels{A::W,
+                   &dwconv<A>,
+                   &dwconv_grad_weight<A>,
+                   {&dwconv_3x3<A, 1>, &dwconv_3x3<A, 2>},
+                   &dwconv_3x3_grad_weight<A, 2>,
+                   &dwconv_3x3s2_grad_input<A>,
+                   &dwconv_nhwc<A>,
+                   &dwconv_nhwc_grad_weight<A>};
 }
 
 }  // namespace
