@@ -16,7 +16,8 @@ so by default every call after the first is inference's case: the same weights a
 --fresh-weights measures training's instead, where an optimizer changes the weights in
 place every step: before each call (untimed, for every algorithm alike) every value of
 the weight array is overwritten, with the other of two sets of values times a factor new
-at each call, so no call finds the weights of an earlier call (nor any cache a hit). The errors are measured in both modes on a call right after such a change.
+at each call, so no call finds the weights of an earlier call (nor any cache a hit).
+In both modes the errors are those of a call right after the weights changed in place.
 """
 from __future__ import annotations
 

@@ -34,14 +34,17 @@ namespace {
 // Super-block working set (transformed input and products): about a core's 1 MiB L2, so
 // the transforms' output is re-read from L2 by the products and theirs by the output
 // transform. Measured at one thread against 4 MiB (winograd / direct speed): ResNet 3x3
-// 64 batch 8 1.28x -> 1.42x, DeepLab dilation 2 1.54x -> 1.72x, VGG 128 unchanged. The
-// weights then stream once per super-block (C = K = 256: 9.4 MB per 14 tiles, from L3).
+// 64 batch 8 1.28x -> 1.42x, DeepLab dilation 2 1.54x -> 1.72x, VGG 128 unchanged. Each
+// super-block transforms the weights anew (2 / S of its products' work, or less).
 constexpr std::int64_t kBlockBytes = std::int64_t(1) << 20;
 
-// Transformed weights of one output-channel block: made by a task right before its
-// products read them, so they are read back from the cache that the transform wrote
-// them into, not from memory (the whole 36 x C x K, 9.4 MB for C = K = 256, went to
-// memory and back: a first call of ResNet 3x3 256 took 1.5x the direct engine's time).
+// Transformed weights of one output-channel block, at most this size (but at least P
+// channels wide: C = 256 makes 1.8 MB): made by a task right before its products read
+// them, so they are read back from the caches the transform wrote them into. Made all
+// at once, the 36 x C x K floats (9.4 MB for C = K = 256) went to memory and back: a
+// first call of ResNet 3x3 256 took 1.47x the direct engine's time (one thread), now
+// 0.55x. Making a block of 6 positions at a time, to keep it in L2 for C = 256, repeats
+// the transform's first pass 6 times and cost more than it saved (0.55x -> 0.62x).
 constexpr std::int64_t kUBytes = std::int64_t(1) << 19;
 
 // Cost of transforming one input tile's channel relative to one weight row's output
@@ -127,8 +130,9 @@ void transform_weight_block(const WinogradKernels& wk, const ConvKernels<float>&
 }
 
 // Transformed weights kept between calls, most recent first: inference runs the same
-// weights again and again, and on a layer of few tiles (ResNet 3x3 256 on 14x14: 16
-// tiles) transforming them (36 x C x K floats written) costs as much as the products.
+// weights again and again, and transforming them still costs 5-20% of a call (one
+// thread, winograd / direct time with repeated against new weights: ResNet 3x3 64 0.44
+// against 0.52, ResNet 3x3 256 on 14x14 0.52 / 0.54, DeepLab dilation 2 0.47 / 0.53).
 // A hit needs the same weights bit for bit (compared in full: an array may be changed
 // in place between calls), the same orientation, padding and ISA. An entry is made only
 // for weights seen before (a sample of 64 values, their address and shape recorded at

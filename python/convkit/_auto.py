@@ -104,22 +104,23 @@ _RULES = (
     # the weights every step) is spread over enough tiles. Time ratios winograd / direct,
     # one thread, CPU time, weights new at every call (bench/winograd_vs_direct.py
     # --fresh-weights; with repeated weights, whose transform is kept, Winograd does
-    # better still): ResNet 3x3 64 on 56x56 0.48 / 0.50 (forward / grad-input), batch 8
-    # 0.56 / 0.64, ResNet 3x3 256 on 14x14 (16 tiles) 0.55 / 0.57, VGG 128 on 112x112
-    # 0.50 / 0.55, DeepLab dilation 2 on 33x33 (100 tiles, 68% full) 0.64 / 0.60. The
+    # better still, 0.44-0.68): ResNet 3x3 64 on 56x56 0.52 / 0.52 (forward /
+    # grad-input), batch 8 0.64 / 0.64, ResNet 3x3 256 on 14x14 (16 tiles) 0.54 / 0.58,
+    # VGG 128 on 112x112 0.50 / 0.54, DeepLab dilation 2 on 33x33 (100 tiles, 68% full)
+    # 0.53 / 0.58 (08:40 run on a busy machine; 0.1 apart between runs). The
     # weight transform and its 36 x C x K floats outweigh the products on few tiles and
     # many channels: C = K = 256 on 8x8 (4 tiles) 0.85 / 1.01, on 4x4 2.7 / 2.4, C = K =
     # 512 on 7x7 1.3 / 1.8, on 14x14 0.86 / 1.05; with C = K = 128 4 tiles still win (0.71
     # / 0.79), with 32 one (0.70): hence one tile per 8192 (C x K) pairs. Left to the
     # others too: ASPP rate 12 (144 one-tile sub-grids, 47% full, mostly padding that the
-    # direct engine skips: 1.23 / 1.54) and tiles of outputs that read padding only (a
-    # tiny image with a padding past the kernel's reach). Its error, <= 2e-5 of the output's
-    # scale on those layers (direct: ~2e-6), is within the float32 tolerance (1e-4).
+    # direct engine skips: 1.12 / 1.47) and tiles of outputs that read padding only (a
+    # tiny image with a padding past the kernel's reach). Its error, <= 2e-5 of the
+    # output's scale on those layers (direct: ~2e-6), is within the float32 tolerance.
     _Rule("winograd", lambda p, g, dt, threads: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
           "winograd",
           "3x3 stride-1 float32 layer with >= 1 Winograd tile per 8192 weight pairs, >= 60% of the tiles' "
-          "outputs real (in the image, not reading padding only): F(4x4, 3x3) does 4x fewer multiplies (measured 1.6-2.1x faster than the direct "
-          "engine with new weights at every call)"),
+          "outputs real (in the image, not reading padding only): F(4x4, 3x3) does 4x fewer multiplies "
+          "(measured 1.6-2x faster than the direct engine with new weights at every call)"),
     # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
     # the image) 1.40 / 1.38 / 1.59, 3x3 dilation 4 on 56x56x64 (padded plane 1.3x) 1.42 /
     # 1.30 / 1.71. The column copy writes padded taps as zeros and the GEMM multiplies
