@@ -265,7 +265,7 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   for (std::int64_t c = 0; c < p.C; ++c) ent[c] = {c * KB, c};
 
   // 1. Weights: the transformed blocks of weights seen before are kept (see WeightCache),
-  // one after another (block b at b x 36 x C x KB); others are transformed per task.
+  // one after another (block b at b x 36 x Uq); others are transformed per task.
   const std::int64_t wK = rotated ? p.C : p.K, wC = rotated ? p.K : p.C;
   const WeightKey key{w, buffer_size({wK, wC, 9}), Kw, KB, rotated, active_isa()};
   bool seen = false;
