@@ -1,18 +1,20 @@
 // The Winograd F(4x4, 3x3) operator (see conv_winograd.h). Per call:
-//   1. the weights are transformed once: U[p][c][k] = (G w[k][c] G^T)[p], p < 36,
-//      k padded with zeros to the GEMM kernel's pixel tile P (and kept for the next
-//      calls with the same weights, see WeightCache);
-//   2. the input is made channels-last with the channel count padded to the vector
+//   1. the input is made channels-last with the channel count padded to the vector
 //      width W (NCHW is transposed; an NHWC input with C % W == 0 is read in place);
-//   3. the tiles are processed in super-blocks of S tiles, each by one thread in three passes:
-//      input transform V[p][s][c]; for each p the product M[p] = V[p] U[p] through the
-//      direct engine's kernel (roles: its "output channels" are tiles, its "pixels" the
-//      output channels k, its reduction entries the input channels c); output
-//      transform of M into y with bias and ReLU. S keeps V and M of a super-block
-//      (36 * S * (C + K) floats) within kBlockBytes, so they are re-read from cache,
-//      while U streams once per super-block.
-// A tile's result does not depend on its super-block (each product row is its own
-// reduction, in the same order), so results do not depend on the thread count.
+//   2. the tiles are processed in super-blocks of S tiles, each by one thread: input
+//      transform V[p][s][c] (p < 36); then per block of KB output channels, the
+//      block's weights transformed, U[p][c][k] = (G w[k][c] G^T)[p], and for each p
+//      the product M[p] = V[p] U[p] through the direct engine's kernel (roles: its
+//      "output channels" are tiles, its "pixels" the output channels k, its reduction
+//      entries the input channels c), and the output transform of M into y with bias
+//      and ReLU. S keeps V and M of a super-block within kBlockBytes, so they are
+//      re-read from cache; a block's U (kUBytes) is read back from the caches the
+//      transform just wrote it into. Weights seen before keep their transformed blocks
+//      (see WeightCache). With fewer super-blocks than threads, the blocks of output
+//      channels are split between the threads instead (see run).
+// A tile's result does not depend on its super-block or its channel block (each
+// product row is its own reduction, in the same order), so results do not depend on
+// the thread count.
 #include "conv_winograd.h"
 
 #include <algorithm>
@@ -33,9 +35,23 @@ namespace {
 // Super-block working set (transformed input and products): about a core's 1 MiB L2, so
 // the transforms' output is re-read from L2 by the products and theirs by the output
 // transform. Measured at one thread against 4 MiB (winograd / direct speed): ResNet 3x3
-// 64 batch 8 1.28x -> 1.42x, DeepLab dilation 2 1.54x -> 1.72x, VGG 128 unchanged. The
-// weights then stream once per super-block (C = K = 256: 9.4 MB per 14 tiles, from L3).
+// 64 batch 8 1.28x -> 1.42x, DeepLab dilation 2 1.54x -> 1.72x, VGG 128 unchanged. Each
+// super-block transforms the weights anew (2 / S of its products' work, or less).
 constexpr std::int64_t kBlockBytes = std::int64_t(1) << 20;
+
+// Transformed weights of one output-channel block, at most this size (but at least P
+// channels wide: C = 256 makes 1.8 MB): made by a task right before its products read
+// them, so they are read back from the caches the transform wrote them into. Made all
+// at once, the 36 x C x K floats (9.4 MB for C = K = 256) went to memory and back: a
+// first call of ResNet 3x3 256 took 1.47x the direct engine's time (one thread), now
+// 0.55x. Making a block of 6 positions at a time, to keep it in L2 for C = 256, repeats
+// the transform's first pass 6 times and cost more than it saved (0.55x -> 0.62x).
+constexpr std::int64_t kUBytes = std::int64_t(1) << 19;
+
+// Cost of transforming one input tile's channel relative to one weight row's output
+// channel (36 loads and stores and 12 six-point transforms against 9 loads, 36 stores,
+// 9 three-point transforms): the choice between splitting the tiles and the channels.
+constexpr double kInputCost = 1.5;
 
 const WinogradKernels& winograd_kernels() {
   switch (active_isa()) {
@@ -62,47 +78,62 @@ struct Tile {
   std::int64_t n, oy0, ox0;
 };
 
-std::vector<Tile> tiles_of(const Problem& p) {
-  std::vector<Tile> tiles;
+// The stride between the 36 transform positions of a buffer, n floats or a little more:
+// an odd number of 64-byte lines, so that the 36 rows a transform loads or stores at
+// once fall in 36 different L1 sets. With a multiple of 4 KiB (C x K-block floats, for
+// most channel counts) they all fell in one set, and the weight transform ran 5x slower.
+std::int64_t skewed(std::int64_t n) {
+  const std::int64_t lines = ceil_div(n, 16);
+  return (lines | 1) * 16;
+}
+
+// Lists the tiles (into out, unless null) in order of image, sub-grid, tile row, tile
+// column; returns their count.
+std::int64_t list_tiles(const Problem& p, Tile* out) {
+  std::int64_t count = 0;
   for (std::int64_t n = 0; n < p.N; ++n)
     for (std::int64_t py = 0; py < std::min(p.dh, p.OH); ++py)
       for (std::int64_t px = 0; px < std::min(p.dw, p.OW); ++px) {
         const std::int64_t ty = ceil_div(ceil_div(p.OH - py, p.dh), 4), tx = ceil_div(ceil_div(p.OW - px, p.dw), 4);
+        if (!out) {
+          count += ty * tx;
+          continue;
+        }
         for (std::int64_t i = 0; i < ty; ++i)
-          for (std::int64_t j = 0; j < tx; ++j) tiles.push_back({n, py + 4 * p.dh * i, px + 4 * p.dw * j});
+          for (std::int64_t j = 0; j < tx; ++j) out[count++] = {n, py + 4 * p.dh * i, px + 4 * p.dw * j};
       }
-  return tiles;
+  return count;
 }
 
-// U[q][r][o] (rows of Kp floats, o >= O zeros) for the weights w (wK, wC, 3, 3):
-// forward r = c, o = k; grad-input r = k, o = c with each kernel turned 180 degrees.
-// The weights are first transposed so that o is contiguous, wt[r][t][o] for tap t, then
-// transformed a vector of o at a time. Tasks: runs of kRowsPerTask reduction rows (the
-// forward's transposes are then whole 16 x 16 blocks).
-void transform_weights(const WinogradKernels& wk, const ConvKernels<float>& ks, const float* w, std::int64_t wK,
-                       std::int64_t wC, bool rotated, float* wt, float* U, std::int64_t Kp) {
-  constexpr std::int64_t kRowsPerTask = 16;
-  const std::int64_t R = rotated ? wK : wC, O = rotated ? wC : wK;
-  parallel_for(ceil_div(R, kRowsPerTask), [&](std::int64_t task) {
-    const std::int64_t r0 = task * kRowsPerTask, r1 = std::min(R, r0 + kRowsPerTask);
+// The transformed weights of one block of outputs [o0, o0 + width) (width a multiple of
+// W; outputs past O are zeros) for the weights w (wK, wC, 3, 3): forward, reduction
+// rows r = c and outputs o = k; grad-input, r = k and o = c, each kernel turned by 180
+// degrees. Row r of position q goes to U[q*q_ld + r*ld + o - o0] (ld >= width). The
+// weights are first transposed so that o is contiguous, wt[r][t][o - o0] for tap t
+// (9 x R x width floats), then transformed a vector of o at a time.
+void transform_weight_block(const WinogradKernels& wk, const ConvKernels<float>& ks, const float* w, std::int64_t wK,
+                            std::int64_t wC, bool rotated, std::int64_t o0, std::int64_t width, float* wt,
+                            float* U, std::int64_t ld, std::int64_t q_ld) {
+  const std::int64_t R = rotated ? wK : wC, O = rotated ? wC : wK, n = std::min(width, O - o0);
+  if (rotated)
+    for (std::int64_t k = 0; k < R; ++k) ks.transpose(w + (k * wC + o0) * 9, 9, wt + k * 9 * width, width, n, 9);
+  else
+    ks.transpose(w + o0 * wC * 9, wC * 9, wt, width, n, R * 9);
+  if (n < width)
+    for (std::int64_t row = 0; row < R * 9; ++row) std::fill(wt + row * width + n, wt + (row + 1) * width, 0.0f);
+  for (std::int64_t r = 0; r < R; ++r) {
+    const float* taps = wt + r * 9 * width;
     if (rotated)
-      for (std::int64_t k = r0; k < r1; ++k) ks.transpose(w + k * wC * 9, 9, wt + k * 9 * Kp, Kp, wC, 9);
+      wk.weight(taps + 8 * width, -width, width, U + r * ld, q_ld);
     else
-      ks.transpose(w + r0 * 9, wC * 9, wt + r0 * 9 * Kp, Kp, wK, (r1 - r0) * 9);
-    for (std::int64_t row = r0 * 9; row < r1 * 9; ++row) std::fill(wt + row * Kp + O, wt + (row + 1) * Kp, 0.0f);
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const float* taps = wt + r * 9 * Kp;
-      if (rotated)
-        wk.weight(taps + 8 * Kp, -Kp, Kp, U + r * Kp, R * Kp);
-      else
-        wk.weight(taps, Kp, Kp, U + r * Kp, R * Kp);
-    }
-  });
+      wk.weight(taps, width, width, U + r * ld, q_ld);
+  }
 }
 
 // Transformed weights kept between calls, most recent first: inference runs the same
-// weights again and again, and on a layer of few tiles (ResNet 3x3 256 on 14x14: 16
-// tiles) transforming them (36 x C x K floats written) costs as much as the products.
+// weights again and again, and transforming them still costs 5-20% of a call (one
+// thread, winograd / direct time with repeated against new weights: ResNet 3x3 64 0.44
+// against 0.52, ResNet 3x3 256 on 14x14 0.52 / 0.54, DeepLab dilation 2 0.47 / 0.53).
 // A hit needs the same weights bit for bit (compared in full: an array may be changed
 // in place between calls), the same orientation, padding and ISA. An entry is made only
 // for weights seen before (a sample of 64 values, their address and shape recorded at
@@ -111,11 +142,11 @@ void transform_weights(const WinogradKernels& wk, const ConvKernels<float>& ks, 
 // (shared_ptr) even when a concurrent call evicts it.
 struct WeightKey {
   const float* w;
-  std::int64_t n, Kp;
+  std::int64_t n, Kw, KB;  // weights' size; transformed: outputs and block width
   bool rotated;
   Isa isa;
   bool operator==(const WeightKey& o) const {
-    return w == o.w && n == o.n && Kp == o.Kp && rotated == o.rotated && isa == o.isa;
+    return w == o.w && n == o.n && Kw == o.Kw && KB == o.KB && rotated == o.rotated && isa == o.isa;
   }
 };
 
@@ -175,61 +206,88 @@ WeightCache& weight_cache() {
 }
 
 void run(const Problem& p, const float* x, const float* w, bool rotated, const float* bias, bool relu, float* y) {
-  const std::vector<Tile> tiles = tiles_of(p);
-  const std::int64_t T = static_cast<std::int64_t>(tiles.size());
+  const std::int64_t T = list_tiles(p, nullptr);
   if (T == 0) return;
   const WinogradKernels& wk = winograd_kernels();
   const ConvKernels<float>& ks = conv_kernels<float>();
-  const DirectKernel<float>& kern = choose_direct_kernel(ks, T, p.K);
+  // The GEMM kernel: least rows (tiles, rounded to R) x columns (output channels, rounded
+  // to P) per efficiency. Unlike the direct engine's choice, a last narrower run of
+  // columns costs a full tile: the narrow tiles are load-bound (ResNet's K = 64 ran as
+  // 48 + 16 columns on 8x48 tiles, 20% slower than on 6x64 tiles).
+  const DirectKernel<float>& kern = cheapest(ks.direct, forced_conv_kernel(false), [&](const DirectKernel<float>& k) {
+    return double(round_up(T, k.R)) * double(round_up(p.K, k.P));
+  });
   const std::int64_t R = kern.R, P = kern.P;
-  const std::int64_t Cp = ceil_div(p.C, wk.W) * wk.W, Kp = ceil_div(p.K, P) * P;
-  // Super-blocks of S tiles, as many as fit kBlockBytes but at least one per thread,
-  // their count a multiple of the threads' (blocks of equal size keep both cores busy to
-  // the end).
-  const std::int64_t fit = std::max(R, kBlockBytes / (36 * 4 * (Cp + Kp)) / R * R);
-  const std::int64_t slots = std::min<std::int64_t>(get_num_threads(), ceil_div(T, R));
-  const std::int64_t blocks = ceil_div(ceil_div(T, fit), slots) * slots;
-  const std::int64_t S = ceil_div(ceil_div(T, blocks), R) * R;
+  const std::int64_t Cp = round_up(p.C, wk.W), Kw = round_up(p.K, wk.W);
+  // Output-channel blocks of KB (a multiple of P, the last one narrower): their
+  // transformed weights, 36 x C x KB floats, are made right before the products that
+  // read them (see kUBytes).
+  const std::int64_t KB = std::min(round_up(Kw, P), std::max(P, kUBytes / (36 * 4 * p.C) / P * P));
+  const std::int64_t nkb = ceil_div(Kw, KB);
+  // Super-blocks of S tiles, as many as fit kBlockBytes; tasks (super-block, slice of the
+  // output-channel blocks). Each task transforms the weights of its slice and the input
+  // tiles of its super-block, so more super-blocks repeat the weight transform and more
+  // slices the input transform: when the super-blocks are fewer than the threads, the
+  // cheaper of the two splits makes the tasks (a multiple of the threads' count, so that
+  // every thread gets as many).
+  const std::int64_t fit = std::max(R, kBlockBytes / (36 * 4 * (Cp + KB)) / R * R);
+  const std::int64_t threads = get_num_threads();
+  std::int64_t blocks = ceil_div(T, fit), slices = 1;
+  if (blocks < threads) {
+    const double more_blocks = double(round_up(blocks, threads) - blocks) * double(Kw);  // x C weight rows
+    const double more_slices = kInputCost * double(threads - 1) * double(T);             // x C tile rows
+    if (nkb >= threads && more_slices < more_blocks)
+      slices = threads;
+    else
+      blocks = std::min(round_up(blocks, threads), ceil_div(T, R));
+  }
+  blocks = round_up(blocks, std::min(threads, blocks));
+  const std::int64_t S = round_up(ceil_div(T, blocks), R);
+  const std::int64_t slots = std::min(threads, blocks * slices);
+  const std::int64_t Vq = skewed(S * Cp), Mq = skewed(S * KB), Uq = skewed(p.C * KB);  // position strides
   const bool in_place = p.layout == Layout::NHWC && Cp == p.C;
 
   Workspace ws;
-  const auto U_at = ws.add<float>(buffer_size({36, p.C, Kp}));
-  const auto wt_at = ws.add<float>(buffer_size({9, p.C, Kp}));
-  const auto bias_at = ws.add<float>(bias ? Kp : 0);
+  const auto tiles_at = ws.add<Tile>(T);
+  const auto ent_at = ws.add<Entry>(p.C);
+  const auto bias_at = ws.add<float>(bias ? Kw : 0);
   const auto x_at = ws.add<float>(in_place ? 0 : buffer_size({p.N, p.H, p.W, Cp}));
   const auto zero_at = ws.add<float>(Cp);
-  const auto V_at = ws.add<float>(buffer_size({slots, 36, S, Cp}));
-  const auto M_at = ws.add<float>(buffer_size({slots, 36, S, Kp}));
+  const auto V_at = ws.add<float>(buffer_size({slots, 36, Vq}));
+  const auto M_at = ws.add<float>(buffer_size({slots, 36, Mq}));
+  const auto U_at = ws.add<float>(buffer_size({slots, 36, Uq}));
+  const auto wt_at = ws.add<float>(buffer_size({std::max(slots, nkb), 9, p.C, KB}));
   ws.allocate();
+  Tile* tiles = ws.at<Tile>(tiles_at);
+  list_tiles(p, tiles);
   float* zeros = ws.at<float>(zero_at);
   std::fill(zeros, zeros + Cp, 0.0f);
+  Entry* ent = ws.at<Entry>(ent_at);
+  for (std::int64_t c = 0; c < p.C; ++c) ent[c] = {c * KB, c};
 
-  // 1. Weights (the k padding zero: the products there are zeros, never stored): cached,
-  // or transformed into a new cache entry (weights seen before) or the workspace.
+  // 1. Weights: the transformed blocks of weights seen before are kept (see WeightCache),
+  // one after another (block b at b x 36 x Uq); others are transformed per task.
   const std::int64_t wK = rotated ? p.C : p.K, wC = rotated ? p.K : p.C;
-  const WeightKey key{w, buffer_size({wK, wC, 9}), Kp, rotated, active_isa()};
+  const WeightKey key{w, buffer_size({wK, wC, 9}), Kw, KB, rotated, active_isa()};
   bool seen = false;
   std::shared_ptr<const TransformedWeights> cached = weight_cache().find(key, &seen);
-  const float* U = cached ? cached->U.data() : nullptr;
-  if (!cached) {
-    float* dst = ws.at<float>(U_at);
-    if (seen) {
-      auto e = std::make_shared<TransformedWeights>();
-      e->key = key;
-      e->raw.assign(w, w + key.n);
-      e->U.resize(static_cast<std::size_t>(buffer_size({36, p.C, Kp})));
-      dst = e->U.data();
-      cached = e;
-    }
-    transform_weights(wk, ks, w, wK, wC, rotated, ws.at<float>(wt_at), dst, Kp);
-    if (seen) weight_cache().add(cached);
-    U = dst;
+  if (!cached && seen) {
+    auto e = std::make_shared<TransformedWeights>();
+    e->key = key;
+    e->raw.assign(w, w + key.n);
+    e->U.resize(static_cast<std::size_t>(buffer_size({nkb, 36, Uq})));
+    parallel_for(nkb, [&](std::int64_t kb) {
+      transform_weight_block(wk, ks, w, wK, wC, rotated, kb * KB, std::min(KB, Kw - kb * KB),
+                             ws.at<float>(wt_at) + kb * 9 * p.C * KB, e->U.data() + kb * 36 * Uq, KB, Uq);
+    });
+    weight_cache().add(e);
+    cached = e;
   }
   float* b = nullptr;
   if (bias) {
     b = ws.at<float>(bias_at);
     std::copy(bias, bias + p.K, b);
-    std::fill(b + p.K, b + Kp, 0.0f);
+    std::fill(b + p.K, b + Kw, 0.0f);
   }
 
   // 2. Channels-last input, channels padded to Cp with zeros.
@@ -250,62 +308,78 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
     });
     xin = xp;
   }
-
-  std::vector<Entry> ent(static_cast<std::size_t>(p.C));
-  for (std::int64_t c = 0; c < p.C; ++c) ent[static_cast<std::size_t>(c)] = {c * Kp, c};
   const ActStrides ys = act_strides(p.layout, p.K, p.OH, p.OW);
 
-  // 3. One task per thread slot, each taking super-blocks from a shared counter until
-  // none is left: the three passes of a block run back to back on one core, V and M
-  // staying in its L2, with no barrier between them (a barrier per pass cost more than
-  // the passes on small layers). Taken, not dealt out in turn: a thread that another
-  // process holds off its core for a while leaves its blocks to the other instead of
+  // 3. One pool task per thread slot, each taking tasks from a shared counter until none
+  // is left: the passes of a task run back to back on one core, V, M and the weight block
+  // staying in its caches, with no barrier between them (a barrier per pass cost more
+  // than the passes on small layers). Taken, not dealt out in turn: a thread that another
+  // process holds off its core for a while leaves its tasks to the other instead of
   // making it wait at the end (one measurement, a 0.5 ms time slice taken every 10 ms:
   // the ResNet block's 3x3 64 forward at 2 threads 5.2 ms dealt out, 4.6-5.0 taken, 3.7-
-  // 4.3 undisturbed; PyTorch's unchanged). A block's results do not depend on which slot
+  // 4.3 undisturbed; PyTorch's unchanged). A task's results do not depend on which slot
   // computes it.
-  std::atomic<std::int64_t> next_block{0};
+  std::atomic<std::int64_t> next_task{0};
   parallel_for(slots, [&](std::int64_t slot) {
-    float* V = ws.at<float>(V_at) + slot * 36 * S * Cp;
-    float* M = ws.at<float>(M_at) + slot * 36 * S * Kp;
-    for (std::int64_t t0; (t0 = next_block.fetch_add(1, std::memory_order_relaxed) * S) < T;) {
-      const std::int64_t nt = std::min(S, T - t0);
+    float* V = ws.at<float>(V_at) + slot * 36 * Vq;
+    float* M = ws.at<float>(M_at) + slot * 36 * Mq;
+    std::int64_t have = -1;  // the super-block whose input transform V holds
+    for (std::int64_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < blocks * slices;) {
+      const std::int64_t sb = task / slices, slice = task % slices, t0 = sb * S, nt = std::min(S, T - t0);
+      if (nt <= 0) continue;
       // 3a. Input transform.
-      const float* src[36];
-      for (std::int64_t s = 0; s < nt; ++s) {
-        const Tile& tl = tiles[static_cast<std::size_t>(t0 + s)];
-        for (int i = 0; i < 6; ++i) {
-          const std::int64_t iy = tl.oy0 + p.top + i * p.dh;
-          for (int j = 0; j < 6; ++j) {
-            const std::int64_t ix = tl.ox0 + p.left + j * p.dw;
-            const bool inside = iy >= 0 && iy < p.H && ix >= 0 && ix < p.W;
-            src[6 * i + j] = inside ? xin + ((tl.n * p.H + iy) * p.W + ix) * Cp : zeros;
+      if (have != sb) {
+        const float* src[36];
+        for (std::int64_t s = 0; s < nt; ++s) {
+          const Tile& tl = tiles[t0 + s];
+          for (int i = 0; i < 6; ++i) {
+            const std::int64_t iy = tl.oy0 + p.top + i * p.dh;
+            for (int j = 0; j < 6; ++j) {
+              const std::int64_t ix = tl.ox0 + p.left + j * p.dw;
+              const bool inside = iy >= 0 && iy < p.H && ix >= 0 && ix < p.W;
+              src[6 * i + j] = inside ? xin + ((tl.n * p.H + iy) * p.W + ix) * Cp : zeros;
+            }
           }
+          wk.input(src, Cp, V + s * Cp, Vq);
         }
-        wk.input(src, Cp, V + s * Cp, S * Cp);
+        have = sb;
       }
-      // 3b. One product per position: M[q] = V[q] U[q], tiles in groups of R, output
-      // channels in runs of P (U's runs stay in L1 across the tile groups).
-      const std::int64_t groups = ceil_div(nt, R);
-      for (std::int64_t q = 0; q < 36; ++q)
-        for (std::int64_t k0 = 0; k0 < Kp; k0 += P)
-          for (std::int64_t tg = 0; tg < groups; ++tg) {
-            const std::int64_t s0 = tg * R;
-            const OutMap<float> out{M + (q * S + s0) * Kp, Kp, 0, 1, 1, Kp, Kp};
-            const DirectTile<float> tile{U + q * p.C * Kp + k0, ent.data(), p.C, V + (q * S + s0) * Cp, Cp, nullptr,
-                                         false, static_cast<int>(std::min(R, nt - s0)), 0, k0, out};
-            kern.tile.back()(tile);
-          }
-      // 3c. Output transform, bias and ReLU into y.
-      float* dst[16];
-      for (std::int64_t s = 0; s < nt; ++s) {
-        const Tile& tl = tiles[static_cast<std::size_t>(t0 + s)];
-        for (int a = 0; a < 4; ++a)
-          for (int bb = 0; bb < 4; ++bb) {
-            const std::int64_t oy = tl.oy0 + a * p.dh, ox = tl.ox0 + bb * p.dw;
-            dst[4 * a + bb] = oy < p.OH && ox < p.OW ? y + tl.n * ys.n + oy * ys.h + ox * ys.w : nullptr;
-          }
-        wk.output(M + s * Kp, S * Kp, p.K, b, relu, dst, ys.c);
+      for (std::int64_t kb = slice * nkb / slices; kb < (slice + 1) * nkb / slices; ++kb) {
+        const std::int64_t k0 = kb * KB, kw = std::min(KB, Kw - k0);
+        // 3b. The block's transformed weights U[q][c][k - k0], then one product per
+        // position: M[q] = V[q] U[q], tiles in groups of R, output channels in runs of
+        // P (U's runs stay in L1 across the tile groups).
+        const float* U;
+        if (cached) {
+          U = cached->U.data() + kb * 36 * Uq;
+        } else {
+          float* Ub = ws.at<float>(U_at) + slot * 36 * Uq;
+          transform_weight_block(wk, ks, w, wK, wC, rotated, k0, kw, ws.at<float>(wt_at) + slot * 9 * p.C * KB, Ub,
+                                 KB, Uq);
+          U = Ub;
+        }
+        const std::int64_t groups = ceil_div(nt, R);
+        for (std::int64_t q = 0; q < 36; ++q)
+          for (std::int64_t kk = 0; kk < kw; kk += P)
+            for (std::int64_t tg = 0; tg < groups; ++tg) {
+              const std::int64_t s0 = tg * R;
+              const OutMap<float> out{M + q * Mq + s0 * KB, KB, 0, 1, 1, KB, KB};
+              const DirectTile<float> tile{U + q * Uq + kk, ent, p.C, V + q * Vq + s0 * Cp, Cp, nullptr,
+                                           false, static_cast<int>(std::min(R, nt - s0)), 0, kk, out};
+              kern.tile[static_cast<std::size_t>(kern.vectors_at(kk, kw) - 1)](tile);
+            }
+        // 3c. Output transform, bias and ReLU into y.
+        float* dst[16];
+        for (std::int64_t s = 0; s < nt; ++s) {
+          const Tile& tl = tiles[t0 + s];
+          for (int a = 0; a < 4; ++a)
+            for (int bb = 0; bb < 4; ++bb) {
+              const std::int64_t oy = tl.oy0 + a * p.dh, ox = tl.ox0 + bb * p.dw;
+              dst[4 * a + bb] =
+                  oy < p.OH && ox < p.OW ? y + tl.n * ys.n + oy * ys.h + ox * ys.w + k0 * ys.c : nullptr;
+            }
+          wk.output(M + s * KB, Mq, std::min(kw, p.K - k0), b ? b + k0 : nullptr, relu, dst, ys.c);
+        }
       }
     }
   });

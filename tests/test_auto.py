@@ -95,6 +95,31 @@ def test_rules_follow_the_table(primitive, name, dtype, algo, rule, one_thread):
     assert (choice.algo, choice.reason.split("'")[1]) == (algo, rule)
 
 
+# (input, weight, stride/padding/dilation/groups, whether the rule 'winograd' takes its
+# forward and grad-input; never its grad-weight)
+WINOGRAD_GEOMS = {
+    "resnet_3x3_256": ((1, 256, 14, 14), (256, 256, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1), True),
+    "dilated_d2": ((1, 64, 33, 33), (64, 64, 3, 3), dict(stride=1, padding=2, dilation=2, groups=1), True),
+    "one_tile_32": ((1, 32, 4, 4), (32, 32, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1), True),
+    "one_tile_256": ((1, 256, 4, 4), (256, 256, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1), False),
+    "few_tiles_512": ((1, 512, 7, 7), (512, 512, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1), False),
+    "aspp": ((1, 16, 33, 33), (16, 16, 3, 3), dict(stride=1, padding=12, dilation=12, groups=1), False),
+    "padding_only_tiles": ((16, 8, 1, 1), (8, 8, 3, 3), dict(stride=1, padding=4, dilation=1, groups=1), False),
+    "stride_2": ((1, 64, 56, 56), (64, 64, 3, 3), dict(stride=2, padding=1, dilation=1, groups=1), False),
+}
+
+
+@pytest.mark.parametrize("name", WINOGRAD_GEOMS)
+@pytest.mark.parametrize("primitive", CONV_PRIMITIVES)
+def test_winograd_where_its_tiles_outweigh_its_weight_transform(primitive, name, one_thread):
+    x_shape, w_shape, kw, wins = WINOGRAD_GEOMS[name]
+    g = _args.conv_geometry(x_shape, w_shape, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+    choice = _auto.choose(primitive, g, "cpu", ["reference", "direct", "im2col", "winograd"], np.float32, "NCHW")
+    assert (choice.algo == "winograd") == (wins and primitive != "conv2d_grad_weight"), choice.reason
+    if choice.algo == "winograd":
+        assert "'winograd'" in choice.reason
+
+
 @pytest.mark.parametrize("name", ["small_image", "lenet", "pointwise"])
 @pytest.mark.parametrize("primitive", CONV_PRIMITIVES)
 def test_float32_stays_off_im2col_on_several_threads(primitive, name):

@@ -119,16 +119,48 @@ def test_every_gemm_kernel_and_several_super_blocks():
         _cpu.force_conv_kernels()
 
 
-def test_results_do_not_depend_on_thread_count():
-    x, w, b, gy, _ = _data((2, 24, 21, 18, 40, 1, 2))
+# Several blocks of output channels, the last one narrower (C and K past multiples of every
+# ISA's block and vector width), and few tiles, the last tile group not full: at two
+# threads such a layer's channel blocks are split between the threads, not its tiles.
+BLOCK_CASES = [(1, 70, 9, 9, 100, 1, 1), (2, 130, 6, 7, 9, (1, 0, 2, 1), 1)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=_case_id)
+def test_output_channel_blocks_split_between_threads(case, isa):
+    """Each call three times: new weights, weights seen once before (their transformed
+    blocks are then kept), and a hit on the kept blocks."""
+    N, C, H, W, K, padding, dilation = case
+    x, w, b, gy, y64 = _data(case)
+    want_y = y64 + b.astype(np.float64).reshape(-1, 1, 1)
+    want_gx = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), 1, padding, dilation, 1)
+    before = convkit.get_num_threads()
+    try:
+        with forced_isa(isa):
+            for threads in (1, 2):
+                convkit.set_num_threads(threads)
+                for _ in range(3):
+                    assert_close(convkit.conv2d(x, w, b, 1, padding, dilation, algo="winograd"), want_y, F32)
+                    gx = convkit.conv2d_backward(gy, x, w, 1, padding, dilation, need_weight=False,
+                                                 need_bias=False, algo="winograd")[0]
+                    assert_close(gx, want_gx, F32)
+    finally:
+        convkit.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", [(2, 24, 21, 18, 40, 1, 2), BLOCK_CASES[0]], ids=_case_id)
+def test_results_do_not_depend_on_thread_count(case):
+    """Tiles split between threads, and (few tiles) output-channel blocks."""
+    x, w, b, gy, _ = _data(case)
+    padding, dilation = case[5], case[6]
     before = convkit.get_num_threads()
     runs = []
     try:
         for n in (1, 2, 3):
             convkit.set_num_threads(n)
-            runs.append((convkit.conv2d(x, w, b, 1, 1, 2, algo="winograd"),
-                         convkit.conv2d_backward(gy, x, w, 1, 1, 2, need_weight=False, need_bias=False,
-                                                 algo="winograd")[0]))
+            runs.append((convkit.conv2d(x, w, b, 1, padding, dilation, algo="winograd"),
+                         convkit.conv2d_backward(gy, x, w, 1, padding, dilation, need_weight=False,
+                                                 need_bias=False, algo="winograd")[0]))
     finally:
         convkit.set_num_threads(before)
     for run in runs[1:]:

@@ -55,17 +55,29 @@ def _padded_area(g) -> int:
     return (g.H + g.padding[0] + g.padding[1]) * (g.W + g.padding[2] + g.padding[3])
 
 
+# Winograd's weight pairs (C x K) per 4x4 output tile it needs at least (see its rule).
+_WINOGRAD_PAIRS_PER_TILE = 8192
+
+
 def _winograd_pays(primitive: str, g) -> bool:
-    """Whether Winograd's tiles are many and full enough (see its rule): 4x4 output tiles
-    per dilation sub-grid over the primitive's output (grad-input: the input's size)."""
+    """Whether Winograd's tiles are full and many enough for its weight transform (see its
+    rule): 4x4 output tiles per dilation sub-grid over the primitive's output (grad-input:
+    the input's size), at least one per _WINOGRAD_PAIRS_PER_TILE weight pairs, and >= 60%
+    of their outputs real: inside the image, and (forward) reading some input, not only
+    padding (a padding past the kernel's reach: Winograd computes those outputs in full,
+    the direct engine skips their taps)."""
     if (g.kh, g.kw) != (3, 3) or g.stride != (1, 1) or g.groups != 1:
         return False
     oh, ow = (g.OH, g.OW) if primitive == _FORWARD else (g.H, g.W)
     def tiles_across(size, d):  # sub-grid i has ceil((size - i) / d) outputs, in tiles of 4
         return sum(-(-(-(-(size - i) // d)) // 4) for i in range(min(d, size)))
 
+    def real(size, before, after, d):  # outputs whose 3 taps are not all in the padding
+        return size - max(0, before - 2 * d) - max(0, after - 2 * d) if primitive == _FORWARD else size
+
     tiles = tiles_across(oh, g.dilation[0]) * tiles_across(ow, g.dilation[1])
-    return g.N * tiles >= 64 and oh * ow >= 0.6 * 16 * tiles
+    real_outputs = real(oh, *g.padding[:2], g.dilation[0]) * real(ow, *g.padding[2:], g.dilation[1])
+    return g.N * tiles * _WINOGRAD_PAIRS_PER_TILE >= g.C * g.K and real_outputs >= 0.6 * 16 * tiles
 
 
 # First match wins; a rule whose algorithm is not built is skipped. Every number is a
@@ -87,20 +99,27 @@ _RULES = (
           "(measured 2-5x slower)"),
     # Winograd F(4x4, 3x3) (float32 3x3 stride 1, groups 1; forward and grad-input): 36
     # multiplies per 16 outputs instead of 144, so it wins where its 4x4 tiles are full
-    # and the weight transform (36 x C x K floats) is spread over many tiles. Time ratios
-    # winograd / direct, one thread, CPU time (bench/winograd_vs_direct.py, 06:12 run;
-    # a busier machine gave 0.1-0.2 more): ResNet 3x3 64 on 56x56 0.47 / 0.45 (forward /
-    # grad-input), batch 8 0.65 / 0.59, VGG 128 on 112x112 0.50 / 0.48, DeepLab dilation
-    # 2 on 33x33 0.43 / 0.49 (100 tiles, 68% full). Left to the others: ASPP rate 12
-    # (144 one-tile sub-grids, 47% full: 0.85 / 1.12) and ResNet 3x3 256 on 14x14 (16
-    # tiles: 1.5 / 1.2 on a first call, where the weight transform dominates; 0.55 / 0.45
-    # once its transformed weights are cached, which training, changing the weights every
-    # step, never sees). Its error, <= 1.5e-5 of the output's scale on those layers
-    # (direct: ~2e-6), is within the float32 tolerance (1e-4).
+    # and the weight transform (36 x C x K floats, redone by every call: training changes
+    # the weights every step) is spread over enough tiles. Time ratios winograd / direct,
+    # one thread, CPU time, weights new at every call (bench/winograd_vs_direct.py
+    # --fresh-weights; with repeated weights, whose transform is kept, Winograd does
+    # better still, 0.44-0.68): ResNet 3x3 64 on 56x56 0.52 / 0.52 (forward /
+    # grad-input), batch 8 0.64 / 0.64, ResNet 3x3 256 on 14x14 (16 tiles) 0.54 / 0.58,
+    # VGG 128 on 112x112 0.50 / 0.54, DeepLab dilation 2 on 33x33 (100 tiles, 68% full)
+    # 0.53 / 0.58 (08:40 run on a busy machine; 0.1 apart between runs). The
+    # weight transform and its 36 x C x K floats outweigh the products on few tiles and
+    # many channels: C = K = 256 on 8x8 (4 tiles) 0.85 / 1.01, on 4x4 2.7 / 2.4, C = K =
+    # 512 on 7x7 1.3 / 1.8, on 14x14 0.86 / 1.05; with C = K = 128 4 tiles still win (0.71
+    # / 0.79), with 32 one (0.70): hence one tile per 8192 (C x K) pairs. Left to the
+    # others too: ASPP rate 12 (144 one-tile sub-grids, 47% full, mostly padding that the
+    # direct engine skips: 1.12 / 1.47) and tiles of outputs that read padding only (a
+    # tiny image with a padding past the kernel's reach). Its error, <= 2e-5 of the
+    # output's scale on those layers (direct: ~2e-6), is within the float32 tolerance.
     _Rule("winograd", lambda p, g, dt, threads: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
           "winograd",
-          "3x3 stride-1 float32 layer with >= 64 Winograd tiles, >= 60% full: F(4x4, 3x3) does 4x fewer "
-          "multiplies (measured 1.5-2.3x faster than the direct engine)"),
+          "3x3 stride-1 float32 layer with >= 1 Winograd tile per 8192 weight pairs, >= 60% of the tiles' "
+          "outputs real (in the image, not reading padding only): F(4x4, 3x3) does 4x fewer multiplies "
+          "(measured 1.6-2x faster than the direct engine with new weights at every call)"),
     # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
     # the image) 1.40 / 1.38 / 1.59, 3x3 dilation 4 on 56x56x64 (padded plane 1.3x) 1.42 /
     # 1.30 / 1.71. The column copy writes padded taps as zeros and the GEMM multiplies
