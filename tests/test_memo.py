@@ -150,8 +150,14 @@ def test_a_new_registration_or_autotune_forgets_the_plans(monkeypatch):
         convkit.autotune(True)
         assert not _registry.call_plans
         monkeypatch.setattr(_auto, "_measure", lambda p, g, dt, lay, cands: dict.fromkeys(cands, 1.0))
-        convkit.conv2d(X, W)
-        assert not _registry.call_plans  # measuring: autotune's own cache answers
+        convkit.conv2d(X, W)  # measures, then keeps the measured choice's plan
+        (plan,) = _registry.call_plans.values()
+        assert plan[1] is _registry._table[("conv2d_forward", _auto.choose(
+            "conv2d_forward", plan[0], "cpu", _registry.covering("conv2d_forward", "cpu", plan[0], X.dtype),
+            X.dtype, "NCHW").algo, "cpu")].fn
+        isa = convkit.get_isa()
+        convkit.set_isa(isa)  # autotune's choices key on the ISA: the plans go
+        assert not _registry.call_plans
     finally:
         convkit.autotune(False)  # forgets what was chosen with the test's row
 

@@ -170,14 +170,10 @@ def _bounded_put(memo: dict, key, value) -> None:
     memo[key] = value
 
 
-def remember_plan(key, plan, algo: str) -> None:
-    """Keeps a checked call's plan in call_plans, unless algo="auto" is measuring (autotune
-    keys its choices on the ISA too and has its own cache)."""
-    if algo == "auto":
-        from . import _auto
-
-        if _auto._enabled:
-            return
+def remember_plan(key, plan) -> None:
+    """Keeps a checked call's plan in call_plans. Under autotune too: its choice for a shape
+    is measured once and kept; it keys on the ISA as well, which the plans' key does not
+    hold, so set_isa forgets the plans (forget_auto_choices)."""
     _bounded_put(call_plans, key, plan)
 
 

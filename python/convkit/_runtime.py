@@ -17,7 +17,7 @@ def _check_isa_env() -> None:
 
 
 _check_isa_env()
-from . import _cpu  # noqa: E402
+from . import _cpu, _registry  # noqa: E402
 
 
 def set_num_threads(n: int) -> None:
@@ -83,6 +83,7 @@ def set_isa(name: str) -> None:
     if name not in _ISAS:
         raise ValueError(f"isa must be one of {_ISAS}, got {name!r}")
     _cpu.set_isa(name)
+    _registry.forget_auto_choices()  # the calls' plans hold autotune's choice for the old ISA
 
 
 def get_isa() -> str:

@@ -180,7 +180,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     # converted by them (as_array), and the plan would hand the kernel the original
     if key is not None and None not in key[5:8] and device == "cpu" and layout in impl.layouts \
             and x.dtype == input.dtype and w.dtype == weight.dtype and (b is None or b.dtype == bias.dtype):
-        remember_plan(key, (geom, impl.fn, layout), algo)
+        remember_plan(key, (geom, impl.fn, layout))
     xa, have = _to_impl_layout(x, layout, impl)
     return _from_impl_layout(impl.fn(xa, w, b, geom, activation, have), have, layout)
 
