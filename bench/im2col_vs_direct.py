@@ -61,6 +61,7 @@ ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None and ARGS.threads > 0:
     os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.threads)  # read by OpenBLAS when NumPy/SciPy load
 
+import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
@@ -78,10 +79,11 @@ def interleaved(fns: dict, blocks: int, block_seconds: float, clock=time.perf_co
     """Median seconds per call of each fns[name], in interleaved blocks."""
     calls, warm = {}, {}
     for name, fn in fns.items():  # calibration: one call to wake up, one to time
-        fn()
-        start = clock()
-        fn()
-        t = clock() - start
+        with mode(name):
+            fn()
+            start = clock()
+            fn()
+            t = clock() - start
         calls[name] = max(1, min(50, int(block_seconds / max(t, 1e-7))))
         warm[name] = t < WARMUP_NEEDLESS
     per_block = {name: [] for name in fns}
@@ -90,11 +92,12 @@ def interleaved(fns: dict, blocks: int, block_seconds: float, clock=time.perf_co
         for _ in range(blocks):
             for name, fn in fns.items():
                 time.sleep(SETTLE)
-                if warm[name]:
-                    fn()
-                start = clock()
-                for _ in range(calls[name]):
-                    fn()
+                with mode(name):
+                    if warm[name]:
+                        fn()
+                    start = clock()
+                    for _ in range(calls[name]):
+                        fn()
                 per_block[name].append((clock() - start) / calls[name])
     finally:
         gc.enable()
@@ -169,14 +172,15 @@ def layer_calls(L: dict, layout: str, dtype):
     return 2 * macs, {"forward": (fwd, L["op"]), "backward": (bwd, L["op"] + "_backward")}, explain
 
 
-def run_candidate(fn, name):
-    if name == "tune":
-        convkit.autotune(True)
-        try:
-            return fn("auto")
-        finally:
-            convkit.autotune(False)
-    return fn(name)
+@contextlib.contextmanager
+def mode(name):
+    """Autotune on around the "tune" candidate's blocks: a user leaves it on, and switching
+    it per call would time the checked path (each switch forgets the calls' plans)."""
+    convkit.autotune(name == "tune")
+    try:
+        yield
+    finally:
+        convkit.autotune(False)
 
 
 def column_bytes(fn) -> int:
@@ -228,7 +232,7 @@ def main(args) -> None:
             tune_pick = "/".join(c.algo for _, c in convkit.explain(explain_op, **explain).steps)
             convkit.autotune(False)
             auto_pick = "/".join(c.algo for _, c in convkit.explain(explain_op, **explain).steps)
-            t = interleaved({c: (lambda c=c: run_candidate(fn, c)) for c in CANDIDATES}, args.blocks,
+            t = interleaved({c: (lambda c=c: fn("auto" if c == "tune" else c)) for c in CANDIDATES}, args.blocks,
                             args.block_seconds, clock)
             best = min(t["im2col"], t["direct"])
             gf = {c: work / t[c] / 1e9 for c in CANDIDATES}
