@@ -79,12 +79,12 @@ _ready: set = set()         # devices check_device has accepted (the table only 
 _algos_cache: dict = {}     # (primitive, device) -> algos(), cleared by register()
 # The one memo of what algo="auto"'s rules chose: (primitive, device, geom, dtype, layout,
 # threads) -> algo (the rules depend on the thread count, hence the key). Cleared, with
-# call_plans, by register() and by switching autotune (forget_auto_choices).
+# call_plans, by register(), by switching autotune and by set_isa (forget_auto_choices).
 _auto_algos: dict = {}
 # Checked calls of the public ops that skip their checks and lookups when repeated
 # (functional.conv2d): the op's raw-argument key -> what the checks and the lookup gave.
-# Keys hold the thread count too; only calls whose algorithm the memo above (or a name)
-# fixes are kept (see remember_plan).
+# Keys hold the thread count too; the algorithm is a name, the rules' choice or
+# autotune's measured one (see remember_plan).
 call_plans: dict = {}
 _MEMO_SIZE = 4096
 
