@@ -166,17 +166,19 @@ Array<T> grad_weight(Array<T> gy, Array<T> x, Pair kernel_hw, Pair stride, Quad 
 // algo="winograd" (float32 only): the geometry must be one the operators cover.
 void require_winograd(const ConvGeom& g) {
   if (!winograd_covers(g))
-    throw std::invalid_argument("winograd needs a 3x3 kernel, stride 1 and groups == 1, got kernel (" +
-                                std::to_string(g.kh) + ", " + std::to_string(g.kw) + "), stride (" +
-                                std::to_string(g.sh) + ", " + std::to_string(g.sw) + "), groups " +
-                                std::to_string(g.groups));
+    throw std::invalid_argument(
+        "winograd needs groups == 1, dilation only at stride 1, and at most 3 taps per stride phase "
+        "(kernel <= 3 * stride), got kernel (" + std::to_string(g.kh) + ", " + std::to_string(g.kw) +
+        "), stride (" + std::to_string(g.sh) + ", " + std::to_string(g.sw) + "), padding (" + std::to_string(g.pt) +
+        ", " + std::to_string(g.pl) + "), dilation (" + std::to_string(g.dh) + ", " + std::to_string(g.dw) +
+        "), groups " + std::to_string(g.groups));
 }
 
-Array<float> winograd_forward_f32(Array<float> x, Array<float> w, std::optional<Array<float>> bias, Quad pad,
-                                  Pair dil, bool relu, const std::string& layout_name) {
+Array<float> winograd_forward_f32(Array<float> x, Array<float> w, std::optional<Array<float>> bias, Pair stride,
+                                  Quad pad, Pair dil, bool relu, const std::string& layout_name) {
   const Layout layout = parse_layout(layout_name);
   const Nchw s = nchw(x, "input", layout);
-  ConvGeom g = geometry(s.N, s.C, s.H, s.W, shape4(w), {1, 1}, pad, dil, 1);
+  ConvGeom g = geometry(s.N, s.C, s.H, s.W, shape4(w), stride, pad, dil, 1);
   require_winograd(g);
   if (bias) require_shape(*bias, "bias", {g.K});
   Array<float> y(act_shape(layout, g.N, g.K, g.OH, g.OW));
@@ -188,12 +190,12 @@ Array<float> winograd_forward_f32(Array<float> x, Array<float> w, std::optional<
   return y;
 }
 
-Array<float> winograd_grad_input_f32(Array<float> gy, Array<float> w, Pair input_hw, Quad pad, Pair dil,
-                                     const std::string& layout_name) {
+Array<float> winograd_grad_input_f32(Array<float> gy, Array<float> w, Pair input_hw, Pair stride, Quad pad,
+                                     Pair dil, const std::string& layout_name) {
   const Layout layout = parse_layout(layout_name);
   const Nchw s = nchw(gy, "grad_output", layout);
   require_4d(w, "weight");
-  ConvGeom g = geometry(s.N, w.shape(1), input_hw.first, input_hw.second, shape4(w), {1, 1}, pad, dil, 1);
+  ConvGeom g = geometry(s.N, w.shape(1), input_hw.first, input_hw.second, shape4(w), stride, pad, dil, 1);
   require_winograd(g);
   require_shape(gy, "grad_output", act_shape(layout, g.N, g.K, g.OH, g.OW));
   Array<float> gx(act_shape(layout, g.N, g.C, g.H, g.W));
@@ -236,12 +238,13 @@ void bind_conv(py::module_& m) {
   bind_dtype<float>(m);
   bind_dtype<double>(m);
   m.def("winograd_conv2d_forward", &winograd_forward_f32, py::arg("x").noconvert(), py::arg("weight").noconvert(),
-        py::arg("bias").noconvert() = py::none(), py::arg("padding"), py::arg("dilation"), py::arg("relu") = false,
-        py::arg("layout") = "NCHW",
-        R"doc(float32 conv2d by Winograd F(4x4, 3x3): 3x3 kernel, stride 1, groups 1; padding (top, bottom, left, right).)doc");
+        py::arg("bias").noconvert() = py::none(), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("relu") = false, py::arg("layout") = "NCHW",
+        R"doc(float32 conv2d by Winograd F(4x4, 3x3) over stride phases: kernel <= 3 * stride, groups 1; padding (top, bottom, left, right).)doc");
   m.def("winograd_conv2d_grad_input", &winograd_grad_input_f32, py::arg("grad_output").noconvert(),
-        py::arg("weight").noconvert(), py::arg("input_hw"), py::arg("padding"), py::arg("dilation"),
-        py::arg("layout") = "NCHW", R"doc(float32 grad-input of a 3x3 stride-1 conv2d by Winograd F(4x4, 3x3).)doc");
+        py::arg("weight").noconvert(), py::arg("input_hw"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("layout") = "NCHW",
+        R"doc(float32 grad-input of a conv2d by Winograd F(4x4, 3x3) over stride phases.)doc");
   m.def("conv_kernels", [](const std::string& dtype) {
     if (dtype == "float32") return kernel_list<float>();
     if (dtype == "float64") return kernel_list<double>();

@@ -63,17 +63,48 @@ const WinogradKernels& winograd_kernels() {
   }
 }
 
-// One 3x3 stride-1 correlation as the Winograd passes see it: output (oy, ox) reads
-// input (oy + top + i*dh, ox + left + j*dw) for tap (i, j); input pixels outside
-// [0, H) x [0, W) are zeros. Forward: top = -pad_top; grad-input: see below.
-struct Problem {
-  std::int64_t N, C, H, W;  // input: N images of C channels (the reduction)
-  std::int64_t K, OH, OW;   // output
-  std::int64_t top, left, dh, dw;
-  Layout layout;
+// Where the taps of a phase-space kernel come from (see conv_winograd.h): phase-space
+// tap (i, j) of input phase (ry, rx) is the kernel's tap (by + sh*i + ry, bx + sw*j + rx)
+// when that is inside the kh x kw kernel, else a zero. Stride 1: by = bx = 0, phase-space
+// taps are the kernel's own (a 1x1 or 2x2 kernel is zero-padded to 3x3).
+struct PhaseTaps {
+  std::int64_t kh, kw, sh, sw, by, bx;
+
+  // The kernel's tap index (row-major) or -1.
+  std::int64_t at(std::int64_t ph, std::int64_t i, std::int64_t j) const {
+    const std::int64_t ty = by + sh * i + ph / sw, tx = bx + sw * j + ph % sw;
+    return ty >= 0 && ty < kh && tx >= 0 && tx < kw ? ty * kw + tx : -1;
+  }
+  bool identity() const { return sh == 1 && sw == 1 && kh == 3 && kw == 3; }
+  bool operator==(const PhaseTaps& o) const {
+    return kh == o.kh && kw == o.kw && sh == o.sh && sw == o.sw && by == o.by && bx == o.bx;
+  }
 };
 
-// A tile: image n, outputs (oy0 + a*dh, ox0 + b*dw) for a, b < 4.
+// One 3x3 stride-1 correlation in phase space as the Winograd passes see it: output
+// (oy, ox) reads input (oy + top + i*dh, ox + left + j*dw) for tap (i, j); input pixels
+// outside [0, Hi) x [0, Wi) are zeros. The input (N, C, H, W) is split into ish x isw
+// phases: its pixel (h, w) is phase-space pixel (h / ish, w / isw), channel
+// ((h % ish) * isw + w % isw) * C + c (a strided forward); likewise the output (N, K,
+// OH, OW) into osh x osw phases (a strided grad-input). Forward at stride 1: no phases,
+// top = -pad_top; the rest: see winograd_forward and winograd_grad_input.
+struct Problem {
+  std::int64_t N, C, H, W;  // input as given: N images of C channels
+  std::int64_t K, OH, OW;   // output as given
+  std::int64_t ish, isw, osh, osw;
+  std::int64_t top, left, dh, dw;
+  Layout layout;
+  PhaseTaps taps;
+
+  std::int64_t Ci() const { return ish * isw * C; }  // the reduction's channels
+  std::int64_t Hi() const { return ceil_div(H, ish); }
+  std::int64_t Wi() const { return ceil_div(W, isw); }
+  std::int64_t Ko() const { return osh * osw * K; }  // the products' output channels
+  std::int64_t Ho() const { return ceil_div(OH, osh); }
+  std::int64_t Wo() const { return ceil_div(OW, osw); }
+};
+
+// A tile: image n, phase-space outputs (oy0 + a*dh, ox0 + b*dw) for a, b < 4.
 struct Tile {
   std::int64_t n, oy0, ox0;
 };
@@ -90,11 +121,12 @@ std::int64_t skewed(std::int64_t n) {
 // Lists the tiles (into out, unless null) in order of image, sub-grid, tile row, tile
 // column; returns their count.
 std::int64_t list_tiles(const Problem& p, Tile* out) {
+  const std::int64_t OH = p.Ho(), OW = p.Wo();
   std::int64_t count = 0;
   for (std::int64_t n = 0; n < p.N; ++n)
-    for (std::int64_t py = 0; py < std::min(p.dh, p.OH); ++py)
-      for (std::int64_t px = 0; px < std::min(p.dw, p.OW); ++px) {
-        const std::int64_t ty = ceil_div(ceil_div(p.OH - py, p.dh), 4), tx = ceil_div(ceil_div(p.OW - px, p.dw), 4);
+    for (std::int64_t py = 0; py < std::min(p.dh, OH); ++py)
+      for (std::int64_t px = 0; px < std::min(p.dw, OW); ++px) {
+        const std::int64_t ty = ceil_div(ceil_div(OH - py, p.dh), 4), tx = ceil_div(ceil_div(OW - px, p.dw), 4);
         if (!out) {
           count += ty * tx;
           continue;
@@ -106,27 +138,62 @@ std::int64_t list_tiles(const Problem& p, Tile* out) {
 }
 
 // The transformed weights of one block of outputs [o0, o0 + width) (width a multiple of
-// W; outputs past O are zeros) for the weights w (wK, wC, 3, 3): forward, reduction
-// rows r = c and outputs o = k; grad-input, r = k and o = c, each kernel turned by 180
-// degrees. Row r of position q goes to U[q*q_ld + r*ld + o - o0] (ld >= width). The
-// weights are first transposed so that o is contiguous, wt[r][t][o - o0] for tap t
-// (9 x R x width floats), then transformed a vector of o at a time.
+// W; outputs past O are zeros) for the weights w (wK, wC, kh, kw) seen through taps:
+// forward, reduction rows r = (input phase, c) and outputs o = k; grad-input, r = k and
+// o = (output phase, c), each kernel turned by 180 degrees. Row r of position q goes to
+// U[q*q_ld + r*ld + o - o0] (ld >= width). The weights are first transposed so that o is
+// contiguous, wt[r][t][o - o0] for phase-space tap t (9 x R x width floats), then
+// transformed a vector of o at a time. Unless the phase-space taps are the kernel's own,
+// the transpose goes to raw (the kernel's taps, as many floats as wt) and wt gathers its
+// rows from there.
 void transform_weight_block(const WinogradKernels& wk, const ConvKernels<float>& ks, const float* w, std::int64_t wK,
-                            std::int64_t wC, bool rotated, std::int64_t o0, std::int64_t width, float* wt,
-                            float* U, std::int64_t ld, std::int64_t q_ld) {
-  const std::int64_t R = rotated ? wK : wC, O = rotated ? wC : wK, n = std::min(width, O - o0);
-  if (rotated)
-    for (std::int64_t k = 0; k < R; ++k) ks.transpose(w + (k * wC + o0) * 9, 9, wt + k * 9 * width, width, n, 9);
-  else
-    ks.transpose(w + o0 * wC * 9, wC * 9, wt, width, n, R * 9);
-  if (n < width)
-    for (std::int64_t row = 0; row < R * 9; ++row) std::fill(wt + row * width + n, wt + (row + 1) * width, 0.0f);
+                            std::int64_t wC, const PhaseTaps& taps, bool rotated, std::int64_t o0, std::int64_t width,
+                            float* raw, float* wt, float* U, std::int64_t ld, std::int64_t q_ld) {
+  const std::int64_t khw = taps.kh * taps.kw, phases = taps.sh * taps.sw;
+  const std::int64_t R = rotated ? wK : phases * wC, O = rotated ? phases * wC : wK, n = std::min(width, O - o0);
+  const bool direct = taps.identity();
+  auto zero_tail = [&](float* row) { std::fill(row + n, row + width, 0.0f); };
+  if (rotated) {
+    for (std::int64_t k = 0; k < R; ++k) {
+      float* dst = wt + k * 9 * width;
+      if (direct) {
+        ks.transpose(w + (k * wC + o0) * 9, 9, dst, width, n, 9);
+      } else {  // raw[t][c] for all c; row t' of wt = runs of raw's rows, phase by phase
+        ks.transpose(w + k * wC * khw, khw, raw, wC, wC, khw);
+        for (std::int64_t t = 0; t < 9; ++t)
+          for (std::int64_t ph = o0 / wC; ph * wC < o0 + n; ++ph) {
+            const std::int64_t lo = std::max(o0, ph * wC), hi = std::min(o0 + n, (ph + 1) * wC);
+            const std::int64_t tap = taps.at(ph, t / 3, t % 3);
+            float* run = dst + t * width + lo - o0;
+            if (tap < 0)
+              std::fill(run, run + hi - lo, 0.0f);
+            else
+              std::copy(raw + tap * wC + lo - ph * wC, raw + tap * wC + hi - ph * wC, run);
+          }
+      }
+      for (std::int64_t t = 0; t < 9; ++t) zero_tail(dst + t * width);
+    }
+  } else {
+    float* tw = direct ? wt : raw;  // tw[c*khw + tap][o - o0]
+    ks.transpose(w + o0 * wC * khw, wC * khw, tw, width, n, wC * khw);
+    for (std::int64_t row = 0; row < wC * khw; ++row) zero_tail(tw + row * width);
+    if (!direct)
+      for (std::int64_t r = 0; r < R; ++r)
+        for (std::int64_t t = 0; t < 9; ++t) {
+          const std::int64_t tap = taps.at(r / wC, t / 3, t % 3);
+          float* dst = wt + (r * 9 + t) * width;
+          if (tap < 0)
+            std::fill(dst, dst + width, 0.0f);
+          else
+            std::copy_n(tw + (r % wC * khw + tap) * width, width, dst);
+        }
+  }
   for (std::int64_t r = 0; r < R; ++r) {
-    const float* taps = wt + r * 9 * width;
+    const float* t = wt + r * 9 * width;
     if (rotated)
-      wk.weight(taps + 8 * width, -width, width, U + r * ld, q_ld);
+      wk.weight(t + 8 * width, -width, width, U + r * ld, q_ld);
     else
-      wk.weight(taps, width, width, U + r * ld, q_ld);
+      wk.weight(t, width, width, U + r * ld, q_ld);
   }
 }
 
@@ -135,7 +202,7 @@ void transform_weight_block(const WinogradKernels& wk, const ConvKernels<float>&
 // thread, winograd / direct time with repeated against new weights: ResNet 3x3 64 0.44
 // against 0.52, ResNet 3x3 256 on 14x14 0.52 / 0.54, DeepLab dilation 2 0.47 / 0.53).
 // A hit needs the same weights bit for bit (compared in full: an array may be changed
-// in place between calls), the same orientation, padding and ISA. An entry is made only
+// in place between calls), the same orientation, phase-space taps and ISA. An entry is made only
 // for weights seen before (a sample of 64 values, their address and shape recorded at
 // the first call), so training, whose weights change every step, never pays for copies
 // it would not reuse. Bounded in entries and bytes; an entry in use stays alive
@@ -143,10 +210,12 @@ void transform_weight_block(const WinogradKernels& wk, const ConvKernels<float>&
 struct WeightKey {
   const float* w;
   std::int64_t n, Kw, KB;  // weights' size; transformed: outputs and block width
+  PhaseTaps taps;
   bool rotated;
   Isa isa;
   bool operator==(const WeightKey& o) const {
-    return w == o.w && n == o.n && Kw == o.Kw && KB == o.KB && rotated == o.rotated && isa == o.isa;
+    return w == o.w && n == o.n && Kw == o.Kw && KB == o.KB && taps == o.taps && rotated == o.rotated &&
+           isa == o.isa;
   }
 };
 
@@ -210,19 +279,20 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   if (T == 0) return;
   const WinogradKernels& wk = winograd_kernels();
   const ConvKernels<float>& ks = conv_kernels<float>();
+  const std::int64_t C = p.Ci(), K = p.Ko(), Hi = p.Hi(), Wi = p.Wi();  // in phase space
   // The GEMM kernel: least rows (tiles, rounded to R) x columns (output channels, rounded
   // to P) per efficiency. Unlike the direct engine's choice, a last narrower run of
   // columns costs a full tile: the narrow tiles are load-bound (ResNet's K = 64 ran as
   // 48 + 16 columns on 8x48 tiles, 20% slower than on 6x64 tiles).
   const DirectKernel<float>& kern = cheapest(ks.direct, forced_conv_kernel(false), [&](const DirectKernel<float>& k) {
-    return double(round_up(T, k.R)) * double(round_up(p.K, k.P));
+    return double(round_up(T, k.R)) * double(round_up(K, k.P));
   });
   const std::int64_t R = kern.R, P = kern.P;
-  const std::int64_t Cp = round_up(p.C, wk.W), Kw = round_up(p.K, wk.W);
+  const std::int64_t Cp = round_up(C, wk.W), Kw = round_up(K, wk.W);
   // Output-channel blocks of KB (a multiple of P, the last one narrower): their
   // transformed weights, 36 x C x KB floats, are made right before the products that
   // read them (see kUBytes).
-  const std::int64_t KB = std::min(round_up(Kw, P), std::max(P, kUBytes / (36 * 4 * p.C) / P * P));
+  const std::int64_t KB = std::min(round_up(Kw, P), std::max(P, kUBytes / (36 * 4 * C) / P * P));
   const std::int64_t nkb = ceil_div(Kw, KB);
   // Super-blocks of S tiles, as many as fit kBlockBytes; tasks (super-block, slice of the
   // output-channel blocks). Each task transforms the weights of its slice and the input
@@ -244,31 +314,35 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   blocks = round_up(blocks, std::min(threads, blocks));
   const std::int64_t S = round_up(ceil_div(T, blocks), R);
   const std::int64_t slots = std::min(threads, blocks * slices);
-  const std::int64_t Vq = skewed(S * Cp), Mq = skewed(S * KB), Uq = skewed(p.C * KB);  // position strides
-  const bool in_place = p.layout == Layout::NHWC && Cp == p.C;
+  const std::int64_t Vq = skewed(S * Cp), Mq = skewed(S * KB), Uq = skewed(C * KB);  // position strides
+  const bool in_place = p.layout == Layout::NHWC && Cp == p.C && p.ish * p.isw == 1;
 
   Workspace ws;
   const auto tiles_at = ws.add<Tile>(T);
-  const auto ent_at = ws.add<Entry>(p.C);
+  const auto ent_at = ws.add<Entry>(C);
   const auto bias_at = ws.add<float>(bias ? Kw : 0);
-  const auto x_at = ws.add<float>(in_place ? 0 : buffer_size({p.N, p.H, p.W, Cp}));
+  const auto x_at = ws.add<float>(in_place ? 0 : buffer_size({p.N, Hi, Wi, Cp}));
+  const bool row_scratch = p.layout == Layout::NCHW && p.isw > 1;  // see 2.
+  const auto row_at = ws.add<float>(row_scratch ? buffer_size({threads, p.W, p.C}) : 0);
   const auto zero_at = ws.add<float>(Cp);
   const auto V_at = ws.add<float>(buffer_size({slots, 36, Vq}));
-  const auto M_at = ws.add<float>(buffer_size({slots, 36, Mq}));
+  const auto M_at = ws.add<float>(buffer_size({slots, 36, Mq}) + wk.W);  // an output phase's last vector reads past
   const auto U_at = ws.add<float>(buffer_size({slots, 36, Uq}));
-  const auto wt_at = ws.add<float>(buffer_size({std::max(slots, nkb), 9, p.C, KB}));
+  const std::int64_t wt_size = buffer_size({9, C, KB});
+  const auto wt_at = ws.add<float>(buffer_size({std::max(slots, nkb), wt_size}));
+  const auto raw_at = ws.add<float>(p.taps.identity() ? 0 : buffer_size({std::max(slots, nkb), wt_size}));
   ws.allocate();
   Tile* tiles = ws.at<Tile>(tiles_at);
   list_tiles(p, tiles);
   float* zeros = ws.at<float>(zero_at);
   std::fill(zeros, zeros + Cp, 0.0f);
   Entry* ent = ws.at<Entry>(ent_at);
-  for (std::int64_t c = 0; c < p.C; ++c) ent[c] = {c * KB, c};
+  for (std::int64_t c = 0; c < C; ++c) ent[c] = {c * KB, c};
 
   // 1. Weights: the transformed blocks of weights seen before are kept (see WeightCache),
   // one after another (block b at b x 36 x Uq); others are transformed per task.
   const std::int64_t wK = rotated ? p.C : p.K, wC = rotated ? p.K : p.C;
-  const WeightKey key{w, buffer_size({wK, wC, 9}), Kw, KB, rotated, active_isa()};
+  const WeightKey key{w, buffer_size({wK, wC, p.taps.kh, p.taps.kw}), Kw, KB, p.taps, rotated, active_isa()};
   bool seen = false;
   std::shared_ptr<const TransformedWeights> cached = weight_cache().find(key, &seen);
   if (!cached && seen) {
@@ -277,8 +351,9 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
     e->raw.assign(w, w + key.n);
     e->U.resize(static_cast<std::size_t>(buffer_size({nkb, 36, Uq})));
     parallel_for(nkb, [&](std::int64_t kb) {
-      transform_weight_block(wk, ks, w, wK, wC, rotated, kb * KB, std::min(KB, Kw - kb * KB),
-                             ws.at<float>(wt_at) + kb * 9 * p.C * KB, e->U.data() + kb * 36 * Uq, KB, Uq);
+      transform_weight_block(wk, ks, w, wK, wC, p.taps, rotated, kb * KB, std::min(KB, Kw - kb * KB),
+                             ws.at<float>(raw_at) + kb * wt_size, ws.at<float>(wt_at) + kb * wt_size,
+                             e->U.data() + kb * 36 * Uq, KB, Uq);
     });
     weight_cache().add(e);
     cached = e;
@@ -286,25 +361,40 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   float* b = nullptr;
   if (bias) {
     b = ws.at<float>(bias_at);
-    std::copy(bias, bias + p.K, b);
-    std::fill(b + p.K, b + Kw, 0.0f);
+    std::copy(bias, bias + K, b);
+    std::fill(b + K, b + Kw, 0.0f);
   }
 
-  // 2. Channels-last input, channels padded to Cp with zeros.
-  const std::int64_t HW = p.H * p.W;
+  // 2. Channels-last input in phase space, channels padded to Cp with zeros: phase-space
+  // rows, filled by the ish input rows of each phase by phase (NCHW rows transposed,
+  // straight into place when their pixels stay adjacent, isw = 1, else through a row of
+  // scratch), split evenly over the threads.
   const float* xin = x;
   if (!in_place) {
     float* xp = ws.at<float>(x_at);
-    constexpr std::int64_t kChunk = 1024;  // pixels per packing task
-    const std::int64_t chunks = ceil_div(HW, kChunk);
-    parallel_for(p.N * chunks, [&](std::int64_t task) {
-      const std::int64_t n = task / chunks, p0 = task % chunks * kChunk, cnt = std::min(kChunk, HW - p0);
-      float* dst = xp + (n * HW + p0) * Cp;
-      if (p.layout == Layout::NCHW)
-        ks.transpose(x + n * p.C * HW + p0, HW, dst, Cp, p.C, cnt);
-      else
-        for (std::int64_t i = 0; i < cnt; ++i) std::copy_n(x + (n * HW + p0 + i) * p.C, p.C, dst + i * Cp);
-      for (std::int64_t i = 0; i < cnt; ++i) std::fill(dst + i * Cp + p.C, dst + (i + 1) * Cp, 0.0f);
+    const std::int64_t rows = p.N * Hi, parts = std::min(threads, rows);
+    parallel_for(parts, [&](std::int64_t part) {
+      float* scratch = ws.at<float>(row_at) + part * p.W * p.C;
+      for (std::int64_t task = part * rows / parts; task < (part + 1) * rows / parts; ++task) {
+        const std::int64_t n = task / Hi, I = task % Hi;
+        float* dst = xp + task * Wi * Cp;
+        if (Cp != C || p.ish * (I + 1) > p.H || p.isw * Wi != p.W) std::fill(dst, dst + Wi * Cp, 0.0f);
+        for (std::int64_t ry = 0; ry < p.ish && p.ish * I + ry < p.H; ++ry) {
+          const std::int64_t h = p.ish * I + ry;
+          const float* src = x + (n * p.H + h) * p.W * p.C;  // NHWC: the row's pixels
+          if (p.layout == Layout::NCHW) {
+            const float* planes = x + (n * p.C * p.H + h) * p.W;
+            if (p.isw == 1) {
+              ks.transpose(planes, p.H * p.W, dst + ry * p.C, Cp, p.C, p.W);
+              continue;
+            }
+            ks.transpose(planes, p.H * p.W, scratch, p.C, p.C, p.W);
+            src = scratch;
+          }
+          for (std::int64_t wx = 0; wx < p.W; ++wx)
+            std::copy_n(src + wx * p.C, p.C, dst + wx / p.isw * Cp + (ry * p.isw + wx % p.isw) * p.C);
+        }
+      }
     });
     xin = xp;
   }
@@ -336,8 +426,8 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
             const std::int64_t iy = tl.oy0 + p.top + i * p.dh;
             for (int j = 0; j < 6; ++j) {
               const std::int64_t ix = tl.ox0 + p.left + j * p.dw;
-              const bool inside = iy >= 0 && iy < p.H && ix >= 0 && ix < p.W;
-              src[6 * i + j] = inside ? xin + ((tl.n * p.H + iy) * p.W + ix) * Cp : zeros;
+              const bool inside = iy >= 0 && iy < Hi && ix >= 0 && ix < Wi;
+              src[6 * i + j] = inside ? xin + ((tl.n * Hi + iy) * Wi + ix) * Cp : zeros;
             }
           }
           wk.input(src, Cp, V + s * Cp, Vq);
@@ -354,8 +444,8 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
           U = cached->U.data() + kb * 36 * Uq;
         } else {
           float* Ub = ws.at<float>(U_at) + slot * 36 * Uq;
-          transform_weight_block(wk, ks, w, wK, wC, rotated, k0, kw, ws.at<float>(wt_at) + slot * 9 * p.C * KB, Ub,
-                                 KB, Uq);
+          transform_weight_block(wk, ks, w, wK, wC, p.taps, rotated, k0, kw, ws.at<float>(raw_at) + slot * wt_size,
+                                 ws.at<float>(wt_at) + slot * wt_size, Ub, KB, Uq);
           U = Ub;
         }
         const std::int64_t groups = ceil_div(nt, R);
@@ -364,41 +454,59 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
             for (std::int64_t tg = 0; tg < groups; ++tg) {
               const std::int64_t s0 = tg * R;
               const OutMap<float> out{M + q * Mq + s0 * KB, KB, 0, 1, 1, KB, KB};
-              const DirectTile<float> tile{U + q * Uq + kk, ent, p.C, V + q * Vq + s0 * Cp, Cp, nullptr,
+              const DirectTile<float> tile{U + q * Uq + kk, ent, C, V + q * Vq + s0 * Cp, Cp, nullptr,
                                            false, static_cast<int>(std::min(R, nt - s0)), 0, kk, out};
               kern.tile[static_cast<std::size_t>(kern.vectors_at(kk, kw) - 1)](tile);
             }
-        // 3c. Output transform, bias and ReLU into y.
+        // 3c. Output transform, bias and ReLU into y: the block's channels phase by
+        // phase, each phase's into its own pixels of y.
         float* dst[16];
         for (std::int64_t s = 0; s < nt; ++s) {
           const Tile& tl = tiles[t0 + s];
-          for (int a = 0; a < 4; ++a)
-            for (int bb = 0; bb < 4; ++bb) {
-              const std::int64_t oy = tl.oy0 + a * p.dh, ox = tl.ox0 + bb * p.dw;
-              dst[4 * a + bb] =
-                  oy < p.OH && ox < p.OW ? y + tl.n * ys.n + oy * ys.h + ox * ys.w + k0 * ys.c : nullptr;
-            }
-          wk.output(M + s * KB, Mq, std::min(kw, p.K - k0), b ? b + k0 : nullptr, relu, dst, ys.c);
+          for (std::int64_t ph = k0 / p.K; ph * p.K < std::min(k0 + kw, K); ++ph) {
+            const std::int64_t lo = std::max(k0, ph * p.K), hi = std::min({k0 + kw, (ph + 1) * p.K, K});
+            const std::int64_t ry = ph / p.osw, rx = ph % p.osw;
+            for (int a = 0; a < 4; ++a)
+              for (int bb = 0; bb < 4; ++bb) {
+                const std::int64_t oy = (tl.oy0 + a * p.dh) * p.osh + ry, ox = (tl.ox0 + bb * p.dw) * p.osw + rx;
+                dst[4 * a + bb] = oy < p.OH && ox < p.OW
+                                      ? y + tl.n * ys.n + oy * ys.h + ox * ys.w + (lo - ph * p.K) * ys.c
+                                      : nullptr;
+              }
+            wk.output(M + s * KB + lo - k0, Mq, hi - lo, b ? b + lo : nullptr, relu, dst, ys.c);
+          }
         }
       }
     }
   });
 }
 
+// A strided layer splits its input into stride phases (see conv_winograd.h); phase-space
+// tap i of phase r reads input pixel s*(o + top + i) + r, which is the kernel's tap
+// by + s*i + r of output o when top = -ceil(pad / s) (by: winograd_phase_base).
+PhaseTaps phase_taps(const ConvGeom& g) {
+  return {g.kh, g.kw, g.sh, g.sw, winograd_phase_base(g.pt, g.sh), winograd_phase_base(g.pl, g.sw)};
+}
+
 }  // namespace
 
 void winograd_forward(const ConvGeom& g, Layout layout, const float* x, const float* w, const float* bias, bool relu,
                       float* y) {
-  run({g.N, g.C, g.H, g.W, g.K, g.OH, g.OW, -g.pt, -g.pl, g.dh, g.dw, layout}, x, w, false, bias, relu, y);
+  run({g.N, g.C, g.H, g.W, g.K, g.OH, g.OW, g.sh, g.sw, 1, 1, -ceil_div(g.pt, g.sh), -ceil_div(g.pl, g.sw), g.dh,
+       g.dw, layout, phase_taps(g)},
+      x, w, false, bias, relu, y);
 }
 
-// grad_x(h, w) = sum over k, i, j of grad_y(h + pt - i*dh, w + pl - j*dw) w[k][c][i][j]:
-// with i' = 2 - i, a correlation reading grad_y at h + (pt - 2*dh) + i'*dh, so top =
-// pt - 2*dh (positive when the padding exceeds the kernel's reach: those grad_y rows
-// are skipped, as the bounds test treats any offset alike).
+// grad_x = the forward's adjoint in phase space: phase-space pixel h of grad_x (its
+// input) gathers grad_y(h - top_f - i*dh) w[i] over the taps, a correlation of the taps
+// turned by 180 degrees (i' = 2 - i) reading grad_y at h + (-top_f - 2*dh) + i'*dh:
+// top = -top_f - 2*dh (positive when the padding exceeds the kernel's reach: those grad_y
+// rows are skipped, as the bounds test treats any offset alike). Its output is in phase
+// space, split back into grad_x's pixels by the output transform.
 void winograd_grad_input(const ConvGeom& g, Layout layout, const float* gy, const float* w, float* gx) {
-  run({g.N, g.K, g.OH, g.OW, g.C, g.H, g.W, g.pt - 2 * g.dh, g.pl - 2 * g.dw, g.dh, g.dw, layout}, gy, w, true,
-      nullptr, false, gx);
+  run({g.N, g.K, g.OH, g.OW, g.C, g.H, g.W, 1, 1, g.sh, g.sw, ceil_div(g.pt, g.sh) - 2 * g.dh,
+       ceil_div(g.pl, g.sw) - 2 * g.dw, g.dh, g.dw, layout, phase_taps(g)},
+      gy, w, true, nullptr, false, gx);
 }
 
 }  // namespace convkit

@@ -1,13 +1,24 @@
-// Winograd F(4x4, 3x3) convolution (algo="winograd"): float32, 3x3 kernels, stride 1,
-// any dilation and padding, groups == 1, NCHW and NHWC. Each 4x4 block of outputs costs
-// 36 multiplies per (input, output channel) pair instead of 144: the input tiles and
-// the weights are transformed into 36 "positions", multiplied there as 36 independent
-// matrix products [tiles x C] x [C x K] (the direct engine's register-tiled FMA kernel),
-// and the products transformed back (see src/conv_winograd.cpp).
+// Winograd F(4x4, 3x3) convolution (algo="winograd"): float32, groups == 1, NCHW and
+// NHWC. Each 4x4 block of outputs costs 36 multiplies per (input, output channel) pair
+// instead of 144 for a 3x3 kernel: the input tiles and the weights are transformed into
+// 36 "positions", multiplied there as 36 independent matrix products [tiles x C] x
+// [C x K] (the direct engine's register-tiled FMA kernel), and the products transformed
+// back (see src/conv_winograd.cpp).
 //
 // Dilation d keeps the method: the outputs (y, x) with the same (y mod dh, x mod dw)
 // form an ordinary 3x3 stride-1 convolution over the input pixels of that sub-grid,
 // so a tile is 4x4 outputs spaced dh rows and dw columns apart.
+//
+// Stride s turns into channels ("phase space", space-to-depth): output o reads input
+// pixels s*o + t - pad, and with t = s*i + r those are pixel o + i (shifted) of the
+// input's phase r, the sub-image of its pixels s*m + r. Stacking the s*s phases as
+// channels (C -> s*s*C) makes the layer a stride-1 convolution whose kernel has
+// ceil(k / s) taps per axis (one more when the padding is not a multiple of s), its
+// tap i of phase r being the kernel's tap s*i + r (zero past the kernel). When that is
+// at most 3 it is a (zero-padded) 3x3 stride-1 convolution: AlexNet's 11x11 stride-4
+// conv1 becomes 48 channels of 3x3, 108 multiplies per output instead of 363. The
+// grad-input is the same in reverse, its output split back from phase space (which
+// makes conv_transpose2d's forward, a conv2d grad-input, covered alike).
 #pragma once
 #include <cstdint>
 
@@ -16,9 +27,21 @@
 
 namespace convkit {
 
-// Whether the Winograd operators compute this geometry (the bindings refuse the rest).
+// The offset of a stride-s kernel's first phase-space tap from its first tap, padding p
+// before the input, in (-s, 0]: pixel 0 of the input's phase 0 is the input's pixel 0.
+inline std::int64_t winograd_phase_base(std::int64_t p, std::int64_t s) { return p % s ? p % s - s : 0; }
+
+// Taps of a stride-s kernel of k taps per axis in phase space.
+inline std::int64_t winograd_phase_taps(std::int64_t k, std::int64_t s, std::int64_t p) {
+  return (k - winograd_phase_base(p, s) + s - 1) / s;
+}
+
+// Whether the Winograd operators compute this geometry (the bindings refuse the rest):
+// at most 3 phase-space taps per axis, groups == 1, and dilation only at stride 1.
 inline bool winograd_covers(const ConvGeom& g) {
-  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.groups == 1;
+  const bool dilated = g.dh != 1 || g.dw != 1, strided = g.sh != 1 || g.sw != 1;
+  return g.groups == 1 && !(dilated && strided) && winograd_phase_taps(g.kh, g.sh, g.pt) <= 3 &&
+         winograd_phase_taps(g.kw, g.sw, g.pl) <= 3;
 }
 
 // y = conv2d(x, w) + bias, then ReLU if asked (g covered, see above).

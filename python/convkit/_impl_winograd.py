@@ -20,21 +20,34 @@ from ._registry import register
 _LAYOUTS = ("NCHW", "NHWC")
 
 
+def phase_taps(k, s, pad):
+    """Taps per axis of a stride-s kernel of k taps split into stride phases (see
+    src/conv_winograd.h): ceil(k / s), one more when pad is not a multiple of s."""
+    base = pad % s - s if pad % s else 0
+    return -((base - k) // s)
+
+
 def covers(geom, dtype):
     """None when the Winograd kernels compute this call, else why not."""
     if dtype is not None and np.dtype(dtype) != np.float32:
         return f"float32 only, got {np.dtype(dtype).name}"
-    if (geom.kh, geom.kw) != (3, 3) or geom.stride != (1, 1) or geom.groups != 1:
-        return (f"needs a 3x3 kernel, stride 1 and groups 1, got kernel {(geom.kh, geom.kw)}, "
-                f"stride {geom.stride}, groups {geom.groups}")
+    taps = (phase_taps(geom.kh, geom.stride[0], geom.padding[0]),
+            phase_taps(geom.kw, geom.stride[1], geom.padding[2]))
+    strided, dilated = geom.stride != (1, 1), geom.dilation != (1, 1)
+    if geom.groups != 1 or (strided and dilated) or max(taps) > 3:
+        return (f"needs groups 1, dilation only at stride 1 and at most 3 taps per stride phase "
+                f"(kernel <= 3 x stride), got kernel {(geom.kh, geom.kw)}, stride {geom.stride}, "
+                f"dilation {geom.dilation}, groups {geom.groups} ({taps[0]}x{taps[1]} phase taps)")
     return None
 
 
 @register("conv2d_forward", "winograd", layouts=_LAYOUTS, covers=covers)
 def conv2d_forward(x, w, bias, geom, activation, layout):
-    return _cpu.winograd_conv2d_forward(x, w, bias, geom.padding, geom.dilation, activation == "relu", layout)
+    return _cpu.winograd_conv2d_forward(x, w, bias, geom.stride, geom.padding, geom.dilation, activation == "relu",
+                                        layout)
 
 
 @register("conv2d_grad_input", "winograd", layouts=_LAYOUTS, covers=covers)
 def conv2d_grad_input(grad_y, w, geom, layout):
-    return _cpu.winograd_conv2d_grad_input(grad_y, w, (geom.H, geom.W), geom.padding, geom.dilation, layout)
+    return _cpu.winograd_conv2d_grad_input(grad_y, w, (geom.H, geom.W), geom.stride, geom.padding, geom.dilation,
+                                           layout)
