@@ -1,9 +1,12 @@
-"""Winograd F(4x4, 3x3) vs the direct engine vs PyTorch on the suite's 3x3 stride-1 layers.
+"""Winograd F(4x4, 3x3) vs the direct engine vs PyTorch on the suite's layers it covers.
 
     python bench/winograd_vs_direct.py [--threads 1] [--clock cpu] [--blocks 7] [--layers a,b] [--fresh-weights]
 
-Per layer, forward and grad-input (conv_transpose2d's forward at stride 1), float32,
-NCHW: GFLOP/s (direct-convolution FLOPs, a multiply-add counted as 2, so the rates
+Every conv2d and conv_transpose2d layer of the suite that algo="winograd" computes (3x3
+stride 1 any dilation, and strided kernels of at most 3 taps per stride phase), in
+conv2d's terms: a conv_transpose2d layer is the conv2d whose grad-input it is, so its
+forward is the "gin" row and its grad-input the "fwd" row. Per layer and direction,
+float32, NCHW: GFLOP/s (direct-convolution FLOPs, a multiply-add counted as 2, so the rates
 compare times) of algo="winograd", algo="direct" and torch; the time ratios; and each
 convkit algorithm's largest error against the float64 reference, divided by the largest
 |reference| (the project's float32 rule allows 1e-4). Side by side in one process,
@@ -31,6 +34,8 @@ import numpy as np
 
 import convkit
 from convkit import reference as ref
+from convkit._args import conv_geometry, conv_transpose_geometry
+from convkit._impl_winograd import covers as winograd_covers
 
 
 def _suite(path: str) -> list:
@@ -40,10 +45,28 @@ def _suite(path: str) -> list:
     raise SystemExit("suite.json not found (--suite)")
 
 
+def _as_conv2d(L: dict):
+    """(x shape, weight shape, stride, padding, dilation) of the conv2d a layer is or is
+    the adjoint of (conv_transpose2d: x is its output, weight as it takes it)."""
+    kh, kw = L["kernel"]
+    s, p, d = L["stride"], L["padding"], L["dilation"]
+    if L["op"] == "conv2d":
+        return (L["N"], L["C"], L["H"], L["W"]), (L["K"], L["C"] // L["groups"], kh, kw), s, p, d
+    g, _ = conv_transpose_geometry((L["N"], L["C"], L["H"], L["W"]), (L["C"], L["K"], kh, kw), s, p,
+                                   L["output_padding"], L["groups"], d)
+    return (g.N, g.C, g.H, g.W), (L["C"], L["K"], kh, kw), s, p, d
+
+
 def _winograd_layers(layers: list, names: str) -> list:
     want = set(filter(None, names.split(",")))
-    return [L for L in layers if L["op"] == "conv2d" and L["kernel"] == [3, 3] and L["stride"] == 1
-            and L["groups"] == 1 and (not want or L["name"] in want)]
+    out = []
+    for L in layers:
+        if L["op"] not in ("conv2d", "conv_transpose2d") or L["groups"] != 1 or (want and L["name"] not in want):
+            continue
+        x_shape, w_shape, s, p, d = _as_conv2d(L)
+        if winograd_covers(conv_geometry(x_shape, w_shape, s, p, d, 1), np.float32) is None:
+            out.append(L)
+    return out
 
 
 def _median_seconds(fns: dict, blocks: int, clock, before) -> dict:
@@ -93,9 +116,10 @@ def main() -> None:
           f"{'w/torch':>8s}  {'err winograd':>12s} {'err direct':>10s}")
     rng = np.random.default_rng(0)
     for L in _winograd_layers(_suite(args.suite), args.layers):
-        N, C, H, W, K, p, d = L["N"], L["C"], L["H"], L["W"], L["K"], L["padding"], L["dilation"]
-        x = rng.uniform(-1, 1, (N, C, H, W)).astype(np.float32)
-        w = rng.uniform(-1, 1, (K, C, 3, 3)).astype(np.float32)
+        x_shape, w_shape, s, p, d = _as_conv2d(L)
+        H, W = x_shape[2:]
+        x = rng.uniform(-1, 1, x_shape).astype(np.float32)
+        w = rng.uniform(-1, 1, w_shape).astype(np.float32)
         w_sets = (w.copy(), rng.uniform(-1, 1, w.shape).astype(np.float32))
         step = iter(range(1 << 62))
 
@@ -103,17 +127,17 @@ def main() -> None:
             if args.fresh_weights:
                 i = next(step)
                 np.multiply(w_sets[i % 2], np.float32(1 + i * 2.0 ** -20), out=w)
-        y_ref = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, 1, p, d)
+        y_ref = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, s, p, d)
         gy = rng.uniform(-1, 1, y_ref.shape).astype(np.float32)
-        gx_ref = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), 1, p, d, 1)
-        flops = 2.0 * N * K * C * 9 * y_ref.shape[2] * y_ref.shape[3]
+        gx_ref = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), s, p, d, 1)
+        flops = 2.0 * y_ref.size * np.prod(w_shape[1:])
         xt, wt, gyt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(gy)
         directions = {
-            "fwd": ({a: (lambda a=a: convkit.conv2d(x, w, None, 1, p, d, algo=a)) for a in algos},
-                    lambda: torch.nn.functional.conv2d(xt, wt, None, 1, p, d), y_ref),
-            "gin": ({a: (lambda a=a: convkit.conv2d_backward(gy, x, w, 1, p, d, need_weight=False, need_bias=False,
+            "fwd": ({a: (lambda a=a: convkit.conv2d(x, w, None, s, p, d, algo=a)) for a in algos},
+                    lambda: torch.nn.functional.conv2d(xt, wt, None, s, p, d), y_ref),
+            "gin": ({a: (lambda a=a: convkit.conv2d_backward(gy, x, w, s, p, d, need_weight=False, need_bias=False,
                                                              algo=a)[0]) for a in algos},
-                    lambda: torch.ops.aten.convolution_backward(gyt, xt, wt, None, [1, 1], [p, p], [d, d], False,
+                    lambda: torch.ops.aten.convolution_backward(gyt, xt, wt, None, [s, s], [p, p], [d, d], False,
                                                                 [0, 0], 1, [True, False, False])[0], gx_ref),
         }
         for direction, (ours, theirs, want) in directions.items():

@@ -1,16 +1,21 @@
-"""algo="winograd" (F(4x4, 3x3), float32, 3x3 stride 1, groups 1) against the reference.
+"""algo="winograd" (F(4x4, 3x3), float32, groups 1; 3x3 at stride 1, and strided kernels
+of at most 3 taps per stride phase) against the reference.
 
 The grid hits the tile edges (sizes below, at and above multiples of the 4x4 output tile,
 1x1 images), paddings 0/1/2/asymmetric/"same" and larger than the kernel's reach,
 dilations 1..3 (a 4x4 tile per dilation sub-grid), channel counts around the vector
-widths, batches, both layouts, every ISA; also every GEMM kernel of the active ISA,
-several super-blocks of tiles, and the calls it refuses.
+widths, batches, both layouts, every ISA; strides 2-4 with kernels up to 3x the stride
+(zero taps in phase space), sizes that are not multiples of the stride, paddings that
+are or are not multiples of it, conv_transpose2d with output_padding; also every GEMM
+kernel of the active ISA, several super-blocks of tiles, and the calls it refuses.
 """
 import numpy as np
 import pytest
 
 import convkit
 from convkit import _cpu, reference as ref
+from convkit._args import conv_geometry
+from convkit._impl_winograd import covers
 from convkit._registry import NotCovered
 from helpers import CONV_GRID, ISAS, assert_close, conv_inputs, conv_reference, forced_isa
 
@@ -74,8 +79,61 @@ def test_forward_and_grad_input_match_reference(case, layout, isa):
     assert_close(back(gx), gx64, F32)
 
 
-def _covered(case):  # what Winograd computes: 3x3, stride 1, groups 1, any padding and dilation
-    return (case.kh, case.kw) == (3, 3) and case.stride in (1, (1, 1)) and case.groups == 1
+def _covered(case):
+    geom = conv_geometry((case.N, case.C, case.H, case.W), (case.K, case.C // case.groups, case.kh, case.kw),
+                         case.stride, case.padding, case.dilation, case.groups)
+    return covers(geom, F32) is None
+
+
+# Strided: (N, C, H, W, K, kernel, stride, padding)
+STRIDED = [
+    (1, 3, 27, 27, 8, (11, 11), 4, 0),        # AlexNet's conv1 in small: 48 phase channels
+    (2, 5, 13, 12, 7, (4, 4), 2, 1),          # DCGAN's 4x4 stride 2: odd padding, 3 phase taps
+    (1, 4, 9, 10, 3, (5, 5), 2, 2),           # sizes not multiples of the stride
+    (1, 3, 14, 15, 17, (3, 3), 2, 1),         # 2 phase taps, zero-padded to 3
+    (1, 2, 11, 9, 5, (6, 4), (3, 2), (1, 0)),  # per-axis strides and kernels
+    (2, 6, 8, 7, 16, (2, 3), (2, 1), (0, 1)),  # stride 1 on one axis only
+    (1, 1, 1, 1, 2, (2, 2), 2, 1),            # 1x1 image, padding past the reach
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", STRIDED, ids=str)
+def test_strided_forward_and_grad_input_match_reference(case, layout, isa):
+    N, C, H, W, K, kernel, stride, padding = case
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (N, C, H, W)).astype(F32)
+    w = rng.uniform(-1, 1, (K, C, *kernel)).astype(F32)
+    b = rng.uniform(-1, 1, K).astype(F32)
+    y64 = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), stride, padding)
+    gy = rng.uniform(-1, 1, y64.shape).astype(F32)
+    gx64 = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), stride, padding, 1, 1)
+    to, back = (_nhwc, _nchw) if layout == "NHWC" else (lambda a: a, lambda a: a)
+    with forced_isa(isa):
+        y = convkit.conv2d(to(x), w, b, stride, padding, activation="relu", layout=layout, algo="winograd")
+        gx, _, _ = convkit.conv2d_backward(to(gy), to(x), w, stride, padding, need_weight=False, need_bias=False,
+                                           layout=layout, algo="winograd")
+    assert_close(back(y), np.maximum(y64, 0.0), F32)
+    assert_close(back(gx), gx64, F32)
+
+
+@pytest.mark.parametrize("case", [((8, 6, 5, 5), (6, 4, 4, 4), 2, 1, 0), ((1, 4, 7, 6), (4, 3, 3, 3), 2, 1, 1),
+                                  ((2, 3, 4, 5), (3, 5, 5, 5), 3, 2, (2, 1))], ids=str)
+def test_strided_conv_transpose2d_with_output_padding(case):
+    """conv_transpose2d's forward is the strided grad-input, its grad-input the strided
+    forward (both in phase space), through the public API."""
+    x_shape, w_shape, stride, padding, output_padding = case
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, x_shape).astype(F32)
+    w = rng.uniform(-1, 1, w_shape).astype(F32)
+    want = ref.conv_transpose2d(x.astype(np.float64), w.astype(np.float64), None, stride, padding, output_padding)
+    got = convkit.conv_transpose2d(x, w, None, stride, padding, output_padding, algo="winograd")
+    assert_close(got, want, F32)
+    gy = rng.uniform(-1, 1, want.shape).astype(F32)
+    gx = convkit.conv_transpose2d_backward(gy, x, w, stride, padding, output_padding, need_weight=False,
+                                           need_bias=False, algo="winograd")[0]
+    assert_close(gx, ref.conv2d(gy.astype(np.float64), w.astype(np.float64), None, stride, padding), F32)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -189,7 +247,8 @@ def test_super_blocks_taken_by_either_thread_give_the_same_bits():
 
 @pytest.mark.parametrize("what, kwargs, dtype, k", [
     ("5x5 kernel", {}, F32, 5),
-    ("stride 2", {"stride": 2}, F32, 3),
+    ("7x7 stride 2: 4 phase taps", {"stride": 2, "padding": 3}, F32, 7),
+    ("stride and dilation", {"stride": 2, "dilation": 2}, F32, 3),
     ("groups 2", {"groups": 2}, F32, 3),
     ("float64", {}, np.float64, 3),
 ])
@@ -202,12 +261,15 @@ def test_refuses_what_it_does_not_compute(what, kwargs, dtype, k):
 
 
 def test_the_binding_checks_the_shape_again():
-    with pytest.raises(ValueError, match="3x3 kernel"):
-        _cpu.winograd_conv2d_forward(np.ones((1, 4, 8, 8), F32), np.ones((4, 4, 5, 5), F32), None, (0, 0, 0, 0),
-                                     (1, 1))
+    with pytest.raises(ValueError, match="at most 3 taps per stride phase"):
+        _cpu.winograd_conv2d_forward(np.ones((1, 4, 8, 8), F32), np.ones((4, 4, 5, 5), F32), None, (1, 1),
+                                     (0, 0, 0, 0), (1, 1))
     with pytest.raises(ValueError, match="grad_output"):
-        _cpu.winograd_conv2d_grad_input(np.ones((1, 4, 5, 5), F32), np.ones((4, 4, 3, 3), F32), (8, 8),
+        _cpu.winograd_conv2d_grad_input(np.ones((1, 4, 5, 5), F32), np.ones((4, 4, 3, 3), F32), (8, 8), (1, 1),
                                         (0, 0, 0, 0), (1, 1))
+    with pytest.raises(ValueError, match="grad_output"):  # stride 2 makes 4x4 from 8x8, not 5x5
+        _cpu.winograd_conv2d_grad_input(np.ones((1, 4, 5, 5), F32), np.ones((4, 4, 3, 3), F32), (8, 8), (2, 2),
+                                        (1, 1, 1, 1), (1, 1))
 
 
 def test_weights_changed_in_place_between_calls_are_seen():
@@ -224,3 +286,19 @@ def test_weights_changed_in_place_between_calls_are_seen():
         assert_close(convkit.conv2d(x, w, None, 1, 1, 1, algo="winograd"), want, F32)
         gx = convkit.conv2d_backward(gy, x, w, 1, 1, 1, need_weight=False, need_bias=False, algo="winograd")[0]
         assert_close(gx, ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (10, 9), 1, 1, 1, 1), F32)
+
+
+def test_cached_weights_are_kept_apart_per_stride_and_padding():
+    """The same weights at another stride or padding make other phase-space taps: each call
+    seen before must find its own transformed weights, not those of the other geometry."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (1, 4, 12, 12)).astype(F32)
+    w = rng.uniform(-1, 1, (8, 4, 4, 4)).astype(F32)
+    for _ in range(3):  # the second call of each makes the cache entry, the third reads it
+        for stride, padding in ((2, 1), (2, 0), (2, 2), (1, 0)):
+            want = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, stride, padding)
+            if stride == 1:  # 4 taps at stride 1: not Winograd's, checked by the others
+                with pytest.raises(NotCovered):
+                    convkit.conv2d(x, w, None, stride, padding, algo="winograd")
+                continue
+            assert_close(convkit.conv2d(x, w, None, stride, padding, algo="winograd"), want, F32)

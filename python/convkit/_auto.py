@@ -57,18 +57,33 @@ def _padded_area(g) -> int:
 
 # Winograd's weight pairs (C x K) per 4x4 output tile it needs at least (see its rule).
 _WINOGRAD_PAIRS_PER_TILE = 8192
+# Its time against the direct engine's, predicted (see its rule): at most this ratio, with
+# this cost of the transforms per channel relative to a product's multiply-adds.
+_WINOGRAD_MAX_RATIO = 0.9
+_WINOGRAD_TRANSFORM_COST = 32
 
 
 def _winograd_pays(primitive: str, g) -> bool:
-    """Whether Winograd's tiles are full and many enough for its weight transform (see its
-    rule): 4x4 output tiles per dilation sub-grid over the primitive's output (grad-input:
-    the input's size), at least one per _WINOGRAD_PAIRS_PER_TILE weight pairs, and >= 60%
-    of their outputs real: inside the image, and (forward) reading some input, not only
-    padding (a padding past the kernel's reach: Winograd computes those outputs in full,
-    the direct engine skips their taps)."""
-    if (g.kh, g.kw) != (3, 3) or g.stride != (1, 1) or g.groups != 1:
+    """Whether Winograd (which computes g: the rules only see covering candidates) does
+    enough fewer multiplies for its transforms and channel padding, on tiles full and
+    many enough for its weight transform (see its rule). In stride-phase terms: the
+    reduction has s*s*C channels (grad-input: K), padded to a vector of 16, the products
+    2.25 s*s multiplies per output and reduction channel instead of the kernel's kh*kw;
+    4x4 output tiles per dilation sub-grid over the primitive's output (grad-input: the
+    input's phases), at least one per _WINOGRAD_PAIRS_PER_TILE weight pairs, and >= 60%
+    of their outputs real: inside the image, and (forward, stride 1) reading some input,
+    not only padding (a padding past the kernel's reach: Winograd computes those outputs
+    in full, the direct engine skips their taps)."""
+    sh, sw = g.stride
+    phase_c = sh * sw * g.C
+    red, out = (phase_c, g.K) if primitive == _FORWARD else (g.K, phase_c)
+    red_padded = -(-red // 16) * 16
+    fewer_multiplies = g.kh * g.kw / (2.25 * sh * sw)
+    ratio = (red_padded / red + _WINOGRAD_TRANSFORM_COST * (red_padded + out) / (red * out)) / fewer_multiplies
+    if ratio > _WINOGRAD_MAX_RATIO:
         return False
-    oh, ow = (g.OH, g.OW) if primitive == _FORWARD else (g.H, g.W)
+    oh, ow = (g.OH, g.OW) if primitive == _FORWARD else (-(-g.H // sh), -(-g.W // sw))
+
     def tiles_across(size, d):  # sub-grid i has ceil((size - i) / d) outputs, in tiles of 4
         return sum(-(-(-(-(size - i) // d)) // 4) for i in range(min(d, size)))
 
@@ -76,8 +91,9 @@ def _winograd_pays(primitive: str, g) -> bool:
         return size - max(0, before - 2 * d) - max(0, after - 2 * d) if primitive == _FORWARD else size
 
     tiles = tiles_across(oh, g.dilation[0]) * tiles_across(ow, g.dilation[1])
-    real_outputs = real(oh, *g.padding[:2], g.dilation[0]) * real(ow, *g.padding[2:], g.dilation[1])
-    return g.N * tiles * _WINOGRAD_PAIRS_PER_TILE >= g.C * g.K and real_outputs >= 0.6 * 16 * tiles
+    real_outputs = (real(oh, *g.padding[:2], g.dilation[0]) * real(ow, *g.padding[2:], g.dilation[1])
+                    if (sh, sw) == (1, 1) else oh * ow)
+    return g.N * tiles * _WINOGRAD_PAIRS_PER_TILE >= phase_c * g.K and real_outputs >= 0.6 * 16 * tiles
 
 
 # First match wins; a rule whose algorithm is not built is skipped. Every number is a
@@ -115,11 +131,24 @@ _RULES = (
     # direct engine skips: 1.12 / 1.47) and tiles of outputs that read padding only (a
     # tiny image with a padding past the kernel's reach). Its error, <= 2e-5 of the
     # output's scale on those layers (direct: ~2e-6), is within the float32 tolerance.
+    # Strided layers run on stride phases (src/conv_winograd.h): s*s*C channels of 3x3,
+    # 2.25 s*s multiplies per output and channel against kh*kw, and few channels padded
+    # to a vector. Measured, forward / grad-input, one thread CPU time, 56x56 unless
+    # said: AlexNet conv1 (48 phase channels, 3.4x fewer multiplies) 0.68 / 0.38, DCGAN's
+    # 4x4 stride 2 (256 phase channels, 1.8x fewer) 0.77 / 0.82, 5x5 stride 2 C=32 K=64
+    # 0.55 / 0.59, 6x6 stride 2 C=16 0.51 / 0.41; but 8x8 stride 4 C=3 K=64 (1.8x fewer
+    # on 48 channels) 1.25 / 0.74, 5x5 stride 2 C=3 K=32 (12 channels padded to 16)
+    # 1.64 / 1.18, 2x2 stride 1 1.00 / 0.78, and at stride 1 3x3 C=3 K=64 on 224x224
+    # (3 channels padded to 16) 4.8 / 3.0, C=16 0.75 / 0.73, C=K=32 0.67 / 0.60. Fitted
+    # over those 11 layers' forwards (within 0.1 but two, both on the safe side):
+    # winograd / direct = (Cp / C + 32 (Cp + K) / (C K)) / (kh kw / (2.25 s s)), C the
+    # reduction's phase channels, Cp padded to 16; Winograd where that is <= 0.9.
     _Rule("winograd", lambda p, g, dt, threads: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
           "winograd",
-          "3x3 stride-1 float32 layer with >= 1 Winograd tile per 8192 weight pairs, >= 60% of the tiles' "
-          "outputs real (in the image, not reading padding only): F(4x4, 3x3) does 4x fewer multiplies "
-          "(measured 1.6-2x faster than the direct engine with new weights at every call)"),
+          "float32 layer whose stride phases make a 3x3 kernel with enough channels for the transforms (predicted "
+          "<= 0.9 of the direct engine's time), >= 1 Winograd tile per 8192 weight pairs, >= 60% of the tiles' "
+          "outputs real (in the image, not reading padding only): F(4x4, 3x3) does up to 4x fewer multiplies "
+          "(measured 1.3-2.6x faster than the direct engine with new weights at every call)"),
     # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
     # the image) 1.40 / 1.38 / 1.59, 3x3 dilation 4 on 56x56x64 (padded plane 1.3x) 1.42 /
     # 1.30 / 1.71. The column copy writes padded taps as zeros and the GEMM multiplies
