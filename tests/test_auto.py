@@ -10,6 +10,7 @@ import pytest
 import convkit
 from convkit import _args, _auto, _registry
 from convkit import reference as ref
+from convkit._impl_winograd import covers as winograd_covers
 from op_cases import num_threads
 
 CONV_PRIMITIVES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
@@ -106,14 +107,22 @@ WINOGRAD_GEOMS = {
     "aspp": ((1, 16, 33, 33), (16, 16, 3, 3), dict(stride=1, padding=12, dilation=12, groups=1), False),
     "padding_only_tiles": ((16, 8, 1, 1), (8, 8, 3, 3), dict(stride=1, padding=4, dilation=1, groups=1), False),
     "stride_2": ((1, 64, 56, 56), (64, 64, 3, 3), dict(stride=2, padding=1, dilation=1, groups=1), False),
+    # stride phases (measured in _auto's comment): 3.4x and 1.8x fewer multiplies win on
+    # 48 and 256 phase channels; 3 channels padded to a vector of 16 lose even at 4x fewer,
+    # and 1.8x fewer on 48 phase channels does not pay for the transforms.
+    "alexnet_conv1": ((1, 3, 227, 227), (96, 3, 11, 11), dict(stride=4, padding=0, dilation=1, groups=1), True),
+    "dcgan_4x4_s2": ((8, 64, 32, 32), (128, 64, 4, 4), dict(stride=2, padding=1, dilation=1, groups=1), True),
+    "three_channels": ((1, 3, 224, 224), (64, 3, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1), False),
+    "patch_8x8_s4": ((1, 3, 224, 224), (64, 3, 8, 8), dict(stride=4, padding=2, dilation=1, groups=1), False),
 }
 
 
 @pytest.mark.parametrize("name", WINOGRAD_GEOMS)
 @pytest.mark.parametrize("primitive", CONV_PRIMITIVES)
-def test_winograd_where_its_tiles_outweigh_its_weight_transform(primitive, name, one_thread):
+def test_winograd_where_it_does_enough_fewer_multiplies_on_enough_tiles(primitive, name, one_thread):
     x_shape, w_shape, kw, wins = WINOGRAD_GEOMS[name]
     g = _args.conv_geometry(x_shape, w_shape, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+    assert winograd_covers(g, np.float32) is None  # the rule only ever sees covered calls
     choice = _auto.choose(primitive, g, "cpu", ["reference", "direct", "im2col", "winograd"], np.float32, "NCHW")
     assert (choice.algo == "winograd") == (wins and primitive != "conv2d_grad_weight"), choice.reason
     if choice.algo == "winograd":
