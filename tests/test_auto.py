@@ -15,14 +15,16 @@ from op_cases import num_threads
 
 CONV_PRIMITIVES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
 
+# Each has at least 65536 multiply-adds, past the rule 'tiny call' but for "tiny".
 GEOMS = {
+    "tiny": ((1, 1, 8, 8), (1, 1, 3, 3), dict(stride=1, padding=0, dilation=1, groups=1)),
     "dense3x3": ((2, 8, 9, 9), (8, 8, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1)),
-    "pointwise": ((1, 16, 6, 6), (12, 16, 1, 1), dict(stride=1, padding=0, dilation=1, groups=1)),
-    "depthwise": ((1, 6, 9, 9), (6, 1, 3, 3), dict(stride=2, padding=1, dilation=1, groups=6)),
-    "lenet": ((4, 1, 12, 12), (6, 1, 5, 5), dict(stride=1, padding=0, dilation=1, groups=1)),
+    "pointwise": ((16, 16, 6, 6), (12, 16, 1, 1), dict(stride=1, padding=0, dilation=1, groups=1)),
+    "depthwise": ((64, 6, 9, 9), (6, 1, 3, 3), dict(stride=2, padding=1, dilation=1, groups=6)),
+    "lenet": ((8, 1, 12, 12), (6, 1, 5, 5), dict(stride=1, padding=0, dilation=1, groups=1)),
     "dilated": ((1, 8, 12, 12), (32, 8, 3, 3), dict(stride=1, padding=4, dilation=4, groups=1)),
     "small_image": ((1, 128, 9, 9), (16, 128, 3, 3), dict(stride=1, padding=1, dilation=1, groups=1)),
-    "patchify": ((1, 3, 32, 32), (16, 3, 4, 4), dict(stride=4, padding=0, dilation=1, groups=1)),
+    "patchify": ((2, 3, 32, 32), (16, 3, 4, 4), dict(stride=4, padding=0, dilation=1, groups=1)),
 }
 
 
@@ -75,6 +77,8 @@ def test_rules_pick_a_registered_algorithm_with_a_reason(primitive, name):
 
 @pytest.mark.parametrize("primitive, name, dtype, algo, rule", [
     ("conv2d_forward", "dense3x3", np.float64, "im2col", "float64"),
+    ("conv2d_grad_input", "tiny", np.float32, "direct", "tiny call"),
+    ("conv2d_grad_weight", "tiny", np.float32, "direct", "tiny call"),
     ("conv2d_grad_input", "depthwise", np.float32, "direct", "depthwise"),
     ("conv2d_grad_weight", "depthwise", np.float32, "direct", "depthwise"),
     ("conv2d_forward", "dilated", np.float32, "direct", "mostly padding"),

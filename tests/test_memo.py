@@ -2,7 +2,7 @@
 
 convkit trims its per-call cost by remembering what a repeated call already passed: the
 checked geometry per argument tuple (_args.conv_geometry), what algo="auto" chose per
-shape and thread count (_registry.lookup), a conv2d call's whole plan per argument types,
+shape and thread count (_registry.lookup), each op call's whole plan per argument types,
 shapes, dtypes and values (_registry.call_plans), and, in convkit.torch, that an eager
 call needs no dispatch.
 """
@@ -69,9 +69,11 @@ def test_auto_choice_memo_gives_way_to_autotune_and_new_rows(monkeypatch, tmp_pa
 
 
 def _plan_key(x, w, **kw):
+    """conv2d's key in call_plans (built inline by conv2d for plain arguments, the same as
+    the general _plan_key's), or None when plans do not serve the call."""
     args = {**dict(bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None, layout="NCHW",
                    algo="auto", device="cpu"), **kw}
-    return convkit.functional._conv2d_plan(x, w, *args.values())[0]
+    return convkit.functional._plan_key("conv2d", (x, w, args.pop("bias")), tuple(args.values()))
 
 
 def test_a_repeated_conv2d_call_runs_its_plan_and_gives_the_same_result():
@@ -135,7 +137,7 @@ def test_the_auto_choice_is_memoised_per_thread_count():
     for threads in (1, 2):
         with num_threads(threads):
             convkit.conv2d(x, w)
-            assert _plan_key(x, w)[-1] == threads and _plan_key(x, w) in _registry.call_plans
+            assert _plan_key(x, w)[1] == threads and _plan_key(x, w) in _registry.call_plans
 
 
 def test_a_new_registration_or_autotune_forgets_the_plans(monkeypatch):
@@ -152,9 +154,10 @@ def test_a_new_registration_or_autotune_forgets_the_plans(monkeypatch):
         monkeypatch.setattr(_auto, "_measure", lambda p, g, dt, lay, cands: dict.fromkeys(cands, 1.0))
         convkit.conv2d(X, W)  # measures, then keeps the measured choice's plan
         (plan,) = _registry.call_plans.values()
-        assert plan[1] is _registry._table[("conv2d_forward", _auto.choose(
-            "conv2d_forward", plan[0], "cpu", _registry.covering("conv2d_forward", "cpu", plan[0], X.dtype),
-            X.dtype, "NCHW").algo, "cpu")].fn
+        geom = _args.conv_geometry(X.shape, W.shape, 1, 0, 1, 1)
+        assert plan.impls == (_registry._table[("conv2d_forward", _auto.choose(
+            "conv2d_forward", geom, "cpu", _registry.covering("conv2d_forward", "cpu", geom, X.dtype),
+            X.dtype, "NCHW").algo, "cpu")],)
         isa = convkit.get_isa()
         convkit.set_isa(isa)  # autotune's choices key on the ISA: the plans go
         assert not _registry.call_plans
@@ -183,3 +186,86 @@ def test_eager_calls_skip_the_dispatcher_only_when_nothing_needs_it():
     assert ct._eager_or(ct._conv2d, x, w, None) is not ct._conv2d
     assert ct._eager_or(ct._conv2d, x.to("meta"), w, None) is ct._conv2d
     torch.testing.assert_close(ct.conv2d(x, w), torch.nn.functional.conv2d(x, w))
+
+
+# ------------------------------------------------------------------ every op's plans
+def _op_calls(rng):
+    """(op name, args, kwargs) of a small call of each public op that keeps a plan."""
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    x, w, b, gy = f32(2, 3, 7, 6), f32(4, 3, 3, 3), f32(4), f32(2, 4, 5, 4)
+    xt, wt, gyt = f32(2, 4, 5, 4), f32(4, 3, 3, 3), f32(2, 3, 10, 8)  # conv_transpose2d: 4 -> 3, stride 2
+    dw, gdw = f32(6, 1, 3, 3), f32(2, 6, 7, 6)
+    p = f32(2, 3, 8, 8)
+    _, idx = convkit.max_pool2d(p, 2, return_indices=True)
+    return [
+        ("conv2d", (x, w, b), dict(stride=(1, 1), padding=0, activation="relu")),
+        ("conv2d_backward", (gy, x, w), dict(need_bias=False)),
+        ("conv2d_backward", (gy, x, w), dict(need_input=False, need_weight=True, need_bias=True)),
+        ("conv_transpose2d", (xt, wt, f32(3)), dict(stride=2, padding=1, output_padding=1)),
+        ("conv_transpose2d_backward", (gyt, xt, wt), dict(stride=2, padding=1, output_padding=1)),
+        ("depthwise_conv2d", (x, dw), dict(padding=1)),
+        ("depthwise_conv2d_backward", (gdw, x, dw), dict(padding=1)),
+        ("max_pool2d", (p, 2), dict(return_indices=True)),
+        ("max_pool2d", (p, 3), dict(stride=2, padding=1)),
+        ("max_pool2d_backward", (f32(2, 3, 4, 4), p, 2), dict()),
+        ("max_pool2d_backward", (f32(2, 3, 4, 4), p, 2), dict(indices=idx)),
+        ("avg_pool2d", (p, 2), dict(ceil_mode=True)),
+        ("avg_pool2d_backward", (f32(2, 3, 4, 4), p, 2), dict()),
+        ("maxout2d", (f32(2, 6, 4, 4), 3), dict()),
+        ("maxout2d_backward", (f32(2, 2, 4, 4), f32(2, 6, 4, 4), 3), dict()),
+    ]
+
+
+def _same(a, b):
+    if isinstance(a, tuple):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            _same(u, v)
+    elif a is None:
+        assert b is None
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", range(len(_op_calls(np.random.default_rng(0)))))
+def test_every_op_keeps_a_plan_that_gives_the_checked_result(case):
+    """The first call is checked and keeps its plan; the second takes the plan and gives
+    the same result as a checked call on new arrays of the same shapes; so do
+    non-contiguous inputs."""
+    name, args, kwargs = _op_calls(np.random.default_rng(case))[case]
+    op = getattr(convkit, name)
+    _registry.call_plans.clear()
+    op(*args, **kwargs)
+    assert [k[0] for k in _registry.call_plans] == [name]
+    new = tuple(a * 2 if isinstance(a, np.ndarray) and a.dtype == np.float32 else a for a in args)
+    planned = op(*new, **kwargs)
+    _registry.call_plans.clear()
+    _same(planned, op(*new, **kwargs))  # checked again, no plan
+    strided = tuple(np.asfortranarray(a) if isinstance(a, np.ndarray) else a for a in new)
+    through_plan = op(*strided, **kwargs)  # on arrays it must make contiguous
+    _registry.call_plans.clear()
+    _same(through_plan, op(*strided, **kwargs))
+
+
+def test_plans_key_on_shapes_parameters_flags_and_threads():
+    x, w, gy = np.ones((1, 2, 6, 6), np.float32), np.ones((3, 2, 3, 3), np.float32), np.ones((1, 3, 4, 4), np.float32)
+    _registry.call_plans.clear()
+    convkit.conv2d_backward(gy, x, w)
+    convkit.conv2d_backward(gy, x, w, need_input=False)
+    convkit.conv2d_backward(gy[:, :, :3], x[:, :, :5], w)
+    with num_threads(1):
+        convkit.conv2d_backward(gy, x, w)
+    assert len(_registry.call_plans) == 4
+    # a bool equals an int but must still meet its check: never taken for the int's plan
+    convkit.max_pool2d(x, 2, padding=1)
+    with pytest.raises(TypeError, match="padding"):
+        convkit.max_pool2d(x, 2, padding=True)
+
+
+def test_backward_arrays_the_checks_convert_get_no_plan():
+    x, w, gy = np.ones((1, 2, 6, 6), ">f4"), np.ones((3, 2, 3, 3), np.float32), np.ones((1, 3, 4, 4), np.float32)
+    want = convkit.conv2d_backward(gy, x.astype(np.float32), w)
+    _registry.call_plans.clear()
+    for _ in range(2):
+        _same(convkit.conv2d_backward(gy, x, w), want)
+    assert not _registry.call_plans

@@ -51,6 +51,14 @@ class _Rule:
 _FORWARD, _GRAD_INPUT, _GRAD_WEIGHT = "conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"
 
 
+def _macs(g) -> int:
+    return g.flops // 2
+
+
+# Below this many multiply-adds a call is "tiny" (see its rule).
+_TINY_MACS = 1 << 16
+
+
 def _padded_area(g) -> int:
     return (g.H + g.padding[0] + g.padding[1]) * (g.W + g.padding[2] + g.padding[3])
 
@@ -108,6 +116,13 @@ _RULES = (
     # 3x3 C=K=64 5.0x / 6.3x / 5.2x slower than dgemm (forward / grad-input / grad-weight).
     _Rule("float64", lambda p, g, dt, threads: dt == np.float64, "im2col",
           "float64: the GEMM runs at dgemm speed, the direct engine's float64 path is plain loops (5-6x slower)"),
+    # Tiny calls: im2col's fixed cost (the column buffer, the Cython and BLAS calls: ~8 us)
+    # outweighs the work. One input channel, one thread: 1x1x8x8 3x3 grad-input 2.0,
+    # grad-weight 2.6; 1x6x16x16 5x5 (21600 multiply-adds) 1.0 / 2.0; 4x6x16x16 (86400)
+    # 0.91 / 1.42; from 470400 on the LeNet shapes' rules below win (0.90 / 0.71).
+    _Rule("tiny call", lambda p, g, dt, threads: _macs(g) < _TINY_MACS, "direct",
+          f"fewer than {_TINY_MACS} multiply-adds: im2col's fixed cost (~8 us: column buffer, BLAS call) outweighs "
+          "the work (measured 1.0-2.6x slower on such calls)"),
     # Depthwise 3x3 on 56x56x144: 3.9 / 3.8 (forward / backward pass); 5x5 on C=64: 4.7 /
     # 5.2 / 4.9. Each group's GEMM is a matrix-vector product.
     _Rule("depthwise", lambda p, g, dt, threads: g.C == g.groups > 1, "direct",
@@ -322,8 +337,12 @@ def _runner(primitive: str, geom, dtype, layout: str):
     """run(algo): one call of the primitive through the API's own path (layout transposes
     included: they are part of what a choice costs), on random arrays of the call's shapes."""
     from . import functional as F
+    from ._registry import lookup
 
     g, rng = geom, np.random.default_rng(0)
+
+    def impl(algo):
+        return lookup(primitive, algo, "cpu", g, dtype, layout)
 
     def arr(n, c, h, w):
         shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
@@ -332,12 +351,12 @@ def _runner(primitive: str, geom, dtype, layout: str):
     w = rng.standard_normal((g.K, g.C // g.groups, g.kh, g.kw)).astype(dtype)
     if primitive == "conv2d_forward":
         x = arr(g.N, g.C, g.H, g.W)
-        return lambda algo: F._conv_forward(x, w, None, g, None, layout, algo, "cpu")
+        return lambda algo: F._conv_forward(x, w, None, g, None, layout, impl(algo))
     gy = arr(g.N, g.K, g.OH, g.OW)
     if primitive == "conv2d_grad_input":
-        return lambda algo: F._conv_grad_input(gy, w, g, layout, algo, "cpu")
+        return lambda algo: F._conv_grad_input(gy, w, g, layout, impl(algo))
     x = arr(g.N, g.C, g.H, g.W)
-    return lambda algo: F._conv_grad_weight(gy, x, g, layout, algo, "cpu")
+    return lambda algo: F._conv_grad_weight(gy, x, g, layout, impl(algo))
 
 
 def _clock():

@@ -82,9 +82,10 @@ _algos_cache: dict = {}     # (primitive, device) -> algos(), cleared by registe
 # call_plans, by register(), by switching autotune and by set_isa (forget_auto_choices).
 _auto_algos: dict = {}
 # Checked calls of the public ops that skip their checks and lookups when repeated
-# (functional.conv2d): the op's raw-argument key -> what the checks and the lookup gave.
-# Keys hold the thread count too; the algorithm is a name, the rules' choice or
-# autotune's measured one (see remember_plan).
+# (functional._plan_key, every op of functional.py but the compositions over others):
+# the op's raw-argument key -> its plan (functional._Plan: the kernels the checked call
+# ran). Keys hold the thread count too; a plan's algorithm is a name, the rules' choice
+# or autotune's measured one (see remember_plan).
 call_plans: dict = {}
 _MEMO_SIZE = 4096
 

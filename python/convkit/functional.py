@@ -102,20 +102,18 @@ def _check_grad_shape(grad_y, want_nchw, layout, what):
 
 
 # ----------------------------------------------------------------------- conv primitives
-def _conv_forward(x, w, b, geom, activation, layout, algo, device):
-    impl = lookup("conv2d_forward", algo, device, geom, x.dtype, layout)
+# Each runs the implementation `impl` (a registry row from lookup) in a layout it takes.
+def _conv_forward(x, w, b, geom, activation, layout, impl):
     xa, have = _to_impl_layout(x, layout, impl)
     return _from_impl_layout(impl.fn(xa, w, b, geom, activation, have), have, layout)
 
 
-def _conv_grad_input(gy, w, geom, layout, algo, device):
-    impl = lookup("conv2d_grad_input", algo, device, geom, gy.dtype, layout)
+def _conv_grad_input(gy, w, geom, layout, impl):
     ga, have = _to_impl_layout(gy, layout, impl)
     return _from_impl_layout(impl.fn(ga, w, geom, have), have, layout)
 
 
-def _conv_grad_weight(gy, x, geom, layout, algo, device):
-    impl = lookup("conv2d_grad_weight", algo, device, geom, gy.dtype, layout)
+def _conv_grad_weight(gy, x, geom, layout, impl):
     ga, have = _to_impl_layout(gy, layout, impl)
     xa, _ = _to_impl_layout(x, layout, impl)
     return impl.fn(ga, xa, geom, have)
@@ -131,29 +129,86 @@ def _conv_inputs(input, weight, bias, layout, device, names=("input", "weight"))
     return x, w, b, layout
 
 
+# -------------------------------------------------------------------------- call plans
+# A repeated call of a public op on NumPy arrays goes straight to its kernels: a tiny
+# layer's whole call is 2-3 us, and the checks and lookups cost as much or more
+# (conv2d_backward took 8.9 us). The plan of a call is what its checks and algorithm
+# lookups gave for the same op, array types, shapes and dtypes, parameters as given and
+# thread count, so only the arrays' memory can differ, which the plan makes C-contiguous
+# as the checks would. Kept only when the checks took the arrays as they are (see
+# _plannable); forgotten with the auto choices (_registry.forget_auto_choices).
+def _plan_key(op, arrays, params):
+    """The call's key in call_plans, or None when plans do not serve it: an array that is
+    not exactly a NumPy array (None stands for an absent one), or a parameter that is not
+    an exact int, str, bool or None or a tuple/list of ints (_args.plain: a NumPy int or a
+    bool compares equal to an int, but must still meet its check; a bool is keyed apart
+    from the int it equals)."""
+    key = [op, get_num_threads()]
+    for a in arrays:
+        if type(a) is np.ndarray:
+            key += (a.shape, a.dtype)
+        elif a is None:
+            key.append(None)
+        else:
+            return None
+    for p in params:
+        kind = type(p)
+        if kind is int or kind is str or p is None:
+            key.append(p)
+        elif kind is bool:
+            key.append(_FLAGS[p])
+        else:
+            p = _args.plain(p)
+            if p is None:
+                return None
+            key.append(p)
+    return tuple(key)
+
+
+_FLAGS = {False: ("False",), True: ("True",)}
+_ndarray = np.ndarray
+
+
+def _plan_for(op, arrays, params):
+    """(key, plan) of a call: the plan kept for calls like it, else None (and the key None
+    when plans do not serve the call). A plan's run(*arrays) takes the op's arrays as
+    given (making them C-contiguous, as the checks would)."""
+    key = _plan_key(op, arrays, params)
+    return key, (None if key is None else call_plans.get(key))
+
+
+def _keep(key, result, plan):
+    """Keeps the plan a checked call made (if any, and if plans serve the call); returns
+    the call's result."""
+    if key is not None and plan is not None:
+        remember_plan(key, plan)
+    return result
+
+
+def _c(a):
+    return None if a is None else _contiguous(a)
+
+
+class _Plan:
+    """A checked call's kernels: run(*arrays) calls them as the checked call did; impls
+    are the registry rows it runs (what algo="auto" chose, for explain and tests)."""
+
+    __slots__ = ("run", "impls")
+
+    def __init__(self, run, impls):
+        self.run, self.impls = run, tuple(impls)
+
+
+def _plannable(given, checked, impls, layout, device):
+    """Whether a plan may replay this call: on the CPU, in a layout every implementation
+    takes as it is, and with every array as the checks left it but for its memory order
+    (a big-endian array, say, is converted by them: a plan would skip that)."""
+    return device == "cpu" and all(layout in impl.layouts for impl in impls) and all(
+        a is None or (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype)
+        for a, b in zip(given, checked))
+
+
 # ----------------------------------------------------------------------------- conv2d
-def _conv2d_plan(x, w, b, stride, padding, dilation, groups, activation, layout, algo, device) -> tuple:
-    """(key, plan) of a conv2d call in call_plans: the plan is None when the call is not
-    there yet, the key None when the memo does not serve the call: not all NumPy arrays,
-    or an unhashable argument. The key holds everything the call's checks and algorithm
-    choice read: array types, shapes and dtypes, the parameters as given, the threads.
-    A parameter that is not an exact int (or str, or tuple/list of ints) is None there
-    and never stored (a bool or a NumPy int compares equal to an int but must still meet
-    its check, see _args.plain)."""
-    if type(x) is not np.ndarray or type(w) is not np.ndarray or (b is not None and type(b) is not np.ndarray) \
-            or type(groups) is not int:
-        return None, None
-    key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype),
-           stride if type(stride) is int else _args.plain(stride),
-           padding if type(padding) is int else _args.plain(padding),
-           dilation if type(dilation) is int else _args.plain(dilation),
-           groups, activation, layout, algo, device, get_num_threads())
-    try:
-        return key, call_plans.get(key)
-    except TypeError:
-        return None, None
-
-
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
            layout="NCHW", algo="auto", device="cpu"):
     """2-D cross-correlation, as torch.nn.functional.conv2d.
@@ -162,41 +217,72 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     pair, (top, bottom, left, right), "valid" or "same" (any stride; TensorFlow's rule).
     activation=None or "relu" is fused into the kernel's epilogue.
     """
-    # A repeated call of NumPy arrays goes straight to its kernel (a tiny layer's whole
-    # call is about 2 us, the checks below cost as much): its plan holds what the checks
-    # and algo="auto" gave for the same types, shapes, dtypes, parameters and threads, so
-    # only the arrays' memory can differ, and ascontiguousarray makes that what the
-    # kernel reads, as _to_impl_layout does below.
-    key, plan = _conv2d_plan(input, weight, bias, stride, padding, dilation, groups, activation, layout, algo, device)
+    # The hottest call builds _plan_key's key inline when every argument is of the plain
+    # kinds (_plan_key's loops cost 0.5 us, a fifth of a tiny layer's whole call).
+    if type(input) is _ndarray and type(weight) is _ndarray and (bias is None or type(bias) is _ndarray) \
+            and type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int \
+            and (activation is None or type(activation) is str) and type(layout) is str and type(algo) is str \
+            and type(device) is str:
+        key = ("conv2d", get_num_threads(), input.shape, input.dtype, weight.shape, weight.dtype,
+               *((None,) if bias is None else (bias.shape, bias.dtype)), stride, padding, dilation, groups,
+               activation, layout, algo, device)
+        plan = call_plans.get(key)
+    else:
+        key, plan = _plan_for("conv2d", (input, weight, bias),
+                              (stride, padding, dilation, groups, activation, layout, algo, device))
     if plan is not None:
-        geom, fn, layout = plan
-        return fn(_contiguous(input), _contiguous(weight), None if bias is None else _contiguous(bias), geom,
-                  activation, layout)
+        return plan.run(input, weight, bias)
+    return _keep(key, *_conv2d_checked(input, weight, bias, stride, padding, dilation, groups, activation, layout,
+                                       algo, device))
+
+
+def _conv2d_checked(input, weight, bias, stride, padding, dilation, groups, activation, layout, algo, device):
+    """conv2d's checked path: (y, plan or None). groups=None: depthwise, groups = C."""
     _check_activation(activation)
-    x, w, b, layout = _conv_inputs(input, weight, bias, layout, device)
-    geom = _args.conv_geometry(_nchw_shape(x.shape, layout), w.shape, stride, padding, dilation, groups)
-    impl = lookup("conv2d_forward", algo, device, geom, x.dtype, layout)
-    # stored only when the checks took the arrays as they are: a big-endian array is
-    # converted by them (as_array), and the plan would hand the kernel the original
-    if key is not None and None not in key[5:8] and device == "cpu" and layout in impl.layouts \
-            and x.dtype == input.dtype and w.dtype == weight.dtype and (b is None or b.dtype == bias.dtype):
-        remember_plan(key, (geom, impl.fn, layout))
-    xa, have = _to_impl_layout(x, layout, impl)
-    return _from_impl_layout(impl.fn(xa, w, b, geom, activation, have), have, layout)
+    x, w, b, lay = _conv_inputs(input, weight, bias, layout, device)
+    if groups is None:
+        groups = _depthwise_groups(x, w, lay)
+    geom = _args.conv_geometry(_nchw_shape(x.shape, lay), w.shape, stride, padding, dilation, groups)
+    impl = lookup("conv2d_forward", algo, device, geom, x.dtype, lay)
+    y = _conv_forward(x, w, b, geom, activation, lay, impl)
+    if not _plannable((input, weight, bias), (x, w, b), [impl], lay, device):
+        return y, None
+    return y, _Plan(lambda x_, w_, b_: impl.fn(_contiguous(x_), _contiguous(w_), _c(b_), geom, activation, lay),
+                    [impl])
 
 
 def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input=True,
                     need_weight=True, need_bias=True, layout="NCHW", algo="auto", device="cpu"):
     """Gradients of conv2d: (grad_input, grad_weight, grad_bias); None where not needed."""
-    x, w, _, layout = _conv_inputs(input, weight, None, layout, device)
-    gy = _prepare(grad_output, "grad_output", device, layout)
+    key, plan = _plan_for("conv2d_backward", (grad_output, input, weight),
+                          (stride, padding, dilation, groups, need_input, need_weight, need_bias, layout, algo, device))
+    if plan is not None:
+        return plan.run(grad_output, input, weight)
+    return _keep(key, *_conv2d_backward_checked(grad_output, input, weight, stride, padding, dilation, groups,
+                                                need_input, need_weight, need_bias, layout, algo, device))
+
+
+def _conv2d_backward_checked(grad_output, input, weight, stride, padding, dilation, groups, need_input, need_weight,
+                             need_bias, layout, algo, device):
+    """conv2d_backward's checked path: (grads, plan or None). groups=None: depthwise."""
+    x, w, _, lay = _conv_inputs(input, weight, None, layout, device)
+    if groups is None:
+        groups = _depthwise_groups(x, w, lay)
+    gy = _prepare(grad_output, "grad_output", device, lay)
     _args.same_dtype({"grad_output": gy, "input": x, "weight": w})
-    geom = _args.conv_geometry(_nchw_shape(x.shape, layout), w.shape, stride, padding, dilation, groups)
-    _check_grad_shape(gy, (geom.N, geom.K, geom.OH, geom.OW), layout, "conv2d's output shape")
-    gx = _conv_grad_input(gy, w, geom, layout, algo, device) if need_input else None
-    gw = _conv_grad_weight(gy, x, geom, layout, algo, device) if need_weight else None
-    gb = _sum_bias(gy, layout) if need_bias else None
-    return gx, gw, gb
+    geom = _args.conv_geometry(_nchw_shape(x.shape, lay), w.shape, stride, padding, dilation, groups)
+    _check_grad_shape(gy, (geom.N, geom.K, geom.OH, geom.OW), lay, "conv2d's output shape")
+    gi = lookup("conv2d_grad_input", algo, device, geom, gy.dtype, lay) if need_input else None
+    gw = lookup("conv2d_grad_weight", algo, device, geom, gy.dtype, lay) if need_weight else None
+    grads = (None if gi is None else _conv_grad_input(gy, w, geom, lay, gi),
+             None if gw is None else _conv_grad_weight(gy, x, geom, lay, gw),
+             _sum_bias(gy, lay) if need_bias else None)
+    impls = [i for i in (gi, gw) if i is not None]
+    if not _plannable((grad_output, input, weight), (gy, x, w), impls, lay, device):
+        return grads, None
+    return grads, _Plan(lambda gy_, x_, w_: (None if gi is None else gi.fn(_c(gy_), _c(w_), geom, lay),
+                                             None if gw is None else gw.fn(_c(gy_), _c(x_), geom, lay),
+                                             _sum_bias(gy_, lay) if need_bias else None), impls)
 
 
 # ------------------------------------------------------------------- conv_transpose2d
@@ -234,19 +320,31 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     (H-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1. It is conv2d's
     grad-input: the same kernels compute it.
     """
-    x, w, b, layout = _conv_inputs(input, weight, None, layout, device)
-    geom, extra = _args.conv_transpose_geometry(_nchw_shape(x.shape, layout), w.shape, stride, padding,
+    key, plan = _plan_for("conv_transpose2d", (input, weight, bias),
+                          (stride, padding, output_padding, groups, dilation, layout, algo, device))
+    if plan is not None:
+        return plan.run(input, weight, bias)
+    x, w, _, lay = _conv_inputs(input, weight, None, layout, device)
+    geom, extra = _args.conv_transpose_geometry(_nchw_shape(x.shape, lay), w.shape, stride, padding,
                                                 output_padding, groups, dilation)
     b = _bias(bias, geom.C, device)
     _args.same_dtype({"input": x, "weight": w, "bias": b})
-    y = _conv_grad_input(_pad_bottom_right(x, extra, layout), w, geom, layout, algo, device)
-    if b is not None and isinstance(y, np.ndarray) and isinstance(b, np.ndarray):
-        y = y + (b if layout == "NHWC" else b.reshape(-1, 1, 1))
-    elif b is not None:
-        from .cuda import add_bias
+    impl = lookup("conv2d_grad_input", algo, device, geom, x.dtype, lay)
+    y = _add_bias(_conv_grad_input(_pad_bottom_right(x, extra, lay), w, geom, lay, impl), b, lay)
+    if not _plannable((input, weight, bias), (x, w, b), [impl], lay, device):
+        return y
+    return _keep(key, y, _Plan(lambda x_, w_, b_: _add_bias(
+        impl.fn(_pad_bottom_right(_c(x_), extra, lay), _c(w_), geom, lay), b_, lay), [impl]))
 
-        y = add_bias(y, b, layout)
-    return y
+
+def _add_bias(y, b, layout):
+    if b is None:
+        return y
+    if isinstance(y, np.ndarray) and isinstance(b, np.ndarray):
+        return y + (b if layout == "NHWC" else b.reshape(-1, 1, 1))
+    from .cuda import add_bias
+
+    return add_bias(y, b, layout)
 
 
 def conv_transpose2d_backward(grad_output, input, weight, stride=1, padding=0, output_padding=0, groups=1,
@@ -257,20 +355,29 @@ def conv_transpose2d_backward(grad_output, input, weight, stride=1, padding=0, o
     grad_input is conv2d forward of grad_output; grad_weight is conv2d's grad-weight with
     the roles of input and output swapped.
     """
-    x, w, _, layout = _conv_inputs(input, weight, None, layout, device)
-    gy = _prepare(grad_output, "grad_output", device, layout)
+    key, plan = _plan_for("conv_transpose2d_backward", (grad_output, input, weight),
+                          (stride, padding, output_padding, groups, dilation, need_input, need_weight, need_bias,
+                           layout, algo, device))
+    if plan is not None:
+        return plan.run(grad_output, input, weight)
+    x, w, _, lay = _conv_inputs(input, weight, None, layout, device)
+    gy = _prepare(grad_output, "grad_output", device, lay)
     _args.same_dtype({"grad_output": gy, "input": x, "weight": w})
-    geom, extra = _args.conv_transpose_geometry(_nchw_shape(x.shape, layout), w.shape, stride, padding,
+    geom, extra = _args.conv_transpose_geometry(_nchw_shape(x.shape, lay), w.shape, stride, padding,
                                                 output_padding, groups, dilation)
-    _check_grad_shape(gy, (geom.N, geom.C, geom.H, geom.W), layout, "conv_transpose2d's output shape")
-    gx = gw = gb = None
-    if need_input:
-        gx = _crop_bottom_right(_conv_forward(gy, w, None, geom, None, layout, algo, device), extra, layout)
-    if need_weight:
-        gw = _conv_grad_weight(_pad_bottom_right(x, extra, layout), gy, geom, layout, algo, device)
-    if need_bias:
-        gb = _sum_bias(gy, layout)
-    return gx, gw, gb
+    _check_grad_shape(gy, (geom.N, geom.C, geom.H, geom.W), lay, "conv_transpose2d's output shape")
+    fw = lookup("conv2d_forward", algo, device, geom, gy.dtype, lay) if need_input else None
+    gw = lookup("conv2d_grad_weight", algo, device, geom, gy.dtype, lay) if need_weight else None
+    grads = (None if fw is None else _crop_bottom_right(_conv_forward(gy, w, None, geom, None, lay, fw), extra, lay),
+             None if gw is None else _conv_grad_weight(_pad_bottom_right(x, extra, lay), gy, geom, lay, gw),
+             _sum_bias(gy, lay) if need_bias else None)
+    impls = [i for i in (fw, gw) if i is not None]
+    if not _plannable((grad_output, input, weight), (gy, x, w), impls, lay, device):
+        return grads
+    return _keep(key, grads, _Plan(lambda gy_, x_, w_: (
+        None if fw is None else _crop_bottom_right(fw.fn(_c(gy_), _c(w_), None, geom, None, lay), extra, lay),
+        None if gw is None else gw.fn(_pad_bottom_right(_c(x_), extra, lay), _c(gy_), geom, lay),
+        _sum_bias(gy_, lay) if need_bias else None), impls))
 
 
 # ------------------------------------------------------------ depthwise and separable
@@ -286,20 +393,23 @@ def _depthwise_groups(x, w, layout):
 def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, *, activation=None, layout="NCHW",
                      algo="auto", device="cpu"):
     """Depthwise convolution: groups == C, weight (C*multiplier, 1, kh, kw)."""
-    _check_activation(activation)
-    x, w, b, layout = _conv_inputs(input, weight, bias, layout, device)
-    C = _depthwise_groups(x, w, layout)
-    geom = _args.conv_geometry(_nchw_shape(x.shape, layout), w.shape, stride, padding, dilation, C)
-    return _conv_forward(x, w, b, geom, activation, layout, algo, device)
+    key, plan = _plan_for("depthwise_conv2d", (input, weight, bias),
+                          (stride, padding, dilation, activation, layout, algo, device))
+    if plan is not None:
+        return plan.run(input, weight, bias)
+    return _keep(key, *_conv2d_checked(input, weight, bias, stride, padding, dilation, None, activation, layout,
+                                       algo, device))
 
 
 def depthwise_conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, *, need_input=True,
                               need_weight=True, need_bias=True, layout="NCHW", algo="auto", device="cpu"):
     """Gradients of depthwise_conv2d: (grad_input, grad_weight, grad_bias)."""
-    x, w, _, layout = _conv_inputs(input, weight, None, layout, device)
-    return conv2d_backward(grad_output, x, w, stride, padding, dilation, _depthwise_groups(x, w, layout),
-                           need_input=need_input, need_weight=need_weight, need_bias=need_bias, layout=layout,
-                           algo=algo, device=device)
+    key, plan = _plan_for("depthwise_conv2d_backward", (grad_output, input, weight),
+                          (stride, padding, dilation, need_input, need_weight, need_bias, layout, algo, device))
+    if plan is not None:
+        return plan.run(grad_output, input, weight)
+    return _keep(key, *_conv2d_backward_checked(grad_output, input, weight, stride, padding, dilation, None,
+                                                need_input, need_weight, need_bias, layout, algo, device))
 
 
 def _separable_inputs(input, depthwise_weight, pointwise_weight, bias, layout, device, grad_output=None):
@@ -346,8 +456,8 @@ def _pool_input(input, layout, device):
     return _prepare(input, "input", device, layout), layout
 
 
-def _pool_run(primitive, arrays, geom, layout, algo, device):
-    impl = lookup(primitive, algo, device, geom)
+def _pool_call(impl, arrays, geom, layout):
+    """Runs a pooling implementation on arrays in `layout`, converting as it needs."""
     moved = [_to_impl_layout(a, layout, impl)[0] for a in arrays]
     have = layout if layout in impl.layouts else impl.layouts[0]
     out = impl.fn(*moved, geom, have)
@@ -356,58 +466,97 @@ def _pool_run(primitive, arrays, geom, layout, algo, device):
     return _from_impl_layout(out, have, layout)
 
 
+def _pool_checked(key, primitive, given, arrays, geom, layout, algo, device, pick=None):
+    """A one-primitive pooling op's result, keeping its plan: the primitive's output, or
+    pick(output) (max_pool2d's indices or not). arrays: the checked forms of the first
+    given arrays, which the primitive takes (the rest only give shapes)."""
+    impl = lookup(primitive, algo, device, geom)
+    pick = pick or (lambda out: out)
+    out = pick(_pool_call(impl, arrays, geom, layout))
+    if not _plannable(given, arrays, [impl], layout, device):
+        return out
+    n = len(arrays)
+    return _keep(key, out, _Plan(lambda *arrs: pick(impl.fn(*map(_c, arrs[:n]), geom, layout)), [impl]))
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False, *,
                layout="NCHW", algo="auto", device="cpu"):
     """Max pooling, as torch.nn.functional.max_pool2d. Indices are flat offsets within each H*W plane."""
-    x, layout = _pool_input(input, layout, device)
-    geom = _args.pool_geometry(_nchw_shape(x.shape, layout), kernel_size, stride, padding, dilation, ceil_mode,
+    key, plan = _plan_for("max_pool2d", (input,),
+                          (kernel_size, stride, padding, dilation, ceil_mode, return_indices, layout, algo, device))
+    if plan is not None:
+        return plan.run(input)
+    x, lay = _pool_input(input, layout, device)
+    geom = _args.pool_geometry(_nchw_shape(x.shape, lay), kernel_size, stride, padding, dilation, ceil_mode,
                                return_indices=return_indices)
-    y, idx = _pool_run("max_pool2d", [x], geom, layout, algo, device)
-    return (y, idx) if return_indices else y
+    return _pool_checked(key, "max_pool2d", (input,), (x,), geom, lay, algo, device,
+                         None if return_indices else (lambda out: out[0]))
 
 
 def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                         indices=None, *, layout="NCHW", algo="auto", device="cpu"):
     """Gradient of max_pool2d: grad_output routed to each window's maximum (indices recomputed if None)."""
-    x, layout = _pool_input(input, layout, device)
-    gy = _prepare(grad_output, "grad_output", device, layout)
+    key, plan = _plan_for("max_pool2d_backward", (grad_output, input, indices),
+                          (kernel_size, stride, padding, dilation, ceil_mode, layout, algo, device))
+    if plan is not None:
+        return plan.run(grad_output, input, indices)
+    x, lay = _pool_input(input, layout, device)
+    gy = _prepare(grad_output, "grad_output", device, lay)
     _args.same_dtype({"grad_output": gy, "input": x})
-    geom = _args.pool_geometry(_nchw_shape(x.shape, layout), kernel_size, stride, padding, dilation, ceil_mode)
-    _check_grad_shape(gy, (geom.N, geom.C, geom.OH, geom.OW), layout, "max_pool2d's output shape")
-    if indices is None:
-        _, indices = _pool_run("max_pool2d", [x], geom, layout, algo, device)
-    else:
-        if device == "cpu":
-            indices = np.asarray(indices)
-        else:
-            from .cuda import as_device_or_host_array
+    geom = _args.pool_geometry(_nchw_shape(x.shape, lay), kernel_size, stride, padding, dilation, ceil_mode)
+    _check_grad_shape(gy, (geom.N, geom.C, geom.OH, geom.OW), lay, "max_pool2d's output shape")
+    find = lookup("max_pool2d", algo, device, geom) if indices is None else None
+    idx = None if find is not None else _pool_indices(indices, gy, device)
+    back = lookup("max_pool2d_backward", algo, device, geom)
+    gx = _pool_call(back, [gy, idx if find is None else _pool_call(find, [x], geom, lay)[1]], geom, lay)
+    impls = [back] if find is None else [back, find]
+    if not _plannable((grad_output, input, indices), (gy, x, idx), impls, lay, device):
+        return gx
+    return _keep(key, gx, _Plan(lambda gy_, x_, idx_: back.fn(
+        _c(gy_), _c(idx_) if find is None else find.fn(_c(x_), geom, lay)[1], geom, lay), impls))
 
-            indices = as_device_or_host_array(indices, "indices", dtypes=None)
-        if tuple(indices.shape) != tuple(gy.shape) or np.dtype(indices.dtype) != np.int64:
-            raise ValueError(f"indices must be int64 with grad_output's shape {_args.shape_of(gy)}, "
-                             f"got {indices.dtype} {_args.shape_of(indices)}")
-    return _pool_run("max_pool2d_backward", [gy, indices], geom, layout, algo, device)
+
+def _pool_indices(indices, gy, device):
+    if device == "cpu":
+        indices = np.asarray(indices)
+    else:
+        from .cuda import as_device_or_host_array
+
+        indices = as_device_or_host_array(indices, "indices", dtypes=None)
+    if tuple(indices.shape) != tuple(gy.shape) or np.dtype(indices.dtype) != np.int64:
+        raise ValueError(f"indices must be int64 with grad_output's shape {_args.shape_of(gy)}, "
+                         f"got {indices.dtype} {_args.shape_of(indices)}")
+    return indices
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, layout="NCHW", algo="auto", device="cpu"):
     """Average pooling, as torch.nn.functional.avg_pool2d (same divisor rules)."""
-    x, layout = _pool_input(input, layout, device)
-    geom = _args.pool_geometry(_nchw_shape(x.shape, layout), kernel_size, stride, padding, 1, ceil_mode,
+    key, plan = _plan_for("avg_pool2d", (input,), (kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                                   divisor_override, layout, algo, device))
+    if plan is not None:
+        return plan.run(input)
+    x, lay = _pool_input(input, layout, device)
+    geom = _args.pool_geometry(_nchw_shape(x.shape, lay), kernel_size, stride, padding, 1, ceil_mode,
                                count_include_pad=count_include_pad, divisor_override=divisor_override)
-    return _pool_run("avg_pool2d", [x], geom, layout, algo, device)
+    return _pool_checked(key, "avg_pool2d", (input,), (x,), geom, lay, algo, device)
 
 
 def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, divisor_override=None, *, layout="NCHW", algo="auto", device="cpu"):
     """Gradient of avg_pool2d: each output's gradient spread over its window with the same divisor."""
-    x, layout = _pool_input(input, layout, device)
-    gy = _prepare(grad_output, "grad_output", device, layout)
+    key, plan = _plan_for("avg_pool2d_backward", (grad_output, input),
+                          (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, layout, algo,
+                           device))
+    if plan is not None:
+        return plan.run(grad_output, input)
+    x, lay = _pool_input(input, layout, device)
+    gy = _prepare(grad_output, "grad_output", device, lay)
     _args.same_dtype({"grad_output": gy, "input": x})
-    geom = _args.pool_geometry(_nchw_shape(x.shape, layout), kernel_size, stride, padding, 1, ceil_mode,
+    geom = _args.pool_geometry(_nchw_shape(x.shape, lay), kernel_size, stride, padding, 1, ceil_mode,
                                count_include_pad=count_include_pad, divisor_override=divisor_override)
-    _check_grad_shape(gy, (geom.N, geom.C, geom.OH, geom.OW), layout, "avg_pool2d's output shape")
-    return _pool_run("avg_pool2d_backward", [gy], geom, layout, algo, device)
+    _check_grad_shape(gy, (geom.N, geom.C, geom.OH, geom.OW), lay, "avg_pool2d's output shape")
+    return _pool_checked(key, "avg_pool2d_backward", (grad_output,), (gy,), geom, lay, algo, device)
 
 
 def _global_kernel(x, layout):
@@ -443,17 +592,23 @@ def maxout2d(input, k, *, layout="NCHW", algo="auto", device="cpu"):
 
     (N, C, H, W) -> (N, C/k, H, W); ties take the group's first channel, NaN propagates.
     """
-    x, layout = _pool_input(input, layout, device)
-    k = _args.maxout_groups(_nchw_shape(x.shape, layout), k)
-    return _pool_run("maxout2d", [x], k, layout, algo, device)
+    key, plan = _plan_for("maxout2d", (input,), (k, layout, algo, device))
+    if plan is not None:
+        return plan.run(input)
+    x, lay = _pool_input(input, layout, device)
+    groups = _args.maxout_groups(_nchw_shape(x.shape, lay), k)
+    return _pool_checked(key, "maxout2d", (input,), (x,), groups, lay, algo, device)
 
 
 def maxout2d_backward(grad_output, input, k, *, layout="NCHW", algo="auto", device="cpu"):
     """Gradient of maxout2d: grad_output routed to each group's maximum (recomputed from input)."""
-    x, layout = _pool_input(input, layout, device)
-    gy = _prepare(grad_output, "grad_output", device, layout)
+    key, plan = _plan_for("maxout2d_backward", (grad_output, input), (k, layout, algo, device))
+    if plan is not None:
+        return plan.run(grad_output, input)
+    x, lay = _pool_input(input, layout, device)
+    gy = _prepare(grad_output, "grad_output", device, lay)
     _args.same_dtype({"grad_output": gy, "input": x})
-    N, C, H, W = _nchw_shape(x.shape, layout)
-    k = _args.maxout_groups((N, C, H, W), k)
-    _check_grad_shape(gy, (N, C // k, H, W), layout, "maxout2d's output shape")
-    return _pool_run("maxout2d_backward", [gy, x], k, layout, algo, device)
+    N, C, H, W = _nchw_shape(x.shape, lay)
+    groups = _args.maxout_groups((N, C, H, W), k)
+    _check_grad_shape(gy, (N, C // groups, H, W), lay, "maxout2d's output shape")
+    return _pool_checked(key, "maxout2d_backward", (grad_output, input), (gy, x), groups, lay, algo, device)
