@@ -157,7 +157,11 @@ _RULES = (
     # (3 channels padded to 16) 4.8 / 3.0, C=16 0.75 / 0.73, C=K=32 0.67 / 0.60. Fitted
     # over those 11 layers' forwards (within 0.1 but two, both on the safe side):
     # winograd / direct = (Cp / C + 32 (Cp + K) / (C K)) / (kh kw / (2.25 s s)), C the
-    # reduction's phase channels, Cp padded to 16; Winograd where that is <= 0.9.
+    # reduction's phase channels, Cp padded to 16; Winograd where that is <= 0.9. Those
+    # strided measurements repeated the weights (their transform cached); with new
+    # weights at every call (training) AlexNet conv1 stays 0.66 / 0.54, while DCGAN's
+    # 4.7 MB of transformed weights, remade per super-block, bring it to 1.03 / 0.97:
+    # even, not a loss (bench/winograd_vs_direct.py --fresh-weights, one thread).
     _Rule("winograd", lambda p, g, dt, threads: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
           "winograd",
           "float32 layer whose stride phases make a 3x3 kernel with enough channels for the transforms (predicted "
