@@ -2,10 +2,11 @@
 conv_transpose2d layer of the layer suite: forward and backward (grad-input +
 grad-weight), float32, the same thread count for both.
 
-Method (DESIGN.md, "how to measure"): one process, alternating blocks of back-to-back
-calls (convkit, torch, convkit, torch, ...); the first call of each block wakes that
-library's threads and is discarded; a block's time is the median of its other calls;
-the result is the median over >= 7 blocks. The machine's peak is a large float32
+Method (DESIGN.md, "how to measure"; bench/timing.py's interleaved blocks): one process,
+alternating blocks of back-to-back calls (convkit, torch, convkit, torch, ...); the first
+call of each block wakes that library's threads and is discarded; a block's time is the
+mean of its other calls; the ratio is the median over >= 7 blocks of the ratio of
+neighbouring blocks (paired: they share the machine's load). The machine's peak is a large float32
 matrix product through NumPy's BLAS in the same run; run the script with
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they slow a current OpenBLAS down):
 
@@ -43,7 +44,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import convkit  # noqa: E402
-from convkit.bench.timing import settle, steady_heap  # noqa: E402
+from convkit.bench.peak import matmul_gflops  # noqa: E402
+from convkit.bench.timing import calibrate, interleaved, same_threads, steady_heap  # noqa: E402
 
 SUITES = (Path(__file__).with_name("suite.json"), Path("/work/shared/bench/suite.json"))
 
@@ -113,17 +115,6 @@ ALGO = {"name": "direct"}  # --algo: the convkit algorithm timed
 CLOCK = {"now": time.perf_counter}  # --clock cpu: time.thread_time (one thread only)
 
 
-def block_time(fn, calls):
-    """Median seconds per call of `calls` back-to-back calls, the first discarded."""
-    now = CLOCK["now"]
-    times = []
-    for _ in range(calls + 1):
-        t0 = now()
-        fn()
-        times.append(now() - t0)
-    return statistics.median(times[1:])
-
-
 QUIET = {"wait": 0.0, "noisy": 0, "blocks": 0}  # --wait-quiet's budget and its tally
 
 
@@ -150,28 +141,12 @@ def wait_quiet():
     QUIET["noisy"] += 1
 
 
-def interleaved(fns, blocks, budget=0.04):
-    """Per fn, its per-call times of `blocks` blocks, blocks alternating between fns.
-
-    A `fn` may be a (setup, fn) pair: setup runs before each of its blocks, untimed.
-    """
-    fns = [f if isinstance(f, tuple) else (None, f) for f in fns]
-    calls = []
-    for setup, fn in fns:  # calibrate: enough calls for ~budget seconds per block
-        if setup:
-            setup()
-        fn()
-        t = block_time(fn, 2)
-        calls.append(max(3, min(50, int(budget / max(t, 1e-6)))))
-    per = [[] for _ in fns]
-    for _ in range(blocks):
-        wait_quiet()
-        for i, (setup, fn) in enumerate(fns):
-            if setup:
-                setup()
-            settle()  # the other library's threads have stopped spin-waiting (timing.py)
-            per[i].append(block_time(fn, calls[i]))
-    return per
+def race(fns: dict, blocks: int, around=None) -> dict:
+    """Per-call seconds of each block of each fn (bench/timing.py's interleaved blocks, about
+    40 ms each, at least 3 counted calls), a quiet machine awaited before each round."""
+    calls = calibrate(fns, 0.04, CLOCK["now"], floor=3, around=around)
+    timed = interleaved(fns, calls, dict.fromkeys(fns, blocks), CLOCK["now"], around=around, each_round=wait_quiet)
+    return {name: t.block_seconds for name, t in timed.items()}
 
 
 def paired_ratio(a, b):
@@ -179,20 +154,6 @@ def paired_ratio(a, b):
     (other users' jobs come and go), so the ratio of a pair holds better than the ratio
     of two medians."""
     return statistics.median(y / x for x, y in zip(a, b))
-
-
-def machine_peak(threads):
-    """GFLOP/s of a large float32 matmul through NumPy's BLAS (best of 5)."""
-    n = 4096
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    b = a.T.copy()
-    a @ b
-    times = []
-    for _ in range(5):
-        wait_quiet()
-        times.append(block_time(lambda: a @ b, 1))
-    best = min(times)
-    return 2.0 * n**3 / best / 1e9
 
 
 def main(argv=None):
@@ -220,7 +181,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     convkit.set_num_threads(args.threads)
     heap = "steady heap" if steady_heap() else "heap as glibc leaves it"
-    peak = machine_peak(args.threads)
+    peak = matmul_gflops(4096)
     rng = np.random.default_rng(0)
     layers = [Layer(L, rng) for L in load_layers(args.suite, set(filter(None, args.layers.split(","))))]
 
@@ -233,16 +194,15 @@ def main(argv=None):
     for layer in layers:
         for d in ("fwd", "bwd"):
             ck, tt = layer.fns[d]
-            t_ck, t_t = interleaved([ck, tt], args.blocks)
+            t = race({"convkit": ck, "torch": tt}, args.blocks)
             flops = layer.flops * (2 if d == "bwd" else 1)
-            g_ck, g_t = flops / statistics.median(t_ck) / 1e9, flops / statistics.median(t_t) / 1e9
-            ratio = paired_ratio(t_ck, t_t)
+            g_ck, g_t = (flops / statistics.median(t[k]) / 1e9 for k in ("convkit", "torch"))
+            ratio = paired_ratio(t["convkit"], t["torch"])
             scaling = ""
             if layer.cat.startswith("dense") and not args.no_scaling and args.threads > 1:
-                t1, tn = interleaved([(lambda: convkit.set_num_threads(1), ck),
-                                      (lambda: convkit.set_num_threads(args.threads), ck)], args.blocks)
-                convkit.set_num_threads(args.threads)
-                scaling = f"{paired_ratio(tn, t1):.2f}x"
+                counts = {"1": 1, "N": args.threads}
+                t = race({"1": ck, "N": ck}, args.blocks, around=lambda name: same_threads(counts[name], False))
+                scaling = f"{paired_ratio(t['N'], t['1']):.2f}x"
             tgt = target(layer.cat)
             mark = "" if ratio >= tgt else " (miss)"
             row = (f"| {layer.name} | {layer.cat} | {d} | {g_ck:.0f} | {g_t:.0f} | {ratio:.2f}{mark} | "

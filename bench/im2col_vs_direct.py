@@ -2,12 +2,14 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/im2col_vs_direct.py [--layers a,b] [--markdown FILE]
 
-Self-contained (convkit and NumPy only). For every conv2d / conv_transpose2d layer of
+convkit and NumPy only (no PyTorch). For every conv2d / conv_transpose2d layer of
 suite.json and each pass (forward; backward = grad-input + grad-weight, counted as 2x the
-forward FLOPs) the candidates run side by side in one process, in interleaved blocks
-(A A A, B B B, ...): the first call of a block wakes the library's threads and is not
-counted (calls slower than WARMUP_NEEDLESS seconds skip it: wake-up is lost in them), a
-block's time is the mean of its counted calls, a candidate's time the median over blocks.
+forward FLOPs) the candidates run side by side in one process, in bench/timing.py's
+interleaved blocks (A A A, B B B, ...): each block starts once OpenBLAS's idle workers
+have stopped spinning (timing.settle: they spin ~30 ms after a GEMM, taking a core from
+the next block's library), its first call wakes the library's threads and is not
+counted, a block's time is the mean of its counted calls, a candidate's time the median
+over blocks.
 "auto" is the rule table; "tune" is autotune mode (the shape is measured once, by
 convkit.explain before the timing, then served from the cache). GFLOP/s per candidate,
 then time ratios: im2col / direct, auto and tune against the best of im2col and direct
@@ -28,11 +30,6 @@ import os
 import sys
 from pathlib import Path
 
-WARMUP_NEEDLESS = 0.5  # seconds per call
-# Pause before each block: OpenBLAS's idle threads spin for ~30 ms after a GEMM (measured:
-# 25-35 ms of CPU during a sleep after one call), which would take a core from the next
-# block's library. The block's discarded first call then wakes that library's threads.
-SETTLE = 0.05
 CANDIDATES = ("im2col", "direct", "auto", "tune")
 
 
@@ -64,7 +61,6 @@ if ARGS is not None and ARGS.threads > 0:
 import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
@@ -72,36 +68,16 @@ import numpy as np  # noqa: E402
 
 import convkit  # noqa: E402
 from convkit import _im2col  # noqa: E402
+from convkit.bench.timing import calibrate, interleaved  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- timing
-def interleaved(fns: dict, blocks: int, block_seconds: float, clock=time.perf_counter) -> dict:
-    """Median seconds per call of each fns[name], in interleaved blocks."""
-    calls, warm = {}, {}
-    for name, fn in fns.items():  # calibration: one call to wake up, one to time
-        with mode(name):
-            fn()
-            start = clock()
-            fn()
-            t = clock() - start
-        calls[name] = max(1, min(50, int(block_seconds / max(t, 1e-7))))
-        warm[name] = t < WARMUP_NEEDLESS
-    per_block = {name: [] for name in fns}
-    gc.disable()  # a collection inside a block would be charged to whoever ran then
-    try:
-        for _ in range(blocks):
-            for name, fn in fns.items():
-                time.sleep(SETTLE)
-                with mode(name):
-                    if warm[name]:
-                        fn()
-                    start = clock()
-                    for _ in range(calls[name]):
-                        fn()
-                per_block[name].append((clock() - start) / calls[name])
-    finally:
-        gc.enable()
-    return {name: statistics.median(t) for name, t in per_block.items()}
+def median_seconds(fns: dict, blocks: int, block_seconds: float, clock=time.perf_counter) -> dict:
+    """Median seconds per call of each fns[name], in interleaved blocks of about
+    block_seconds, each in its autotune mode (see mode)."""
+    calls = calibrate(fns, block_seconds, clock, around=mode)
+    timed = interleaved(fns, calls, dict.fromkeys(fns, blocks), clock, around=mode)
+    return {name: t.median for name, t in timed.items()}
 
 
 def traced_peak(fn) -> int:
@@ -121,7 +97,7 @@ def blas_peak(clock) -> float:
 
     n = 2048
     a = np.asfortranarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-    t = interleaved({"sgemm": lambda: sgemm(1.0, a, a)}, 7, 0.5, clock)["sgemm"]
+    t = median_seconds({"sgemm": lambda: sgemm(1.0, a, a)}, 7, 0.5, clock)["sgemm"]
     return 2 * n**3 / t / 1e9
 
 
@@ -232,8 +208,8 @@ def main(args) -> None:
             tune_pick = "/".join(c.algo for _, c in convkit.explain(explain_op, **explain).steps)
             convkit.autotune(False)
             auto_pick = "/".join(c.algo for _, c in convkit.explain(explain_op, **explain).steps)
-            t = interleaved({c: (lambda c=c: fn("auto" if c == "tune" else c)) for c in CANDIDATES}, args.blocks,
-                            args.block_seconds, clock)
+            t = median_seconds({c: (lambda c=c: fn("auto" if c == "tune" else c)) for c in CANDIDATES}, args.blocks,
+                               args.block_seconds, clock)
             best = min(t["im2col"], t["direct"])
             gf = {c: work / t[c] / 1e9 for c in CANDIDATES}
             row = [L["name"], pass_, f"{gf['im2col']:.1f}", f"{gf['direct']:.1f}", f"{gf['auto']:.1f}", auto_pick,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -30,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import convkit
-from convkit.bench.timing import steady_heap
+from convkit.bench.peak import copy_gbs
+from convkit.bench.timing import calibrate, interleaved, steady_heap
 
 POOL_OPS = ("max_pool2d", "avg_pool2d", "global_avg_pool2d")
 
@@ -47,34 +47,12 @@ def find_suite(given):
 CLOCK = time.perf_counter  # or time.process_time (--clock cpu)
 
 
-def block_times(fn, calls):
-    """Per-call seconds of one block of back-to-back calls, the first (wake-up) dropped."""
-    fn()
-    t0 = CLOCK()
-    for _ in range(calls - 1):
-        fn()
-    return (CLOCK() - t0) / (calls - 1)
-
-
-def race(fns, blocks, budget=0.03):
-    """Median per-call time of each fn, measured in alternating blocks."""
-    calls = []
-    for fn in fns:  # calls per block: about `budget` seconds, at least 4
-        t = block_times(fn, 3)
-        calls.append(max(4, min(200, int(budget / max(t, 1e-7)))))
-    times = [[] for _ in fns]
-    for _ in range(blocks):
-        for k, fn in enumerate(fns):
-            times[k].append(block_times(fn, calls[k]))
-    return [statistics.median(t) for t in times]
-
-
-def copy_bandwidth(blocks):
-    """GB/s (read + write) of a NumPy copy of 256 MB, far beyond the last-level cache."""
-    src = np.ones(64 << 20, np.float32)
-    dst = np.empty_like(src)
-    (t,) = race([lambda: np.copyto(dst, src)], blocks, budget=0.2)
-    return 2 * src.nbytes / t / 1e9
+def race(fns, blocks):
+    """Median per-call seconds of each fn, in bench/timing.py's interleaved blocks (about
+    30 ms, at least 3 counted calls)."""
+    named = dict(enumerate(fns))
+    calls = calibrate(named, 0.03, CLOCK, floor=3, cap=199)
+    return [t.median for t in interleaved(named, calls, dict.fromkeys(named, blocks), CLOCK).values()]
 
 
 def layer_cases(layer):
@@ -143,7 +121,7 @@ def main():
     convkit.set_num_threads(args.threads)
 
     heap = "steady heap" if steady_heap() else "heap as glibc leaves it"
-    copy = copy_bandwidth(args.blocks)
+    copy = copy_gbs(256 << 20, args.blocks)
     print(f"convkit {convkit.__version__} (isa {convkit.get_isa()}), torch {torch.__version__}, "
           f"{args.threads} threads, {args.blocks} blocks, {args.clock} clock, {heap}; NumPy copy bandwidth {copy:.1f} GB/s (read + write)\n")
     print("| layer | pass | convkit GB/s | torch GB/s | convkit / torch | convkit % of copy |")

@@ -23,7 +23,7 @@ import os
 import statistics
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 MIN_BLOCKS = 7  # the project's standard: a median of at least 7 blocks
@@ -83,30 +83,71 @@ def calls_per_block(seconds_per_call: float, block_seconds: float, cap: int = 50
     return max(1, min(cap, int(block_seconds / max(seconds_per_call, 1e-7))))
 
 
-def interleaved(fns: dict, calls: dict, blocks: dict, clock=time.perf_counter) -> dict:
+def calibrate(fns: dict, block_seconds: float, clock=time.perf_counter, *, floor: int = 1, cap: int = 50,
+              around=None, before=None) -> dict:
+    """Counted calls per block of each fns[name] (calls_per_block, at least `floor`), from one
+    timed call after a wake-up call, in the same conditions as interleaved's (around, before)."""
+    calls = {}
+    for name, fn in fns.items():
+        with _within(around, name):
+            _call(fn, before)
+            calls[name] = max(floor, calls_per_block(_call(fn, before, clock), block_seconds, cap))
+    return calls
+
+
+def interleaved(fns: dict, calls: dict, blocks: dict, clock=time.perf_counter, *, around=None, before=None,
+                each_round=None) -> dict:
     """Time each fns[name] in `blocks[name]` blocks of 1 + calls[name] calls, interleaved
     in the order given; the first call of each block is not counted. Returns {name: Timed}.
     clock=time.thread_time times the calling thread's CPU, immune to other users' jobs
-    (meaningful for one-thread runs only)."""
+    (meaningful for one-thread runs only).
+
+    around(name): a context manager each block of fns[name] runs in (a mode or a thread
+    count to switch), entered before its first call. before(): run untimed ahead of every
+    call (new weights for a training step's measurement); the block is then timed call by
+    call. each_round(): run before each round of blocks (waiting for a quiet machine)."""
     per_block = {name: [] for name in fns}
     gc_was_on = gc.isenabled()
     gc.disable()  # a collection inside one block would be charged to whoever ran then
     try:
         for b in range(max(blocks.values(), default=0)):
+            if each_round is not None:
+                each_round()
             for name, fn in fns.items():
                 if b >= blocks[name]:
                     continue
-                settle()  # the previous block's library has stopped spinning
-                fn()  # wakes the library's threads: not counted
-                n = calls[name]
-                start = clock()
-                for _ in range(n):
-                    fn()
-                per_block[name].append((clock() - start) / n)
+                with _within(around, name):
+                    settle()  # the previous block's library has stopped spinning
+                    _call(fn, before)  # wakes the library's threads: not counted
+                    n = calls[name]
+                    if before is None:
+                        start = clock()
+                        for _ in range(n):
+                            fn()
+                        spent = clock() - start
+                    else:
+                        spent = sum(_call(fn, before, clock) for _ in range(n))
+                per_block[name].append(spent / n)
     finally:
         if gc_was_on:
             gc.enable()
     return {name: Timed(tuple(t), calls[name]) for name, t in per_block.items()}
+
+
+def _within(around, name):
+    return around(name) if around is not None else nullcontext()
+
+
+def _call(fn, before, clock=None):
+    """fn() after before() (if any); with a clock, the seconds fn() took."""
+    if before is not None:
+        before()
+    if clock is None:
+        fn()
+        return None
+    start = clock()
+    fn()
+    return clock() - start
 
 
 @contextmanager

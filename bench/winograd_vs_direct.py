@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import convkit
 from convkit import reference as ref
 from convkit._args import conv_geometry, conv_transpose_geometry
 from convkit._impl_winograd import covers as winograd_covers
+from convkit.bench.timing import calibrate, interleaved
 
 
 def _suite(path: str) -> list:
@@ -70,24 +70,11 @@ def _winograd_layers(layers: list, names: str) -> list:
 
 
 def _median_seconds(fns: dict, blocks: int, clock, before) -> dict:
-    """Interleaved blocks of back-to-back calls (about 0.2 s each), first call discarded;
-    before() runs ahead of each call, untimed."""
-    def timed(fn):
-        before()
-        start = clock()
-        fn()
-        return clock() - start
-
-    calls = {}
-    for name, fn in fns.items():
-        timed(fn)
-        calls[name] = max(1, int(0.2 / max(timed(fn), 1e-6)))
-    times = {name: [] for name in fns}
-    for _ in range(blocks):
-        for name, fn in fns.items():
-            timed(fn)
-            times[name].append(sum(timed(fn) for _ in range(calls[name])) / calls[name])
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median seconds per call of each fn, in bench/timing.py's interleaved blocks of about
+    0.2 s; before() runs ahead of each call, untimed."""
+    calls = calibrate(fns, 0.2, clock, cap=1 << 30, before=before)
+    timed = interleaved(fns, calls, dict.fromkeys(fns, blocks), clock, before=before)
+    return {name: t.median for name, t in timed.items()}
 
 
 def _rel_error(got, want) -> float:
