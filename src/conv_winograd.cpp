@@ -144,8 +144,8 @@ std::int64_t list_tiles(const Problem& p, Tile* out) {
 // U[q*q_ld + r*ld + o - o0] (ld >= width). The weights are first transposed so that o is
 // contiguous, wt[r][t][o - o0] for phase-space tap t (9 x R x width floats), then
 // transformed a vector of o at a time. Unless the phase-space taps are the kernel's own,
-// the transpose goes to raw (the kernel's taps, as many floats as wt) and wt gathers its
-// rows from there.
+// the transpose goes to raw (the kernel's taps: as many floats as wt, or one kernel row
+// kh*kw x wC, whichever is more) and wt gathers its rows from there.
 void transform_weight_block(const WinogradKernels& wk, const ConvKernels<float>& ks, const float* w, std::int64_t wK,
                             std::int64_t wC, const PhaseTaps& taps, bool rotated, std::int64_t o0, std::int64_t width,
                             float* raw, float* wt, float* U, std::int64_t ld, std::int64_t q_ld) {
@@ -330,9 +330,15 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   const auto V_at = ws.add<float>(buffer_size({slots, 36, Vq}));
   const auto M_at = ws.add<float>(buffer_size({slots, 36, Mq}) + wk.W);  // an output phase's last vector reads past
   const auto U_at = ws.add<float>(buffer_size({slots, 36, Uq}));
+  const std::int64_t wK = rotated ? p.C : p.K, wC = rotated ? p.K : p.C;  // the weights' (K, C)
+  // transform_weight_block's scratch: wt, and raw unless the taps are the kernel's own
+  // (the forward's transpose, wC x kh*kw rows of KB floats, fits wt's size; the
+  // grad-input's, kh*kw x wC for one k at a time, can exceed it: one grad_output channel
+  // and many output phases make KB small against the s*s*wC outputs)
   const std::int64_t wt_size = buffer_size({9, C, KB});
+  const std::int64_t raw_size = std::max(wt_size, buffer_size({p.taps.kh * p.taps.kw, wC}));
   const auto wt_at = ws.add<float>(buffer_size({std::max(slots, nkb), wt_size}));
-  const auto raw_at = ws.add<float>(p.taps.identity() ? 0 : buffer_size({std::max(slots, nkb), wt_size}));
+  const auto raw_at = ws.add<float>(p.taps.identity() ? 0 : buffer_size({std::max(slots, nkb), raw_size}));
   ws.allocate();
   Tile* tiles = ws.at<Tile>(tiles_at);
   list_tiles(p, tiles);
@@ -343,7 +349,6 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
 
   // 1. Weights: the transformed blocks of weights seen before are kept (see WeightCache),
   // one after another (block b at b x 36 x Uq); others are transformed per task.
-  const std::int64_t wK = rotated ? p.C : p.K, wC = rotated ? p.K : p.C;
   const WeightKey key{w, buffer_size({wK, wC, p.taps.kh, p.taps.kw}), Kw, KB, p.taps, rotated, active_isa()};
   bool seen = false;
   std::shared_ptr<const TransformedWeights> cached = weight_cache().find(key, &seen);
@@ -354,7 +359,7 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
     e->U.resize(static_cast<std::size_t>(buffer_size({nkb, 36, Uq})));
     parallel_for(nkb, [&](std::int64_t kb) {
       transform_weight_block(wk, ks, w, wK, wC, p.taps, rotated, kb * KB, std::min(KB, Kw - kb * KB),
-                             ws.at<float>(raw_at) + kb * wt_size, ws.at<float>(wt_at) + kb * wt_size,
+                             ws.at<float>(raw_at) + kb * raw_size, ws.at<float>(wt_at) + kb * wt_size,
                              e->U.data() + kb * 36 * Uq, KB, Uq);
     });
     weight_cache().add(e);
@@ -465,7 +470,7 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
           U = cached->U.data() + kb * 36 * Uq;
         } else {
           float* Ub = ws.at<float>(U_at) + slot * 36 * Uq;
-          transform_weight_block(wk, ks, w, wK, wC, p.taps, rotated, k0, kw, ws.at<float>(raw_at) + slot * wt_size,
+          transform_weight_block(wk, ks, w, wK, wC, p.taps, rotated, k0, kw, ws.at<float>(raw_at) + slot * raw_size,
                                  ws.at<float>(wt_at) + slot * wt_size, Ub, KB, Uq);
           U = Ub;
         }

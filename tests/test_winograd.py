@@ -94,6 +94,7 @@ STRIDED = [
     (1, 2, 11, 9, 5, (6, 4), (3, 2), (1, 0)),  # per-axis strides and kernels
     (2, 6, 8, 7, 16, (2, 3), (2, 1), (0, 1)),  # stride 1 on one axis only
     (1, 1, 1, 1, 2, (2, 2), 2, 1),            # 1x1 image, padding past the reach
+    (1, 256, 13, 14, 1, (12, 12), 4, 0),      # one output channel, 4096 phase channels of grad-input
 ]
 
 
