@@ -72,9 +72,15 @@ CASES = [
     Case(1, 2, 1, 1, 3, 3, 3, padding=1),                        # 1x1 image, kernel larger than it
     Case(2, 3, 2, 3, 2, 5, 5, padding=2),                        # kernel larger than the image
     Case(1, 17, 5, 5, 19, 3, 3, padding=1),                      # channels past a vector width
-    # NCHW forward with >= 32 channels and groups 1 runs on pixel-major columns (forward_via_hwc):
+    # Stride 1 on images as wide as the output: each tap's rows move as one run (transfer_run),
+    # padding on one side only (the run's gaps differ per tap)
+    Case(2, 3, 6, 5, 4, 3, 3, padding=(2, 0, 2, 0)),
+    Case(1, 2, 7, 4, 3, 2, 3, padding=(0, 1, 1, 3), dilation=(1, 2)),
+    # NCHW forward with >= 32 channels, groups 1 and >= 512 output pixels runs on pixel-major
+    # columns (forward_tile_via_hwc); fewer pixels stay row-major:
+    Case(1, 32, 24, 23, 33, 3, 3, padding=1),
     Case(2, 32, 9, 11, 33, 3, 3, padding=1),
-    Case(1, 33, 10, 7, 5, 3, 2, stride=(2, 1), padding=(5, 1, 1, 2), dilation=(2, 1)),  # top rows all padding
+    Case(1, 33, 80, 14, 5, 3, 2, stride=(2, 1), padding=(5, 1, 1, 2), dilation=(2, 1)),  # top rows all padding
     # >= 512 output pixels per tile: grad-weight sums into column-major scratch (gw_sums_column_major)
     Case(2, 3, 24, 23, 5, 3, 3, padding=1),
     Case(1, 4, 26, 22, 6, 3, 3, padding=(1, 0), groups=2),

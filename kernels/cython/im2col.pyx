@@ -24,8 +24,8 @@ to one Fortran call, so each primitive is written once for both layouts. The wei
 stays (K, C/groups, kh, kw) in NCHW; for NHWC its taps are reordered to (K, kh, kw,
 C/groups) first (a copy the size of the weight).
 
-The NCHW forward with >= HWC_MIN_CHANNELS channels and one group also uses pixel-major
-columns, which OpenBLAS multiplies 15-25% faster (forward_tile_via_hwc): per tile, the input
+The NCHW forward with >= HWC_MIN_CHANNELS channels, one group and images of at least
+HWC_TILE_MIN_PIXELS output pixels also uses pixel-major columns, which OpenBLAS multiplies 15-25% faster (forward_tile_via_hwc): per tile, the input
 rows it reads are transposed to HWC and its output back to CHW.
 
 1x1 kernels with stride 1 and no padding need no copy: the input is its own column
@@ -119,7 +119,10 @@ cdef enum:
     HWC_TILE_MIN_PIXELS = 512
 
 # Pixel-major columns copy C/groups contiguous values per tap and pixel: with fewer than
-# HWC_MIN_CHANNELS the row-major copy (runs of output columns) is the cheaper one.
+# HWC_MIN_CHANNELS the row-major copy (runs of output columns) is the cheaper one. Images
+# of fewer than HWC_TILE_MIN_PIXELS output pixels keep row-major columns too: their one
+# short tile gains nothing in the GEMM, and reordering the weight's taps costs a tenth of
+# the call (ResNet's 256-channel 3x3 on 14x14, one core: 164 -> 194 GFLOP/s).
 # TRANSPOSE_BLOCK: a 16 x 16 block of floats touches 16 lines on each side (2 KiB of L1).
     TRANSPOSE_BLOCK = 16
     HWC_MIN_CHANNELS = 32
@@ -181,9 +184,16 @@ cdef void transfer_nchw(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py
     """Between channels [c0, c0+Cg) of one CHW image and the R x Pt columns of output rows
     [oh0, oh1), row-major, one row per tap (c, i, j). im2col (to_image=0) writes zeros
     where a tap falls in the padding; col2im (to_image=1) adds each column value into the
-    pixel it came from."""
+    pixel it came from.
+
+    At stride 1 with the image as wide as the output ("same" padding: ResNet's and VGG's
+    3x3 layers) a tap's column row is the image shifted by a constant offset, so its rows
+    inside the image move as one run (transfer_run); row by row they were one 224-byte
+    memcpy each, and the col2im's strided loop did not vectorise (resnet_3x3_64 at one
+    core: col2im 14% of grad-input's time)."""
     cdef Py_ssize_t Pt = (oh1 - oh0) * g.OW
-    cdef Py_ssize_t c, i, j, oh, ow, ih, off, lo, hi
+    cdef bint flat = g.sh == 1 and g.sw == 1 and g.W == g.OW
+    cdef Py_ssize_t c, i, j, oh, ow, ih, off, lo, hi, a, b
     cdef floating* plane
     cdef floating* row
     cdef floating* seg
@@ -191,18 +201,23 @@ cdef void transfer_nchw(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py
     for c in range(g.Cg):
         plane = img + (c0 + c) * g.H * g.W
         for i in range(g.kh):
+            # [a, b): the tile's output rows whose tap row ih = oh*sh - pt + i*dh is in the image
+            a = min(oh1, max(oh0, ceil_div_pos(g.pt - i * g.dh, g.sh)))
+            b = max(a, min(oh1, ceil_div_pos(g.H + g.pt - i * g.dh, g.sh)))
             for j in range(g.kw):
                 row = col + ((c * g.kh + i) * g.kw + j) * Pt
                 off = j * g.dw - g.pl
                 lo, hi = inside(g, off)
-                for oh in range(oh0, oh1):
+                if not to_image:
+                    memset(row, 0, (a - oh0) * g.OW * sizeof(floating))
+                    memset(row + (b - oh0) * g.OW, 0, (oh1 - b) * g.OW * sizeof(floating))
+                if flat:
+                    transfer_run(plane + (a - g.pt + i * g.dh) * g.W + off, row + (a - oh0) * g.OW, b - a, g.OW,
+                                 lo, hi, to_image)
+                    continue
+                for oh in range(a, b):
                     seg = row + (oh - oh0) * g.OW
-                    ih = oh * g.sh - g.pt + i * g.dh
-                    if ih < 0 or ih >= g.H:
-                        if not to_image:
-                            memset(seg, 0, g.OW * sizeof(floating))
-                        continue
-                    src = plane + ih * g.W
+                    src = plane + (oh * g.sh - g.pt + i * g.dh) * g.W
                     if to_image:
                         for ow in range(lo, hi):
                             src[ow * g.sw + off] += seg[ow]
@@ -215,6 +230,40 @@ cdef void transfer_nchw(floating* img, floating* col, Geom* g, Py_ssize_t c0, Py
                     else:
                         for ow in range(lo, hi):
                             seg[ow] = src[ow * g.sw + off]
+
+
+cdef void transfer_run(floating* src, floating* seg, Py_ssize_t rows, Py_ssize_t OW, Py_ssize_t lo, Py_ssize_t hi,
+                       bint to_image) noexcept nogil:
+    """transfer_nchw's stride-1 case for `rows` rows of OW values, seg[k] <-> src[k] where
+    column k % OW is in [lo, hi). The run from the first row's column lo to the last
+    row's column hi - 1 moves at once; in between, the columns outside [lo, hi) that it
+    spans are zeros in the columns (im2col: written after the copy; col2im: zeroed in the
+    column buffer first, so adding them into the neighbouring row's pixels adds 0)."""
+    cdef Py_ssize_t r, n = (rows - 1) * OW + hi - lo
+    if rows <= 0:
+        return
+    if lo >= hi:  # the tap never reads the image on these rows
+        if not to_image:
+            memset(seg, 0, rows * OW * sizeof(floating))
+        return
+    if to_image:
+        for r in range(rows - 1):
+            zero_run(seg + r * OW + hi, OW - hi + lo)
+        add_run(src + lo, seg + lo, n)
+        return
+    memcpy(seg + lo, src + lo, n * sizeof(floating))
+    zero_run(seg, lo)
+    for r in range(rows - 1):
+        zero_run(seg + r * OW + hi, OW - hi + lo)
+    zero_run(seg + (rows - 1) * OW + hi, OW - hi)
+
+
+cdef inline void zero_run(floating* dst, Py_ssize_t n) noexcept nogil:
+    """dst[0:n] = 0: a loop, as the runs are a padding's width (a memset call per 1-value
+    run cost 5% of a 3x3 grad-input)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        dst[k] = 0
 
 
 cdef inline void add_run(floating* dst, floating* src, Py_ssize_t n) noexcept nogil:
@@ -517,7 +566,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                             groups, nhwc)
     if bias is not None and bias.shape[0] != g.K:
         raise ValueError(f"bias has shape ({bias.shape[0]},), expected ({g.K},)")
-    g.via_hwc = not nhwc and g.G == 1 and not g.identity and g.C >= HWC_MIN_CHANNELS
+    g.via_hwc = (not nhwc and g.G == 1 and not g.identity and g.C >= HWC_MIN_CHANNELS
+                 and g.P >= HWC_TILE_MIN_PIXELS)
     y = new_array(&g, g.N, g.K, g.OH, g.OW, np.asarray(x).dtype, False)
     cdef floating[:, :, :, ::1] yv = y
     cdef const floating[:, :, :, ::1] wk = tap_major(np.asarray(w), nhwc or g.via_hwc)
