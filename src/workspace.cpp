@@ -21,18 +21,22 @@ constexpr std::size_t kMaxCachedBytes = std::size_t(256) << 20;
 
 class BlockCache {
  public:
-  // A block of at least `size` bytes: the smallest cached one that fits, or a new one.
+  // A block of at least `size` bytes: the most recently released one that fits, or a
+  // new one. The most recent block is the one still in the caches: a backward pass
+  // alternates grad-input and grad-weight, and when each took the smallest block that
+  // fits, the two workspaces (7 and 9 MB on DeepLab's ASPP layer) both had to stay in
+  // the L3 beside the tensors; the operator that ran second found its own block evicted
+  // and its writes went to DRAM: each ran ~10% slower alternating than repeated (one
+  // core; the backward 8.5 -> 8.1 ms with the shared block, DCGAN's 4.6 -> 4.4).
   std::pair<char*, std::size_t> acquire(std::size_t size) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      std::size_t best = free_.size();
-      for (std::size_t i = 0; i < free_.size(); ++i)
-        if (free_[i].second >= size && (best == free_.size() || free_[i].second < free_[best].second)) best = i;
-      if (best < free_.size()) {
-        auto block = free_[best];
-        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
-        return block;
-      }
+      for (std::size_t i = free_.size(); i-- > 0;)
+        if (free_[i].second >= size) {
+          auto block = free_[i];
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          return block;
+        }
     }
     const bool huge = size >= 2 * kHugePage;
     const std::size_t align = huge ? kHugePage : 64, bytes = (size + align - 1) / align * align;
