@@ -29,14 +29,14 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   // Entries in one of two orders. Tap-major, (tap, c): a block of R entries mostly
   // shares one tap and with it the output pixels where that tap reads real input, and
   // the block's kernel calls run over that box only (ASPP's dilation-12 taps read zeros
-  // on 40% of the pixels); but the sums then come out as gw[k][tap][c], a permute away
-  // from gw[k][c][tap]. Channel-major, (c, tap), gw's own order: a block's box spans
-  // its taps' boxes (the padding read as zeros), no permute. The permute moves an
-  // element in about 60 MACs' time (13% of ResNet's 256-channel 14 x 14 grad-weight,
-  // whose boxes grow 10% channel-major). Padding entries at the end re-read the last
-  // one and are discarded.
+  // on 40% of the pixels). Channel-major, (c, tap), gw's own order: a block's box spans
+  // its taps' boxes (the padding read as zeros). Either way each entry sums into its
+  // row of gw's order (`at`), so the sums transpose straight into gw. (Tap-major sums
+  // in entry order cost a permute of gw afterwards, a 9-row transpose done element by
+  // element: 6% of ASPP's grad-weight; the choice below charged it 60 MACs an element.)
+  // Padding entries at the end re-read the last one and sum into rows past E, discarded.
   const std::int64_t taps = g.kh * g.kw;
-  std::vector<std::int64_t> off(static_cast<std::size_t>(neb * R));
+  std::vector<std::int64_t> off(static_cast<std::size_t>(neb * R)), at(off.size());
   std::vector<std::int64_t> box(static_cast<std::size_t>(neb * 4));  // rows [0], [1), cols [2], [3) per block
   struct Tap {
     std::int64_t off, r0, r1, c0, c1;  // offset in a channel's planes; output rows and cols reading real input
@@ -56,6 +56,7 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
       for (std::int64_t r = 0; r < R; ++r, ++e) {
         const Tap& tp = tap[t];
         off[e] = c * ip.cs + tp.off;
+        at[e] = e < E ? c * taps + t : e;
         if (r == 0 || b[0] >= b[1] || b[2] >= b[3]) b[0] = tp.r0, b[1] = tp.r1, b[2] = tp.c0, b[3] = tp.c1;
         if (tp.r0 < tp.r1 && tp.c0 < tp.c1)
           b[0] = std::min(b[0], tp.r0), b[1] = std::max(b[1], tp.r1), b[2] = std::min(b[2], tp.c0),
@@ -68,9 +69,8 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
     }
     return pixels;
   };
-  const double macs_per_pixel = double(g.N * g.groups * nkb * KB * R) / kern.eff;
   const bool tap_major = taps > 1 && Cg > 1 &&  // else the orders are the same
-                         order(true) * macs_per_pixel + 60.0 * double(g.K * E) < order(false) * macs_per_pixel;
+                         order(true) < order(false);
   order(tap_major);
 
   // Tasks: (batch slice, group, channel block, chunk of entry blocks). The slices and
@@ -90,7 +90,6 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
   const auto planes_at = ws.add<T>(buffer_size({g.N, g.C, pg.channel_size()}));
   const auto gyp_at = ws.add<T>(blocks * g.N * OHW * KB);
   const auto acc_at = ws.add<T>(nslices * acc_slice);
-  const auto tmp_at = ws.add<T>(tap_major ? g.K * E : 0);
   ws.allocate();
   T *gyp = ws.at<T>(gyp_at), *acc = ws.at<T>(acc_at);
   const T* planes = pack_all(x, layout, g.N, g.C, g.H, g.W, pg.channel_size(),
@@ -125,7 +124,7 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
     const std::int64_t grp = blk / nkb;
     const std::int64_t eb0 = ec * eb_per_chunk, eb1 = std::min(neb, eb0 + eb_per_chunk);
     T* acc_blk = acc + slice * acc_slice + blk * acc_block;
-    std::fill(acc_blk + eb0 * R * KB, acc_blk + eb1 * R * KB, T(0));
+    for (std::int64_t e = eb0 * R; e < eb1 * R; ++e) std::fill_n(acc_blk + at[e] * KB, KB, T(0));
     const std::int64_t n1 = std::min(g.N, (slice + 1) * n_per_slice);
     for (std::int64_t n = slice * n_per_slice; n < n1; ++n) {
       const T* gyn = gyp + (blk * g.N + n) * OHW * KB;
@@ -135,17 +134,15 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
           const std::int64_t* b = &box[eb * 4];
           const std::int64_t r0 = std::max(oh0, b[0]), r1 = std::min(oh0 + chunk_rows, b[1]);
           if (r0 >= r1 || b[2] >= b[3]) continue;
-          kern.fn(GwTile<T>{gyn + (r0 * g.OW + b[2]) * KB, xn + r0 * pg.Wq + b[2], off.data() + eb * R, r1 - r0,
-                            b[3] - b[2], g.OW * KB, pg.Wq, acc_blk + eb * R * KB});
+          kern.fn(GwTile<T>{gyn + (r0 * g.OW + b[2]) * KB, xn + r0 * pg.Wq + b[2], off.data() + eb * R,
+                            at.data() + eb * R, r1 - r0, b[3] - b[2], g.OW * KB, pg.Wq, acc_blk});
         }
       }
     }
   });
 
-  // gw = the slices' sums added in order, each block transposed: acc rows are entries,
-  // channel-major straight into gw; tap-major into tmp as gw[k][t][c], then each row of
-  // it into place as gw[k][c][t].
-  T* tmp = tap_major ? ws.at<T>(tmp_at) : gw;
+  // gw = the slices' sums added in order, each block transposed (acc rows are in gw's
+  // order).
   const std::int64_t rows_per_task = 256;
   const std::int64_t echunks = ceil_div(E, rows_per_task);
   parallel_for(blocks * echunks, [&](std::int64_t t) {
@@ -156,12 +153,8 @@ void direct_grad_weight(const ConvGeom& g, Layout layout, const T* gy, const T* 
       const T* part = sum + slice * acc_slice;
       for (std::int64_t i = 0; i < (e1 - e0) * KB; ++i) sum[i] += part[i];
     }
-    ks.transpose(sum, KB, tmp + ((blk / nkb) * Kg + kb * KB) * E + e0, E, e1 - e0, kk1);
+    ks.transpose(sum, KB, gw + ((blk / nkb) * Kg + kb * KB) * E + e0, E, e1 - e0, kk1);
   });
-  if (tap_major)
-    parallel_ranges(g.K, (1 << 14) / E, [&](std::int64_t k0, std::int64_t k1) {
-      for (std::int64_t k = k0; k < k1; ++k) ks.transpose(tmp + k * E, Cg, gw + k * E, taps, taps, Cg);
-    });
 }
 
 template void direct_grad_weight<float>(const ConvGeom&, Layout, const float*, const float*, float*);

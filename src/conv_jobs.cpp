@@ -94,10 +94,10 @@ void run_direct_jobs(const DirectKernel<T>& kern, const std::vector<DirectJob<T>
         const DirectJob<T>& job = jobs[j];
         if (kb * R >= job.nk) continue;
         const int kr = static_cast<int>(std::min(R, job.nk - kb * R));
-        // The last tile of a job computes only the vectors its pixels need; read in
-        // place (exact), it is moved back to end at npix.
-        std::int64_t p0 = (t - first_tile[j]) * P;
-        const int v = kern.vectors_at(p0, job.npix);
+        // A job's last tiles compute only the vectors its pixels need (span); read in
+        // place (exact), the last is moved back to end at npix.
+        std::int64_t p0;
+        const int v = kern.span(t - first_tile[j], job.npix, p0);
         const std::int64_t width = v * kern.lanes();
         int skip = 0;
         if (job.exact && p0 + width > job.npix) {

@@ -2,6 +2,7 @@
 // microkernels (kernels/cpu/): what one kernel call computes, and the tables of kernels
 // each ISA offers. Operators fill these structs and never name an instruction set.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -52,22 +53,23 @@ struct DirectTile {
 };
 
 // One call of a grad-weight kernel `R x KB` (R reduction entries, KB output channels):
-// for r < R, k < KB, acc[r*KB + k] += sum over rows, cols of
+// for r < R, k < KB, acc[at[r]*KB + k] += sum over rows, cols of
 //   gy[row*gy_ld + col*KB + k] * x[off[r] + row*x_ld + col].
 template <typename T>
 struct GwTile {
   const T* gy;                // packed grad_output of the channel block, [rows][cols][KB] with row stride gy_ld
   const T* x;                 // input planes of one image, shifted to the first row and column
   const std::int64_t* off;    // R entries' offsets into x
+  const std::int64_t* at;     // R entries' rows of acc
   std::int64_t rows, cols, gy_ld, x_ld;
-  T* acc;                     // [R][KB] running sums, updated in place
+  T* acc;                     // rows of KB running sums, updated in place
 };
 
 // A direct kernel R x P, P = V vectors of pixels, and its narrower tiles: tile[v - 1]
-// computes the first v vectors (v*P/V pixels), so a flat domain's last pixels run on the
-// narrowest tile that covers them. A 14 x 14 image (196 pixels) in 48-pixel tiles then
-// computes 4*48 + 16 pixels, not 5*48 (ResNet's 256-channel layers: 18% of the
-// multiply-adds were discarded pixels).
+// computes the first v vectors (v*P/V pixels), so a flat domain's last pixels run on
+// narrower tiles. A 14 x 14 image (196 pixels) in 48-pixel tiles then computes 13
+// vectors (208 pixels), not 5*48 (ResNet's 256-channel layers: 18% of the multiply-adds
+// were discarded pixels).
 template <typename T>
 struct DirectKernel {
   std::vector<void (*)(const DirectTile<T>&)> tile;  // tile.back(): the full R x P tile
@@ -80,10 +82,19 @@ struct DirectKernel {
   const char* name;
 
   std::int64_t lanes() const { return P / static_cast<std::int64_t>(tile.size()); }
-  // Vectors the tile at flat pixel p0 of an npix-pixel domain computes.
-  int vectors_at(std::int64_t p0, std::int64_t npix) const {
-    const std::int64_t v = (npix - p0 + lanes() - 1) / lanes();
-    return static_cast<int>(v < static_cast<std::int64_t>(tile.size()) ? v : tile.size());
+  // Tile t of the ceil(npix / P) tiles of an npix-pixel domain: its first flat pixel
+  // (p0) and its vectors (returned). Full tiles, but the last two share their vectors
+  // evenly: a 1-vector tile is load-bound (8 x 1: 9 loads per 8 FMAs), and the 108-pixel
+  // regions of ASPP's grad-input (12 x 9 pixels, 7 vectors) ran 3 + 3 + 1 vectors with
+  // the 1 taking 8% of the time; 3 + 2 + 2 computes the same vectors.
+  int span(std::int64_t t, std::int64_t npix, std::int64_t& p0) const {
+    const std::int64_t V = static_cast<std::int64_t>(tile.size()), nv = (npix + lanes() - 1) / lanes();
+    const std::int64_t n = (nv + V - 1) / V, pair = nv - (n - 2) * V, first = (pair + 1) / 2;  // pair: the last two's
+    p0 = t * P;
+    if (n < 2 || t < n - 2) return static_cast<int>(std::min(V, nv - t * V));
+    if (t == n - 2) return static_cast<int>(first);
+    p0 = (t - 1) * P + first * lanes();
+    return static_cast<int>(pair - first);
   }
   // Pixels computed for an npix-pixel domain: full tiles, then the last one's vectors.
   std::int64_t padded(std::int64_t npix) const {

@@ -476,13 +476,15 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
         }
         const std::int64_t groups = ceil_div(nt, R);
         for (std::int64_t q = 0; q < 36; ++q)
-          for (std::int64_t kk = 0; kk < kw; kk += P)
+          for (std::int64_t kt = 0; kt < ceil_div(kw, P); ++kt)
             for (std::int64_t tg = 0; tg < groups; ++tg) {
               const std::int64_t s0 = tg * R;
+              std::int64_t kk;
+              const int v = kern.span(kt, kw, kk);
               const OutMap<float> out{M + q * Mq + s0 * KB, KB, 0, 1, 1, KB, KB};
               const DirectTile<float> tile{U + q * Uq + kk, ent, C, V + q * Vq + s0 * Cp, Cp, nullptr,
                                            false, static_cast<int>(std::min(R, nt - s0)), 0, kk, out};
-              kern.tile[static_cast<std::size_t>(kern.vectors_at(kk, kw) - 1)](tile);
+              kern.tile[static_cast<std::size_t>(v - 1)](tile);
             }
         // 3c. Output transform, bias and ReLU into y: the block's channels phase by
         // phase, each phase's into its own pixels of y.

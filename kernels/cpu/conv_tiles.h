@@ -123,7 +123,7 @@ void conv_gw_tile(const GwTile<typename VT::Elem>& t) {
   constexpr int W = VT::W, KB = V * W;
   Vec acc[R][V];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = VT::loadu(t.acc + r * KB + v * W);
+    for (int v = 0; v < V; ++v) acc[r][v] = VT::loadu(t.acc + t.at[r] * KB + v * W);
   for (std::int64_t row = 0; row < t.rows; ++row) {
     const T* gy = t.gy + row * t.gy_ld;
     const T* x = t.x + row * t.x_ld;
@@ -139,7 +139,7 @@ void conv_gw_tile(const GwTile<typename VT::Elem>& t) {
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) VT::storeu(t.acc + r * KB + v * W, acc[r][v]);
+    for (int v = 0; v < V; ++v) VT::storeu(t.acc + t.at[r] * KB + v * W, acc[r][v]);
 }
 
 // dst[c*dst_ld + r] = src[r*src_ld + c] for a rows x cols matrix: W x W blocks through
