@@ -87,11 +87,14 @@ struct DirectKernel {
   // evenly: a 1-vector tile is load-bound (8 x 1: 9 loads per 8 FMAs), and the 108-pixel
   // regions of ASPP's grad-input (12 x 9 pixels, 7 vectors) ran 3 + 3 + 1 vectors with
   // the 1 taking 8% of the time; 3 + 2 + 2 computes the same vectors.
+  // (Per kernel call: the tiles before the last two take no division.)
   int span(std::int64_t t, std::int64_t npix, std::int64_t& p0) const {
-    const std::int64_t V = static_cast<std::int64_t>(tile.size()), nv = (npix + lanes() - 1) / lanes();
-    const std::int64_t n = (nv + V - 1) / V, pair = nv - (n - 2) * V, first = (pair + 1) / 2;  // pair: the last two's
+    const std::int64_t V = static_cast<std::int64_t>(tile.size()), n = (npix + P - 1) / P;
     p0 = t * P;
-    if (n < 2 || t < n - 2) return static_cast<int>(std::min(V, nv - t * V));
+    if (t + 2 < n) return static_cast<int>(V);
+    const std::int64_t nv = (npix + lanes() - 1) / lanes();
+    if (n < 2) return static_cast<int>(nv);
+    const std::int64_t pair = nv - (n - 2) * V, first = (pair + 1) / 2;  // the last two tiles' vectors
     if (t == n - 2) return static_cast<int>(first);
     p0 = (t - 1) * P + first * lanes();
     return static_cast<int>(pair - first);
