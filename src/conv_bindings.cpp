@@ -222,6 +222,13 @@ void bind_dtype(py::module_& m) {
 }
 
 // The direct engine's kernels for the active ISA: what tests walk the tile edges of.
+// dst[c*dst_ld + r] = src[r*src_ld + c], rows x cols, with the active ISA's kernel.
+template <typename T>
+void transpose_active(const T* src, std::int64_t src_ld, T* dst, std::int64_t dst_ld, std::int64_t rows,
+                      std::int64_t cols) {
+  conv_kernels<T>().transpose(src, src_ld, dst, dst_ld, rows, cols);
+}
+
 template <typename T>
 py::list kernel_list() {
   py::list out;
@@ -250,6 +257,11 @@ void bind_conv(py::module_& m) {
     if (dtype == "float64") return kernel_list<double>();
     throw std::invalid_argument("dtype must be 'float32' or 'float64', got '" + dtype + "'");
   }, py::arg("dtype"), R"doc(The direct engine's microkernels (name, tile shape) for the active ISA.)doc");
+  // The SIMD transpose of the active ISA, for convkit._im2col's column and output
+  // reorders (a C function pointer in a capsule: called without the GIL, no Python in
+  // between; the ISA is looked up at each call, as set_isa may change it).
+  m.attr("transpose_f32") = py::capsule(reinterpret_cast<void*>(&transpose_active<float>), "convkit.transpose_f32");
+  m.attr("transpose_f64") = py::capsule(reinterpret_cast<void*>(&transpose_active<double>), "convkit.transpose_f64");
   m.def("force_conv_kernels", &force_conv_kernels, py::arg("direct") = "", py::arg("gw") = "", py::arg("fold") = -1,
         R"doc(Tests only: use these kernels (by name) and input layout (fold 0/1) instead of the cost
 model's choice; "" and -1 restore it.)doc");
