@@ -188,7 +188,9 @@ void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* 
     const std::int64_t nvec = plan.vectors(rows, g.OW, kern.lanes);
     float* planes = scratch(plan.pg.channel_size() + nvec * kern.lanes);
     float* gy_rows = planes + plan.pg.channel_size();
-    std::fill(gy_rows, gy_rows + nvec * kern.lanes, 0.0f);  // the padding columns, never overwritten below
+    for (std::int64_t r = 0; r + 1 < rows; ++r)  // the padding columns, never overwritten below
+      std::fill(gy_rows + r * width + g.OW, gy_rows + (r + 1) * width, 0.0f);
+    std::fill(gy_rows + (rows - 1) * width + g.OW, gy_rows + nvec * kern.lanes, 0.0f);
     float* sums = partial.data() + unit * m * taps;
     const PlaneGeom pg = plan.block_geom(b, g.sh);
     for (std::int64_t n = 0; n < g.N; ++n) {
