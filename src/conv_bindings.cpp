@@ -221,7 +221,6 @@ void bind_dtype(py::module_& m) {
         R"doc(Gradient of conv2d with respect to its weight of spatial size kernel_hw.)doc");
 }
 
-// The direct engine's kernels for the active ISA: what tests walk the tile edges of.
 // dst[c*dst_ld + r] = src[r*src_ld + c], rows x cols, with the active ISA's kernel.
 template <typename T>
 void transpose_active(const T* src, std::int64_t src_ld, T* dst, std::int64_t dst_ld, std::int64_t rows,
@@ -229,6 +228,7 @@ void transpose_active(const T* src, std::int64_t src_ld, T* dst, std::int64_t ds
   conv_kernels<T>().transpose(src, src_ld, dst, dst_ld, rows, cols);
 }
 
+// The direct engine's kernels for the active ISA: what tests walk the tile edges of.
 template <typename T>
 py::list kernel_list() {
   py::list out;

@@ -25,8 +25,9 @@ stays (K, C/groups, kh, kw) in NCHW; for NHWC its taps are reordered to (K, kh, 
 C/groups) first (a copy the size of the weight).
 
 The NCHW forward with >= HWC_MIN_CHANNELS channels, one group and images of at least
-HWC_TILE_MIN_PIXELS output pixels also uses pixel-major columns, which OpenBLAS multiplies 15-25% faster (forward_tile_via_hwc): per tile, the input
-rows it reads are transposed to HWC and its output back to CHW.
+HWC_TILE_MIN_PIXELS output pixels also uses pixel-major columns, which OpenBLAS
+multiplies 15-25% faster (forward_tile_via_hwc): per tile, the input rows it reads are
+transposed to HWC and its output back to CHW.
 
 1x1 kernels with stride 1 and no padding need no copy: the input is its own column
 matrix. Otherwise the column buffer covers a tile of whole output rows: a cache-sized
