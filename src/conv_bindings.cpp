@@ -206,6 +206,21 @@ Array<float> winograd_grad_input_f32(Array<float> gy, Array<float> w, Pair input
   return gx;
 }
 
+Array<float> winograd_grad_weight_f32(Array<float> gy, Array<float> x, Pair kernel_hw, Pair stride, Quad pad,
+                                      Pair dil, const std::string& layout_name) {
+  const Layout layout = parse_layout(layout_name);
+  const Nchw gs = nchw(gy, "grad_output", layout), s = nchw(x, "input", layout);
+  ConvGeom g = geometry(s.N, s.C, s.H, s.W, {gs.C, s.C, kernel_hw.first, kernel_hw.second}, stride, pad, dil, 1);
+  require_winograd(g);
+  require_shape(gy, "grad_output", act_shape(layout, g.N, g.K, g.OH, g.OW));
+  Array<float> gw({g.K, g.C, g.kh, g.kw});
+  {
+    py::gil_scoped_release release;
+    winograd_grad_weight(g, layout, gy.data(), x.data(), gw.mutable_data());
+  }
+  return gw;
+}
+
 template <typename T>
 void bind_dtype(py::module_& m) {
   m.def("conv2d_forward", &forward<T>, py::arg("x").noconvert(), py::arg("weight").noconvert(),
@@ -252,6 +267,10 @@ void bind_conv(py::module_& m) {
         py::arg("weight").noconvert(), py::arg("input_hw"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("layout") = "NCHW",
         R"doc(float32 grad-input of a conv2d by Winograd F(4x4, 3x3) over stride phases.)doc");
+  m.def("winograd_conv2d_grad_weight", &winograd_grad_weight_f32, py::arg("grad_output").noconvert(),
+        py::arg("x").noconvert(), py::arg("kernel_hw"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("layout") = "NCHW",
+        R"doc(float32 grad-weight of a conv2d by Winograd F(3x3, 4x4) over the forward's tiles and stride phases.)doc");
   m.def("conv_kernels", [](const std::string& dtype) {
     if (dtype == "float32") return kernel_list<float>();
     if (dtype == "float64") return kernel_list<double>();

@@ -48,6 +48,22 @@ constexpr std::int64_t kBlockBytes = std::int64_t(1) << 20;
 // the transform's first pass 6 times and cost more than it saved (0.55x -> 0.62x).
 constexpr std::int64_t kUBytes = std::int64_t(1) << 19;
 
+// Grad-weight (see winograd_grad_weight): the transformed input and grad_output of all
+// the tiles when within kGradWeightAllBytes, else of kGradWeightBytes of tiles at a time
+// (a super-block). Each super-block reads and writes the sums, 36 x C x K floats, once
+// more: DeepLab's 256 channels (9.4 MB of sums) take 2.6 ms in one super-block of 6 MB,
+// 3.4 ms in two (one thread); VGG's 128 on 112 x 112 (29 MB, 2.4 MB of sums) 7.4 ms in
+// blocks of 4 MB, 9.9 ms of 16 MB, 8.9 ms of 1 MB; ResNet's 64 at batch 8 (29 MB, 0.6 MB)
+// 5.6 ms in blocks of 1 to 4 MB, 7.4 ms of 16. Tiles are transformed kChunk a task; a
+// task's block of sums stays within kMBlockBytes; kMaxRows bounds the kernels' rows.
+constexpr std::int64_t kGradWeightAllBytes = std::int64_t(8) << 20;
+constexpr std::int64_t kGradWeightBytes = std::int64_t(4) << 20;
+constexpr std::int64_t kMBlockBytes = std::int64_t(1) << 19;
+constexpr std::int64_t kChunk = 16;
+constexpr std::int64_t kMaxRows = 16;
+constexpr std::int64_t kLineFloats = 16;  // floats per 64-byte cache line
+constexpr std::int64_t kL2Bytes = std::int64_t(1) << 20;
+
 // Cost of transforming one input tile's channel relative to one weight row's output
 // channel (36 loads and stores and 12 six-point transforms against 9 loads, 36 stores,
 // 9 three-point transforms): the choice between splitting the tiles and the channels.
@@ -81,6 +97,16 @@ struct PhaseTaps {
   }
 };
 
+// An activation as a Winograd pass reads it: N images of C channels, H x W, in `layout`,
+// split into ish x isw stride phases stacked as channels (see Problem).
+struct PhasedActivation {
+  std::int64_t N, C, H, W, ish, isw;
+  Layout layout;
+
+  std::int64_t Hi() const { return ceil_div(H, ish); }
+  std::int64_t Wi() const { return ceil_div(W, isw); }
+};
+
 // One 3x3 stride-1 correlation in phase space as the Winograd passes see it: output
 // (oy, ox) reads input (oy + top + i*dh, ox + left + j*dw) for tap (i, j); input pixels
 // outside [0, Hi) x [0, Wi) are zeros. The input (N, C, H, W) is split into ish x isw
@@ -96,6 +122,7 @@ struct Problem {
   Layout layout;
   PhaseTaps taps;
 
+  PhasedActivation input() const { return {N, C, H, W, ish, isw, layout}; }
   std::int64_t Ci() const { return ish * isw * C; }  // the reduction's channels
   std::int64_t Hi() const { return ceil_div(H, ish); }
   std::int64_t Wi() const { return ceil_div(W, isw); }
@@ -274,6 +301,79 @@ WeightCache& weight_cache() {
   return *c;
 }
 
+// The activation made channels-last in phase space, channels padded to Cp with zeros, into
+// xp (N x Hi x Wi x Cp floats); returns xp. Phase-space rows, filled by the ish input
+// rows of each phase by phase, are split evenly over the threads. An NCHW row is
+// transposed, straight into place when its pixels stay adjacent (isw = 1), else first
+// split into its isw column phases (in `split`, threads x C x isw x Wi floats), each
+// transposed into its channels (copying pixel by pixel instead, calls of 3 floats each,
+// took 15% of AlexNet conv1's time).
+const float* phase_channels_last(const ConvKernels<float>& ks, const PhasedActivation& a, const float* x,
+                                 std::int64_t Cp, float* split, float* xp) {
+  const std::int64_t Hi = a.Hi(), Wi = a.Wi(), rows = a.N * Hi;
+  const std::int64_t parts = std::min<std::int64_t>(get_num_threads(), rows);
+  parallel_for(parts, [&](std::int64_t part) {
+    float* sp = split + part * a.C * a.isw * Wi;  // [c][rx][J]
+    for (std::int64_t task = part * rows / parts; task < (part + 1) * rows / parts; ++task) {
+      const std::int64_t n = task / Hi, I = task % Hi;
+      float* dst = xp + task * Wi * Cp;
+      if (Cp != a.ish * a.isw * a.C || a.ish * (I + 1) > a.H || a.isw * Wi != a.W)
+        std::fill(dst, dst + Wi * Cp, 0.0f);
+      for (std::int64_t ry = 0; ry < a.ish && a.ish * I + ry < a.H; ++ry) {
+        const std::int64_t h = a.ish * I + ry;
+        float* at = dst + ry * a.isw * a.C;  // phase (ry, 0)'s channels
+        if (a.layout == Layout::NHWC) {
+          const float* src = x + (n * a.H + h) * a.W * a.C;
+          for (std::int64_t wx = 0; wx < a.W; ++wx)
+            std::copy_n(src + wx * a.C, a.C, at + wx / a.isw * Cp + wx % a.isw * a.C);
+          continue;
+        }
+        const float* planes = x + (n * a.C * a.H + h) * a.W;
+        if (a.isw == 1) {
+          ks.transpose(planes, a.H * a.W, at, Cp, a.C, a.W);
+          continue;
+        }
+        for (std::int64_t rx = 0; rx < a.isw && rx < a.W; ++rx) {
+          const std::int64_t cols = ceil_div(a.W - rx, a.isw);
+          for (std::int64_t c = 0; c < a.C; ++c) {
+            const float* from = planes + c * a.H * a.W + rx;
+            float* to = sp + (c * a.isw + rx) * Wi;
+            for (std::int64_t J = 0; J < cols; ++J) to[J] = from[J * a.isw];
+          }
+          ks.transpose(sp + rx * Wi, a.isw * Wi, at + rx * a.C, Cp, a.C, cols);
+        }
+      }
+    }
+  });
+  return xp;
+}
+
+// The 36 pixels of a tile's input window in phase space, channels-last (xin, Cp channels
+// a pixel, see phase_channels_last): into src, a zero run for those outside the input.
+void input_pixels(const Problem& p, const Tile& tl, const float* xin, std::int64_t Cp, const float* zeros,
+                  const float** src) {
+  const std::int64_t Hi = p.Hi(), Wi = p.Wi();
+  for (int i = 0; i < 6; ++i) {
+    const std::int64_t iy = tl.oy0 + p.top + i * p.dh;
+    for (int j = 0; j < 6; ++j) {
+      const std::int64_t ix = tl.ox0 + p.left + j * p.dw;
+      const bool inside = iy >= 0 && iy < Hi && ix >= 0 && ix < Wi;
+      src[6 * i + j] = inside ? xin + ((tl.n * Hi + iy) * Wi + ix) * Cp : zeros;
+    }
+  }
+}
+
+// Prefetches the n pixels' channels (the next tile's, while this one is transformed)
+// when the channels-last copy they are in has `bytes` past the L2: the transforms' loads
+// from L3 or memory waited on the cache. One thread: grad-weight of ResNet 3x3 64 at
+// batch 8 5.6 -> 4.9 ms, VGG 128 7.4 -> 6.8 ms, the forward of the first 5.3-5.9 ->
+// 5.0-5.5 ms; on ResNet 3x3 64 at batch 1 (0.9 MB) the forward lost 3%.
+void prefetch(const float* const* px, int n, std::int64_t channels, std::int64_t bytes) {
+  if (bytes <= kL2Bytes) return;
+  for (int i = 0; i < n; ++i)
+    for (std::int64_t c = 0; c < channels; c += kLineFloats) __builtin_prefetch(px[i] + c);
+}
+
 void run(const Problem& p, const float* x, const float* w, bool rotated, const float* bias, bool relu, float* y) {
   const std::int64_t T = list_tiles(p, nullptr);
   if (T == 0) return;
@@ -372,50 +472,9 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
     std::fill(b + K, b + Kw, 0.0f);
   }
 
-  // 2. Channels-last input in phase space, channels padded to Cp with zeros: phase-space
-  // rows, filled by the ish input rows of each phase by phase, split evenly over the
-  // threads. An NCHW row is transposed, straight into place when its pixels stay
-  // adjacent (isw = 1), else first split into its isw column phases, each transposed
-  // into its channels (copying pixel by pixel instead, calls of 3 floats each, took 15%
-  // of AlexNet conv1's time).
-  const float* xin = x;
-  if (!in_place) {
-    float* xp = ws.at<float>(x_at);
-    const std::int64_t rows = p.N * Hi, parts = std::min(threads, rows);
-    parallel_for(parts, [&](std::int64_t part) {
-      float* split = ws.at<float>(split_at) + part * p.C * p.isw * Wi;  // [c][rx][J]
-      for (std::int64_t task = part * rows / parts; task < (part + 1) * rows / parts; ++task) {
-        const std::int64_t n = task / Hi, I = task % Hi;
-        float* dst = xp + task * Wi * Cp;
-        if (Cp != C || p.ish * (I + 1) > p.H || p.isw * Wi != p.W) std::fill(dst, dst + Wi * Cp, 0.0f);
-        for (std::int64_t ry = 0; ry < p.ish && p.ish * I + ry < p.H; ++ry) {
-          const std::int64_t h = p.ish * I + ry;
-          float* at = dst + ry * p.isw * p.C;  // phase (ry, 0)'s channels
-          if (p.layout == Layout::NHWC) {
-            const float* src = x + (n * p.H + h) * p.W * p.C;
-            for (std::int64_t wx = 0; wx < p.W; ++wx)
-              std::copy_n(src + wx * p.C, p.C, at + wx / p.isw * Cp + wx % p.isw * p.C);
-            continue;
-          }
-          const float* planes = x + (n * p.C * p.H + h) * p.W;
-          if (p.isw == 1) {
-            ks.transpose(planes, p.H * p.W, at, Cp, p.C, p.W);
-            continue;
-          }
-          for (std::int64_t rx = 0; rx < p.isw && rx < p.W; ++rx) {
-            const std::int64_t cols = ceil_div(p.W - rx, p.isw);
-            for (std::int64_t c = 0; c < p.C; ++c) {
-              const float* from = planes + c * p.H * p.W + rx;
-              float* to = split + (c * p.isw + rx) * Wi;
-              for (std::int64_t J = 0; J < cols; ++J) to[J] = from[J * p.isw];
-            }
-            ks.transpose(split + rx * Wi, p.isw * Wi, at + rx * p.C, Cp, p.C, cols);
-          }
-        }
-      }
-    });
-    xin = xp;
-  }
+  // 2. Channels-last input in phase space (see phase_channels_last).
+  const float* xin =
+      in_place ? x : phase_channels_last(ks, p.input(), x, Cp, ws.at<float>(split_at), ws.at<float>(x_at));
   // NCHW output of a vector's channels or more goes through a channels-last copy,
   // transposed at the end (4.): written directly, each output vector became W scalar
   // stores into W channel planes, with output phases (a strided grad-input) into every
@@ -447,15 +506,11 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
       if (have != sb) {
         const float* src[36];
         for (std::int64_t s = 0; s < nt; ++s) {
-          const Tile& tl = tiles[t0 + s];
-          for (int i = 0; i < 6; ++i) {
-            const std::int64_t iy = tl.oy0 + p.top + i * p.dh;
-            for (int j = 0; j < 6; ++j) {
-              const std::int64_t ix = tl.ox0 + p.left + j * p.dw;
-              const bool inside = iy >= 0 && iy < Hi && ix >= 0 && ix < Wi;
-              src[6 * i + j] = inside ? xin + ((tl.n * Hi + iy) * Wi + ix) * Cp : zeros;
-            }
+          if (s + 1 < nt) {
+            input_pixels(p, tiles[t0 + s + 1], xin, Cp, zeros, src);
+            prefetch(src, 36, Cp, p.N * Hi * Wi * Cp * 4);
           }
+          input_pixels(p, tiles[t0 + s], xin, Cp, zeros, src);
           wk.input(src, Cp, V + s * Cp, Vq);
         }
         have = sb;
@@ -523,13 +578,16 @@ PhaseTaps phase_taps(const ConvGeom& g) {
   return {g.kh, g.kw, g.sh, g.sw, winograd_phase_base(g.pt, g.sh), winograd_phase_base(g.pl, g.sw)};
 }
 
+Problem forward_problem(const ConvGeom& g, Layout layout) {
+  return {g.N, g.C, g.H, g.W, g.K, g.OH, g.OW, g.sh, g.sw, 1, 1, -ceil_div(g.pt, g.sh), -ceil_div(g.pl, g.sw), g.dh,
+          g.dw, layout, phase_taps(g)};
+}
+
 }  // namespace
 
 void winograd_forward(const ConvGeom& g, Layout layout, const float* x, const float* w, const float* bias, bool relu,
                       float* y) {
-  run({g.N, g.C, g.H, g.W, g.K, g.OH, g.OW, g.sh, g.sw, 1, 1, -ceil_div(g.pt, g.sh), -ceil_div(g.pl, g.sw), g.dh,
-       g.dw, layout, phase_taps(g)},
-      x, w, false, bias, relu, y);
+  run(forward_problem(g, layout), x, w, false, bias, relu, y);
 }
 
 // grad_x = the forward's adjoint in phase space: phase-space pixel h of grad_x (its
@@ -542,6 +600,140 @@ void winograd_grad_input(const ConvGeom& g, Layout layout, const float* gy, cons
   run({g.N, g.K, g.OH, g.OW, g.C, g.H, g.W, 1, 1, g.sh, g.sw, ceil_div(g.pt, g.sh) - 2 * g.dh,
        ceil_div(g.pl, g.sw) - 2 * g.dw, g.dh, g.dw, layout, phase_taps(g)},
       gy, w, true, nullptr, false, gx);
+}
+
+// Grad-weight by F(3x3, 4x4) over the forward's tiles (see conv_winograd.h). Each 4x4
+// tile of grad_output, the kernel of a correlation with the tile's 6x6 input window,
+// adds a 3x3 block to the phase-space weight gradient; the tiles' sums are taken in the
+// transform domain, M[q][c][k] = sum over tiles of V[q][tile][c] U[q][tile][k] (V: the
+// input transform, U: grad_output's; 36 products [C x tiles] x [tiles x K] through the
+// grad-weight kernel, its rows input channels broadcast from V, its vectors output
+// channels from U), and transformed back once per (c, k) pair at the end.
+void winograd_grad_weight(const ConvGeom& g, Layout layout, const float* gy, const float* x, float* gw) {
+  const std::int64_t E = g.C * g.kh * g.kw;
+  const Problem p = forward_problem(g, layout);
+  const std::int64_t T = list_tiles(p, nullptr);
+  if (T == 0) {
+    std::fill(gw, gw + g.K * E, 0.0f);
+    return;
+  }
+  const WinogradKernels& wk = winograd_kernels();
+  const ConvKernels<float>& ks = conv_kernels<float>();
+  const std::int64_t C = p.Ci(), K = g.K, Cp = round_up(C, wk.W);
+  const GwKernel<float>& kern = cheapest(ks.gw, forced_conv_kernel(true), [&](const GwKernel<float>& k) {
+    return double(round_up(Cp, k.R)) * double(round_up(K, k.KB));
+  });
+  const std::int64_t R = kern.R, KB = kern.KB, Cr = round_up(Cp, R), Kp = round_up(K, KB), nkb = Kp / KB;
+  const std::int64_t threads = get_num_threads();
+  // Tasks: (block of KB output channels, group of input channels), each accumulating its
+  // sums over every position, a 36 x rows x KB block of M kept within kMBlockBytes (in
+  // L2) and transformed back right after the last tiles. Groups of even size, at least
+  // as many tasks as threads where the channels allow.
+  std::int64_t ncg = ceil_div(Cr * KB * 36 * 4, kMBlockBytes);
+  ncg = std::min(std::max(ncg, ceil_div(threads, nkb)), Cr / R);
+  const std::int64_t Rc = round_up(ceil_div(Cr, ncg), R);
+  ncg = ceil_div(Cr, Rc);
+  // Super-blocks of S tiles (see kGradWeightAllBytes); M's blocks carry the sums from
+  // one to the next.
+  const std::int64_t tile_bytes = 36 * 4 * (Cp + Kp);
+  const std::int64_t S = T * tile_bytes <= kGradWeightAllBytes
+                             ? T
+                             : std::min(T, std::max<std::int64_t>(kChunk, kGradWeightBytes / tile_bytes));
+  const std::int64_t Vq = skewed(S * Cp), Uq = skewed(nkb * S * KB), Mb = 36 * Rc * KB;
+  const PhasedActivation xa = p.input(), ya{g.N, K, g.OH, g.OW, 1, 1, layout};
+  const bool x_in_place = layout == Layout::NHWC && Cp == C && p.ish * p.isw == 1;
+  const bool gy_in_place = layout == Layout::NHWC && Kp == K;
+
+  Workspace ws;
+  const auto tiles_at = ws.add<Tile>(T);
+  const auto x_at = ws.add<float>(x_in_place ? 0 : buffer_size({g.N, xa.Hi(), xa.Wi(), Cp}));
+  const auto split_at =
+      ws.add<float>(layout == Layout::NCHW && p.isw > 1 ? buffer_size({threads, g.C, p.isw, xa.Wi()}) : 0);
+  const auto gy_at = ws.add<float>(gy_in_place ? 0 : buffer_size({g.N, g.OH, g.OW, Kp}));
+  const auto zero_at = ws.add<float>(std::max(Cp, Kp));
+  const auto V_at = ws.add<float>(buffer_size({36, Vq}));
+  const auto U_at = ws.add<float>(buffer_size({36, Uq}));
+  const auto M_at = ws.add<float>(buffer_size({nkb, ncg, Mb}));
+  const auto sums_at = ws.add<float>(buffer_size({C, 9, Kp}));
+  const auto phase_at = ws.add<float>(p.taps.identity() ? 0 : buffer_size({K, C, 9}));
+  ws.allocate();
+  Tile* tiles = ws.at<Tile>(tiles_at);
+  list_tiles(p, tiles);
+  float* zeros = ws.at<float>(zero_at);
+  std::fill(zeros, zeros + std::max(Cp, Kp), 0.0f);
+  float *V = ws.at<float>(V_at), *U = ws.at<float>(U_at), *M = ws.at<float>(M_at), *sums = ws.at<float>(sums_at);
+  const float* xin = x_in_place ? x : phase_channels_last(ks, xa, x, Cp, ws.at<float>(split_at), ws.at<float>(x_at));
+  const float* gyin = gy_in_place ? gy : phase_channels_last(ks, ya, gy, Kp, nullptr, ws.at<float>(gy_at));
+
+  // A tile's 4x4 pixels of grad_output, channels-last (a zero run outside it).
+  auto output_pixels = [&](const Tile& tl, const float** gsrc) {
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b) {
+        const std::int64_t oy = tl.oy0 + a * p.dh, ox = tl.ox0 + b * p.dw;
+        gsrc[4 * a + b] = oy < g.OH && ox < g.OW ? gyin + ((tl.n * g.OH + oy) * g.OW + ox) * Kp : zeros;
+      }
+  };
+  for (std::int64_t t0 = 0; t0 < T; t0 += S) {
+    const std::int64_t nt = std::min(S, T - t0);
+    const bool first = t0 == 0, last = t0 + nt == T;
+    // 1. Transforms, kChunk tiles a task: the input's into V[q][tile][c], grad_output's
+    // into U[q][kb][tile][k - kb*KB].
+    parallel_for(ceil_div(nt, kChunk), [&](std::int64_t chunk) {
+      const std::int64_t end = std::min(nt, (chunk + 1) * kChunk);
+      const float *src[36], *gsrc[16], *shifted[16];
+      for (std::int64_t s = chunk * kChunk; s < end; ++s) {
+        if (s + 1 < end) {
+          input_pixels(p, tiles[t0 + s + 1], xin, Cp, zeros, src);
+          output_pixels(tiles[t0 + s + 1], gsrc);
+          prefetch(src, 36, Cp, g.N * xa.Hi() * xa.Wi() * Cp * 4);
+          prefetch(gsrc, 16, Kp, g.N * g.OH * g.OW * Kp * 4);
+        }
+        input_pixels(p, tiles[t0 + s], xin, Cp, zeros, src);
+        output_pixels(tiles[t0 + s], gsrc);
+        wk.input(src, Cp, V + s * Cp, Vq);
+        for (std::int64_t kb = 0; kb < nkb; ++kb) {
+          for (int i = 0; i < 16; ++i) shifted[i] = gsrc[i] + kb * KB;
+          wk.grad_output(shifted, KB, U + (kb * S + s) * KB, Uq);
+        }
+      }
+    });
+    // 2. Products, task by task (see above); rows past Cp read row Cp - 1 (sums never
+    // used), rows past Cr are not in the block.
+    parallel_for(nkb * ncg, [&](std::int64_t task) {
+      const std::int64_t kb = task / ncg, c0 = task % ncg * Rc, rows = std::min(Rc, Cr - c0);
+      float* blk = M + task * Mb;
+      std::int64_t off[kMaxRows], at[kMaxRows];
+      for (std::int64_t q = 0; q < 36; ++q) {
+        float* acc = blk + q * Rc * KB;
+        if (first) std::fill(acc, acc + rows * KB, 0.0f);
+        for (std::int64_t r0 = 0; r0 < rows; r0 += R) {
+          for (std::int64_t r = 0; r < R; ++r) off[r] = std::min(c0 + r0 + r, Cp - 1), at[r] = r0 + r;
+          kern.fn({U + q * Uq + kb * S * KB, V + q * Vq, off, at, nt, 1, KB, Cp, acc});
+        }
+      }
+      if (last)  // the block's output transform: sums[c][t][k] for its real channels
+        for (std::int64_t c = c0; c < std::min(c0 + rows, C); ++c)
+          wk.weight_grad(blk + (c - c0) * KB, Rc * KB, KB, sums + c * 9 * Kp + kb * KB, Kp);
+    });
+  }
+  // 3. The sums transposed into gw (k, c, t), through phase space when the taps are not
+  // the kernel's own (PhaseTaps: each of the kernel's taps is one phase-space tap).
+  const bool direct = p.taps.identity();
+  float* phase = direct ? gw : ws.at<float>(phase_at);
+  const std::int64_t cchunk = std::max<std::int64_t>(1, ceil_div(C, 4 * threads));
+  parallel_for(ceil_div(C, cchunk), [&](std::int64_t task) {
+    const std::int64_t c0 = task * cchunk, c1 = std::min(C, c0 + cchunk);
+    ks.transpose(sums + c0 * 9 * Kp, Kp, phase + c0 * 9, C * 9, (c1 - c0) * 9, K);
+  });
+  if (direct) return;
+  const std::int64_t khw = g.kh * g.kw;
+  parallel_for(K, [&](std::int64_t k) {
+    for (std::int64_t ci = 0; ci < C; ++ci)
+      for (std::int64_t t = 0; t < 9; ++t) {
+        const std::int64_t tap = p.taps.at(ci / g.C, t / 3, t % 3);
+        if (tap >= 0) gw[k * E + ci % g.C * khw + tap] = phase[(k * C + ci) * 9 + t];
+      }
+  });
 }
 
 }  // namespace convkit

@@ -51,6 +51,11 @@ void winograd_forward(const ConvGeom& g, Layout layout, const float* x, const fl
 // weights turned 180 degrees and C and K swapped.
 void winograd_grad_input(const ConvGeom& g, Layout layout, const float* gy, const float* w, float* gx);
 
+// grad_w of conv2d for grad_y and x (the same geometries): F(3x3, 4x4) over the
+// forward's 4x4 output tiles, 36 multiplies per tile and (phase) channel pair instead of
+// 144 (see src/conv_winograd.cpp).
+void winograd_grad_weight(const ConvGeom& g, Layout layout, const float* gy, const float* x, float* gw);
+
 // ---- the kernels' contract (kernels/cpu/f32_winograd.h), one table per ISA ----
 
 // Weight transform of n kernels (n a multiple of W): tap t = 3*i + j of kernel o is
@@ -69,10 +74,21 @@ using WinogradInputFn = void (*)(const float* const* src, std::int64_t nc, float
 using WinogradOutputFn = void (*)(const float* src, std::int64_t src_ld, std::int64_t nk, const float* bias, bool relu,
                                   float* const* dst, std::int64_t k_stride);
 
+// Grad-weight's F(3x3, 4x4), one tile of grad_output as the kernel: src[4*a + b] points
+// at the nk channels (a multiple of W) of its output pixel (a, b) (a zero run outside
+// grad_output); transform position p of channel k goes to dst[p*dst_ld + k].
+using WinogradGradOutputFn = void (*)(const float* const* src, std::int64_t nk, float* dst, std::int64_t dst_ld);
+// Grad-weight's output transform for n sums (n a multiple of W): position p of sum o is
+// src[p*src_ld + o]; the 3x3 weight gradient's tap t = 3*i + j goes to dst[t*dst_ld + o].
+using WinogradWeightGradFn = void (*)(const float* src, std::int64_t src_ld, std::int64_t n, float* dst,
+                                      std::int64_t dst_ld);
+
 struct WinogradKernels {
   WinogradWeightFn weight;
   WinogradInputFn input;
   WinogradOutputFn output;
+  WinogradGradOutputFn grad_output;
+  WinogradWeightGradFn weight_grad;
   int W;  // channels per vector
   const char* name;
 };

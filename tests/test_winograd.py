@@ -1,5 +1,6 @@
 """algo="winograd" (F(4x4, 3x3), float32, groups 1; 3x3 at stride 1, and strided kernels
-of at most 3 taps per stride phase) against the reference.
+of at most 3 taps per stride phase) against the reference: forward, grad-input, and
+grad-weight (F(3x3, 4x4) on the forward's tiles).
 
 The grid hits the tile edges (sizes below, at and above multiples of the 4x4 output tile,
 1x1 images), paddings 0/1/2/asymmetric/"same" and larger than the kernel's reach,
@@ -7,7 +8,8 @@ dilations 1..3 (a 4x4 tile per dilation sub-grid), channel counts around the vec
 widths, batches, both layouts, every ISA; strides 2-4 with kernels up to 3x the stride
 (zero taps in phase space), sizes that are not multiples of the stride, paddings that
 are or are not multiples of it, conv_transpose2d with output_padding; also every GEMM
-kernel of the active ISA, several super-blocks of tiles, and the calls it refuses.
+and grad-weight kernel of the active ISA, several super-blocks of tiles, and the calls
+it refuses.
 """
 import numpy as np
 import pytest
@@ -62,21 +64,23 @@ def _nchw(a):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_forward_and_grad_input_match_reference(case, layout, isa):
+def test_forward_and_gradients_match_reference(case, layout, isa):
     N, C, H, W, K, padding, dilation = case
     x, w, b, gy, y64 = _data(case)
     fused = np.maximum(y64 + b.astype(np.float64).reshape(-1, 1, 1), 0.0)
     gx64 = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), 1, padding, dilation, 1)
+    gw64 = ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), (3, 3), 1, padding, dilation, 1)
     to, back = (_nhwc, _nchw) if layout == "NHWC" else (lambda a: a, lambda a: a)
     with forced_isa(isa):
         y = convkit.conv2d(to(x), w, None, 1, padding, dilation, layout=layout, algo="winograd")
         y_fused = convkit.conv2d(to(x), w, b, 1, padding, dilation, activation="relu", layout=layout,
                                  algo="winograd")
-        gx, _, _ = convkit.conv2d_backward(to(gy), to(x), w, 1, padding, dilation, need_weight=False,
-                                           need_bias=False, layout=layout, algo="winograd")
+        gx, gw, _ = convkit.conv2d_backward(to(gy), to(x), w, 1, padding, dilation, need_bias=False,
+                                            layout=layout, algo="winograd")
     assert_close(back(y), y64, F32)
     assert_close(back(y_fused), fused, F32)
     assert_close(back(gx), gx64, F32)
+    assert_close(gw, gw64, F32)
 
 
 def _covered(case):
@@ -101,7 +105,7 @@ STRIDED = [
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", STRIDED, ids=str)
-def test_strided_forward_and_grad_input_match_reference(case, layout, isa):
+def test_strided_forward_and_gradients_match_reference(case, layout, isa):
     N, C, H, W, K, kernel, stride, padding = case
     rng = np.random.default_rng(3)
     x = rng.uniform(-1, 1, (N, C, H, W)).astype(F32)
@@ -110,13 +114,15 @@ def test_strided_forward_and_grad_input_match_reference(case, layout, isa):
     y64 = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), stride, padding)
     gy = rng.uniform(-1, 1, y64.shape).astype(F32)
     gx64 = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), stride, padding, 1, 1)
+    gw64 = ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), kernel, stride, padding, 1, 1)
     to, back = (_nhwc, _nchw) if layout == "NHWC" else (lambda a: a, lambda a: a)
     with forced_isa(isa):
         y = convkit.conv2d(to(x), w, b, stride, padding, activation="relu", layout=layout, algo="winograd")
-        gx, _, _ = convkit.conv2d_backward(to(gy), to(x), w, stride, padding, need_weight=False, need_bias=False,
-                                           layout=layout, algo="winograd")
+        gx, gw, _ = convkit.conv2d_backward(to(gy), to(x), w, stride, padding, need_bias=False, layout=layout,
+                                            algo="winograd")
     assert_close(back(y), np.maximum(y64, 0.0), F32)
     assert_close(back(gx), gx64, F32)
+    assert_close(gw, gw64, F32)
 
 
 @pytest.mark.parametrize("case", [((8, 6, 5, 5), (6, 4, 4, 4), 2, 1, 0), ((1, 4, 7, 6), (4, 3, 3, 3), 2, 1, 1),
@@ -132,24 +138,26 @@ def test_strided_conv_transpose2d_with_output_padding(case):
     got = convkit.conv_transpose2d(x, w, None, stride, padding, output_padding, algo="winograd")
     assert_close(got, want, F32)
     gy = rng.uniform(-1, 1, want.shape).astype(F32)
-    gx = convkit.conv_transpose2d_backward(gy, x, w, stride, padding, output_padding, need_weight=False,
-                                           need_bias=False, algo="winograd")[0]
-    assert_close(gx, ref.conv2d(gy.astype(np.float64), w.astype(np.float64), None, stride, padding), F32)
+    gx, gw, _ = convkit.conv_transpose2d_backward(gy, x, w, stride, padding, output_padding, need_bias=False,
+                                                  algo="winograd")
+    gy64, x64, w64 = gy.astype(np.float64), x.astype(np.float64), w.astype(np.float64)
+    assert_close(gx, ref.conv2d(gy64, w64, None, stride, padding), F32)
+    assert_close(gw, ref.conv_transpose2d_backward(gy64, x64, w64, stride, padding, output_padding)[1], F32)
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("case", [c for c in CONV_GRID if _covered(c)], ids=str)
 def test_the_conv2d_grid_cases_it_covers(case, isa):
     """The other algorithms' grid (tests/test_conv2d.py), where Winograd computes it:
-    forward with the fused bias and ReLU, and grad-input."""
+    forward with the fused bias and ReLU, grad-input and grad-weight."""
     x, w, b, gy = conv_inputs(case, F32)
-    y64, gx64 = conv_reference(case, F32)[:2]
+    y64, gx64, gw64 = conv_reference(case, F32)[:3]
     with forced_isa(isa):
         y = convkit.conv2d(x, w, b, **case.kwargs, activation="relu", algo="winograd")
-        gx, _, _ = convkit.conv2d_backward(gy, x, w, **case.kwargs, need_weight=False, need_bias=False,
-                                           algo="winograd")
+        gx, gw, _ = convkit.conv2d_backward(gy, x, w, **case.kwargs, need_bias=False, algo="winograd")
     assert_close(y, np.maximum(y64 + b.astype(np.float64).reshape(-1, 1, 1), 0.0), F32)
     assert_close(gx, gx64, F32)
+    assert_close(gw, gw64, F32)
 
 
 @pytest.mark.parametrize("case", [(1, 8, 6, 5, 4, 1, 1), (2, 3, 9, 6, 2, 0, 2)], ids=_case_id)
@@ -164,7 +172,8 @@ def test_conv_transpose2d_at_stride_1_is_the_grad_input(case):
 
 def test_every_gemm_kernel_and_several_super_blocks():
     """Each register tile of the active ISA (tile groups cut at every R, output channels
-    at every P), and a layer of more tiles than one super-block holds."""
+    at every P), and a layer of more tiles than one super-block holds (grad-weight: 1058
+    tiles of 12 KB, about 350 to a super-block)."""
     cases = [(1, 5, 9, 13, 21, 1, 1), (2, 16, 90, 92, 8, 1, 1)]
     names = [k["name"] for k in _cpu.conv_kernels("float32") if "_direct_" in k["name"]]
     try:
@@ -174,6 +183,17 @@ def test_every_gemm_kernel_and_several_super_blocks():
                 x, w, b, _, y64 = _data(case)
                 y = convkit.conv2d(x, w, b, 1, case[5], case[6], algo="winograd")
                 assert_close(y, y64 + b.astype(np.float64).reshape(-1, 1, 1), F32, err_msg=name)
+        _cpu.force_conv_kernels()
+        gw_names = [k["name"] for k in _cpu.conv_kernels("float32") if "_gw_" in k["name"]]
+        for name in gw_names:
+            _cpu.force_conv_kernels(gw=name)
+            for case in cases[:1] if name != gw_names[0] else cases:
+                x, w, _, gy, _ = _data(case)
+                want = ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), (3, 3), 1, case[5],
+                                              case[6], 1)
+                gw = convkit.conv2d_backward(gy, x, w, 1, case[5], case[6], need_input=False, need_bias=False,
+                                             algo="winograd")[1]
+                assert_close(gw, want, F32, err_msg=name)
     finally:
         _cpu.force_conv_kernels()
 
@@ -188,11 +208,13 @@ BLOCK_CASES = [(1, 70, 9, 9, 100, 1, 1), (2, 130, 6, 7, 9, (1, 0, 2, 1), 1)]
 @pytest.mark.parametrize("case", BLOCK_CASES, ids=_case_id)
 def test_output_channel_blocks_split_between_threads(case, isa):
     """Each call three times: new weights, weights seen once before (their transformed
-    blocks are then kept), and a hit on the kept blocks."""
+    blocks are then kept), and a hit on the kept blocks. Grad-weight: blocks of output
+    channels and groups of input channels, split between the threads."""
     N, C, H, W, K, padding, dilation = case
     x, w, b, gy, y64 = _data(case)
     want_y = y64 + b.astype(np.float64).reshape(-1, 1, 1)
     want_gx = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), 1, padding, dilation, 1)
+    want_gw = ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), (3, 3), 1, padding, dilation, 1)
     before = convkit.get_num_threads()
     try:
         with forced_isa(isa):
@@ -200,9 +222,10 @@ def test_output_channel_blocks_split_between_threads(case, isa):
                 convkit.set_num_threads(threads)
                 for _ in range(3):
                     assert_close(convkit.conv2d(x, w, b, 1, padding, dilation, algo="winograd"), want_y, F32)
-                    gx = convkit.conv2d_backward(gy, x, w, 1, padding, dilation, need_weight=False,
-                                                 need_bias=False, algo="winograd")[0]
+                    gx, gw, _ = convkit.conv2d_backward(gy, x, w, 1, padding, dilation, need_bias=False,
+                                                        algo="winograd")
                     assert_close(gx, want_gx, F32)
+                    assert_close(gw, want_gw, F32)
     finally:
         convkit.set_num_threads(before)
 
@@ -218,8 +241,8 @@ def test_results_do_not_depend_on_thread_count(case):
         for n in (1, 2, 3):
             convkit.set_num_threads(n)
             runs.append((convkit.conv2d(x, w, b, 1, padding, dilation, algo="winograd"),
-                         convkit.conv2d_backward(gy, x, w, 1, padding, dilation, need_weight=False,
-                                                 need_bias=False, algo="winograd")[0]))
+                         *convkit.conv2d_backward(gy, x, w, 1, padding, dilation, need_bias=False,
+                                                  algo="winograd")[:2]))
     finally:
         convkit.set_num_threads(before)
     for run in runs[1:]:
@@ -258,7 +281,10 @@ def test_refuses_what_it_does_not_compute(what, kwargs, dtype, k):
     w = np.ones((4, 4 // kwargs.get("groups", 1), k, k), dtype)
     with pytest.raises(NotCovered, match="winograd"):
         convkit.conv2d(x, w, algo="winograd", **kwargs)
-    assert convkit.conv2d(x, w, algo="auto", **kwargs).shape[:2] == (1, 4)  # auto never picks it there
+    y = convkit.conv2d(x, w, algo="auto", **kwargs)  # auto never picks it there
+    assert y.shape[:2] == (1, 4)
+    with pytest.raises(NotCovered, match="winograd"):
+        convkit.conv2d_backward(y, x, w, need_input=False, algo="winograd", **kwargs)
 
 
 def test_the_binding_checks_the_shape_again():
@@ -271,6 +297,12 @@ def test_the_binding_checks_the_shape_again():
     with pytest.raises(ValueError, match="grad_output"):  # stride 2 makes 4x4 from 8x8, not 5x5
         _cpu.winograd_conv2d_grad_input(np.ones((1, 4, 5, 5), F32), np.ones((4, 4, 3, 3), F32), (8, 8), (2, 2),
                                         (1, 1, 1, 1), (1, 1))
+    with pytest.raises(ValueError, match="grad_output"):
+        _cpu.winograd_conv2d_grad_weight(np.ones((1, 4, 5, 5), F32), np.ones((1, 4, 8, 8), F32), (3, 3), (1, 1),
+                                         (0, 0, 0, 0), (1, 1))
+    with pytest.raises(ValueError, match="at most 3 taps per stride phase"):
+        _cpu.winograd_conv2d_grad_weight(np.ones((1, 4, 4, 4), F32), np.ones((1, 4, 8, 8), F32), (5, 5), (1, 1),
+                                         (0, 0, 0, 0), (1, 1))
 
 
 def test_weights_changed_in_place_between_calls_are_seen():

@@ -69,6 +69,10 @@ _WINOGRAD_PAIRS_PER_TILE = 8192
 # this cost of the transforms per channel relative to a product's multiply-adds.
 _WINOGRAD_MAX_RATIO = 0.9
 _WINOGRAD_TRANSFORM_COST = 32
+# Grad-weight by Winograd (F(3x3, 4x4) on the forward's tiles) needs at least this many
+# times fewer multiplies than the kernel's taps, and this many outputs (see its rule).
+_WINOGRAD_GW_MIN_FEWER = 3
+_WINOGRAD_GW_MIN_OUTPUTS = 128
 
 
 def _winograd_pays(primitive: str, g) -> bool:
@@ -83,10 +87,13 @@ def _winograd_pays(primitive: str, g) -> bool:
     not only padding (a padding past the kernel's reach: Winograd computes those outputs
     in full, the direct engine skips their taps)."""
     sh, sw = g.stride
+    fewer_multiplies = g.kh * g.kw / (2.25 * sh * sw)
+    if primitive == _GRAD_WEIGHT:  # the forward's tiles and channels, and more to gain
+        return (fewer_multiplies >= _WINOGRAD_GW_MIN_FEWER and g.N * g.OH * g.OW >= _WINOGRAD_GW_MIN_OUTPUTS
+                and _winograd_pays(_FORWARD, g))
     phase_c = sh * sw * g.C
     red, out = (phase_c, g.K) if primitive == _FORWARD else (g.K, phase_c)
     red_padded = -(-red // 16) * 16
-    fewer_multiplies = g.kh * g.kw / (2.25 * sh * sw)
     ratio = (red_padded / red + _WINOGRAD_TRANSFORM_COST * (red_padded + out) / (red * out)) / fewer_multiplies
     if ratio > _WINOGRAD_MAX_RATIO:
         return False
@@ -162,12 +169,24 @@ _RULES = (
     # weights at every call (training) AlexNet conv1 stays 0.66 / 0.54, while DCGAN's
     # 4.7 MB of transformed weights, remade per super-block, bring it to 1.03 / 0.97:
     # even, not a loss (bench/winograd_vs_direct.py --fresh-weights, one thread).
-    _Rule("winograd", lambda p, g, dt, threads: p != _GRAD_WEIGHT and dt == np.float32 and _winograd_pays(p, g),
+    # Grad-weight runs F(3x3, 4x4) on the forward's tiles (a tile of grad_output is the
+    # kernel), its sums kept in the transform domain: the same tiles and channels as the
+    # forward, but nothing to cache, and its fixed costs (the channels-last copies of x
+    # and grad_output, 36 x C x K sums transformed back) weigh more. Direct / winograd
+    # time, one thread, wall clock (probe of 22:10): ResNet 3x3 64 on 56x56 2.3, batch 8
+    # 1.74, 128 on 28x28 2.18, 256 on 14x14 (16 tiles) 1.11, batch 4 1.75, VGG 128 2.5,
+    # DeepLab dilation 2 1.97 (64 channels 1.78), C = K = 32 1.39, AlexNet conv1 1.41;
+    # but C = K = 16 0.72, 512 on 7x7 (4 tiles) 0.57 (both left out by the forward's
+    # conditions), one tile of C = K = 32 0.69 (its fixed costs), and the strided layers
+    # with under 3x fewer multiplies: DCGAN's 4x4 stride 2 (1.8x) 0.92, 5x5 stride 2
+    # C=32 K=64 (2.8x) 0.92. Hence the forward's conditions, >= 3x and >= 128 outputs.
+    _Rule("winograd", lambda p, g, dt, threads: dt == np.float32 and _winograd_pays(p, g),
           "winograd",
           "float32 layer whose stride phases make a 3x3 kernel with enough channels for the transforms (predicted "
           "<= 0.9 of the direct engine's time), >= 1 Winograd tile per 8192 weight pairs, >= 60% of the tiles' "
-          "outputs real (in the image, not reading padding only): F(4x4, 3x3) does up to 4x fewer multiplies "
-          "(measured 1.3-2.6x faster than the direct engine with new weights at every call)"),
+          "outputs real (in the image, not reading padding only), and for grad-weight >= 3x fewer multiplies than "
+          "the kernel's taps: F(4x4, 3x3) (grad-weight: F(3x3, 4x4)) does up to 4x fewer multiplies (measured "
+          "1.3-2.6x faster than the direct engine with new weights at every call)"),
     # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
     # the image) 1.40 / 1.38 / 1.59, 3x3 dilation 4 on 56x56x64 (padded plane 1.3x) 1.42 /
     # 1.30 / 1.71. The column copy writes padded taps as zeros and the GEMM multiplies

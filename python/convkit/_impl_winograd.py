@@ -55,3 +55,9 @@ def conv2d_forward(x, w, bias, geom, activation, layout):
 def conv2d_grad_input(grad_y, w, geom, layout):
     return _cpu.winograd_conv2d_grad_input(grad_y, w, (geom.H, geom.W), geom.stride, geom.padding, geom.dilation,
                                            layout)
+
+
+@register("conv2d_grad_weight", "winograd", layouts=_LAYOUTS, covers=covers)
+def conv2d_grad_weight(grad_y, x, geom, layout):
+    return _cpu.winograd_conv2d_grad_weight(grad_y, x, (geom.kh, geom.kw), geom.stride, geom.padding, geom.dilation,
+                                            layout)
