@@ -1,11 +1,13 @@
-"""Winograd F(4x4, 3x3) vs the direct engine vs PyTorch on the suite's layers it covers.
+"""Winograd (F(4x4, 3x3); grad-weight F(3x3, 4x4)) vs the direct engine vs PyTorch on the
+suite's layers it covers.
 
     python bench/winograd_vs_direct.py [--threads 1] [--clock cpu] [--blocks 7] [--layers a,b] [--fresh-weights]
 
 Every conv2d and conv_transpose2d layer of the suite that algo="winograd" computes (3x3
 stride 1 any dilation, and strided kernels of at most 3 taps per stride phase), in
 conv2d's terms: a conv_transpose2d layer is the conv2d whose grad-input it is, so its
-forward is the "gin" row and its grad-input the "fwd" row. Per layer and direction,
+forward is the "gin" row and its grad-input the "fwd" row ("gw", the grad-weight, is
+the same in both). Per layer and direction,
 float32, NCHW: GFLOP/s (direct-convolution FLOPs, a multiply-add counted as 2, so the rates
 compare times) of algo="winograd", algo="direct" and torch; the time ratios; and each
 convkit algorithm's largest error against the float64 reference, divided by the largest
@@ -117,6 +119,7 @@ def main() -> None:
         y_ref = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, s, p, d)
         gy = rng.uniform(-1, 1, y_ref.shape).astype(np.float32)
         gx_ref = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), (H, W), s, p, d, 1)
+        gw_ref = ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), w_shape[2:], s, p, d, 1)
         flops = 2.0 * y_ref.size * np.prod(w_shape[1:])
         xt, wt, gyt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(gy)
         directions = {
@@ -126,6 +129,10 @@ def main() -> None:
                                                              algo=a)[0]) for a in algos},
                     lambda: torch.ops.aten.convolution_backward(gyt, xt, wt, None, [s, s], [p, p], [d, d], False,
                                                                 [0, 0], 1, [True, False, False])[0], gx_ref),
+            "gw": ({a: (lambda a=a: convkit.conv2d_backward(gy, x, w, s, p, d, need_input=False, need_bias=False,
+                                                            algo=a)[1]) for a in algos},
+                   lambda: torch.ops.aten.convolution_backward(gyt, xt, wt, None, [s, s], [p, p], [d, d], False,
+                                                               [0, 0], 1, [False, True, False])[1], gw_ref),
         }
         for direction, (ours, theirs, want) in directions.items():
             errors = {}
