@@ -1,4 +1,5 @@
-// The Winograd F(4x4, 3x3) operator (see conv_winograd.h). Per call:
+// The Winograd F(4x4, 3x3) operators (see conv_winograd.h); grad-weight's F(3x3, 4x4) at
+// the end of the file. Per call of the forward and the grad-input:
 //   1. the input is made channels-last with the channel count padded to the vector
 //      width W (NCHW is transposed; an NHWC input with C % W == 0 is read in place);
 //   2. the tiles are processed in super-blocks of S tiles, each by one thread: input

@@ -3,7 +3,8 @@
 // instead of 144 for a 3x3 kernel: the input tiles and the weights are transformed into
 // 36 "positions", multiplied there as 36 independent matrix products [tiles x C] x
 // [C x K] (the direct engine's register-tiled FMA kernel), and the products transformed
-// back (see src/conv_winograd.cpp).
+// back (see src/conv_winograd.cpp). Grad-weight runs F(3x3, 4x4) on the same tiles (see
+// winograd_grad_weight).
 //
 // Dilation d keeps the method: the outputs (y, x) with the same (y mod dh, x mod dw)
 // form an ordinary 3x3 stride-1 convolution over the input pixels of that sub-grid,

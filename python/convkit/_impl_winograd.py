@@ -1,20 +1,24 @@
-"""algo="winograd" on the CPU: Winograd F(4x4, 3x3) (src/conv_winograd.cpp).
+"""algo="winograd" on the CPU: Winograd F(4x4, 3x3), grad-weight F(3x3, 4x4)
+(src/conv_winograd.cpp).
 
 Computes float32 conv2d with groups == 1 whose kernel has at most 3 taps per axis in
 each stride phase: 3x3 at stride 1 with any padding and dilation (a dilated layer is an
 ordinary 3x3 convolution on each of its dilation sub-grids), and strided kernels up to
 3x the stride (AlexNet's 11x11 stride 4, a 4x4 or 5x5 stride 2), whose s*s stride
 phases stacked as channels make a 3x3 stride-1 convolution (src/conv_winograd.h).
-NCHW and NHWC natively: the forward (bias and ReLU fused into the output transform) and
-the grad-input (the same in reverse, weights turned 180 degrees), hence
-conv_transpose2d's forward and grad-input. Other calls are not covered
-(registry.NotCovered); the weight gradient stays with the other algorithms.
+NCHW and NHWC natively: the forward (bias and ReLU fused into the output transform), the
+grad-input (the same in reverse, weights turned 180 degrees), hence conv_transpose2d's
+forward and grad-input, and the grad-weight of both (F(3x3, 4x4): each 4x4 tile of
+grad_output is the kernel of a correlation with its 6x6 input window, the tiles' sums
+kept in the transform domain). Other calls are not covered (registry.NotCovered).
 
 Multiplies per output: 36 per 16 outputs and (phase) channel pair instead of 144 for a
 3x3 kernel (2.25 s*s instead of kh*kw when strided), at a small
 cost in accuracy: measured against convkit.reference on the suite's 3x3 stride-1
 layers, the largest error is 2e-6 to 1.5e-5 of the output's largest value (the direct
-engine's: 1e-6 to 2e-6; the float32 tolerance: 1e-4), see bench/winograd_vs_direct.py.
+engine's: 1e-6 to 2e-6; the float32 tolerance: 1e-4); grad-weight, whose sums run over
+every tile, up to 2.8e-5 (ResNet's 3x3 64 at batch 8, 1568 tiles), see
+bench/winograd_vs_direct.py.
 """
 import numpy as np
 
