@@ -308,7 +308,8 @@ WeightCache& weight_cache() {
 // transposed, straight into place when its pixels stay adjacent (isw = 1), else first
 // split into its isw column phases (in `split`, threads x C x isw x Wi floats), each
 // transposed into its channels (copying pixel by pixel instead, calls of 3 floats each,
-// took 15% of AlexNet conv1's time).
+// took 15% of AlexNet conv1's time); with fewer channels than a 16-float block, whose
+// transpose goes element by element anyway, gathered into place in one pass.
 const float* phase_channels_last(const ConvKernels<float>& ks, const PhasedActivation& a, const float* x,
                                  std::int64_t Cp, float* split, float* xp) {
   const std::int64_t Hi = a.Hi(), Wi = a.Wi(), rows = a.N * Hi;
@@ -332,6 +333,12 @@ const float* phase_channels_last(const ConvKernels<float>& ks, const PhasedActiv
         const float* planes = x + (n * a.C * a.H + h) * a.W;
         if (a.isw == 1) {
           ks.transpose(planes, a.H * a.W, at, Cp, a.C, a.W);
+          continue;
+        }
+        if (a.C < kLineFloats) {
+          for (std::int64_t J = 0; J < Wi; ++J)
+            for (std::int64_t rx = 0; rx < a.isw && a.isw * J + rx < a.W; ++rx)
+              for (std::int64_t c = 0; c < a.C; ++c) at[J * Cp + rx * a.C + c] = planes[c * a.H * a.W + a.isw * J + rx];
           continue;
         }
         for (std::int64_t rx = 0; rx < a.isw && rx < a.W; ++rx) {
