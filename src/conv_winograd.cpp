@@ -740,13 +740,17 @@ void winograd_grad_weight(const ConvGeom& g, Layout layout, const float* gy, con
     });
   }
   if (direct) return;
-  const std::int64_t khw = g.kh * g.kw;
+  // Phase space back to the kernel's taps: phase-space tap t of channel ci is gw's column
+  // to[ci*9 + t] of each row k (or none), the map made once.
+  std::vector<std::int64_t> to(static_cast<std::size_t>(C * 9));
+  for (std::int64_t ci = 0; ci < C; ++ci)
+    for (std::int64_t t = 0; t < 9; ++t) {
+      const std::int64_t tap = p.taps.at(ci / g.C, t / 3, t % 3);
+      to[static_cast<std::size_t>(ci * 9 + t)] = tap < 0 ? -1 : ci % g.C * g.kh * g.kw + tap;
+    }
   parallel_for(K, [&](std::int64_t k) {
-    for (std::int64_t ci = 0; ci < C; ++ci)
-      for (std::int64_t t = 0; t < 9; ++t) {
-        const std::int64_t tap = p.taps.at(ci / g.C, t / 3, t % 3);
-        if (tap >= 0) gw[k * E + ci % g.C * khw + tap] = phase[(k * C + ci) * 9 + t];
-      }
+    for (std::int64_t i = 0; i < C * 9; ++i)
+      if (to[static_cast<std::size_t>(i)] >= 0) gw[k * E + to[static_cast<std::size_t>(i)]] = phase[k * C * 9 + i];
   });
 }
 
