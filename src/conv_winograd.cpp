@@ -23,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <vector>
 
 #include "conv_jobs.h"
@@ -632,10 +633,11 @@ void winograd_grad_weight(const ConvGeom& g, Layout layout, const float* gy, con
     return double(round_up(Cp, k.R)) * double(round_up(K, k.KB));
   });
   const std::int64_t R = kern.R, KB = kern.KB, Cr = round_up(Cp, R), Kp = round_up(K, KB), nkb = Kp / KB;
+  if (R > kMaxRows) throw std::logic_error("grad-weight kernel of more than kMaxRows rows");
   const std::int64_t threads = get_num_threads();
   // Tasks: (block of KB output channels, group of input channels), each accumulating its
   // sums over every position, a 36 x rows x KB block of M kept within kMBlockBytes (in
-  // L2) and transformed back right after the last tiles. Groups of even size, at least
+  // L2) and transformed back right after the last tiles. Groups of equal size, at least
   // as many tasks as threads where the channels allow.
   std::int64_t ncg = ceil_div(Cr * KB * 36 * 4, kMBlockBytes);
   ncg = std::min(std::max(ncg, ceil_div(threads, nkb)), Cr / R);
@@ -679,6 +681,7 @@ void winograd_grad_weight(const ConvGeom& g, Layout layout, const float* gy, con
   float* phase = direct ? gw : ws.at<float>(phase_at);
   const float* xin = x_in_place ? x : phase_channels_last(ks, xa, x, Cp, ws.at<float>(split_at), ws.at<float>(x_at));
   const float* gyin = gy_in_place ? gy : phase_channels_last(ks, ya, gy, Kp, nullptr, ws.at<float>(gy_at));
+  const std::int64_t x_bytes = g.N * xa.Hi() * xa.Wi() * Cp * 4, gy_bytes = g.N * g.OH * g.OW * Kp * 4;
 
   // A tile's 4x4 pixels of grad_output, channels-last (a zero run outside it).
   auto output_pixels = [&](const Tile& tl, const float** gsrc) {
@@ -700,8 +703,8 @@ void winograd_grad_weight(const ConvGeom& g, Layout layout, const float* gy, con
         if (s + 1 < end) {
           input_pixels(p, tiles[t0 + s + 1], xin, Cp, zeros, src);
           output_pixels(tiles[t0 + s + 1], gsrc);
-          prefetch(src, 36, Cp, g.N * xa.Hi() * xa.Wi() * Cp * 4);
-          prefetch(gsrc, 16, Kp, g.N * g.OH * g.OW * Kp * 4);
+          prefetch(src, 36, Cp, x_bytes);
+          prefetch(gsrc, 16, Kp, gy_bytes);
         }
         input_pixels(p, tiles[t0 + s], xin, Cp, zeros, src);
         output_pixels(tiles[t0 + s], gsrc);
