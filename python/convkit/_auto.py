@@ -71,7 +71,7 @@ _WINOGRAD_MAX_RATIO = 0.9
 _WINOGRAD_TRANSFORM_COST = 32
 # Grad-weight by Winograd (F(3x3, 4x4) on the forward's tiles) needs at least this many
 # times fewer multiplies than the kernel's taps, and this many outputs (see its rule).
-_WINOGRAD_GW_MIN_FEWER = 1.75
+_WINOGRAD_GW_MIN_FEWER = 3
 _WINOGRAD_GW_MIN_OUTPUTS = 128
 
 
@@ -176,16 +176,20 @@ _RULES = (
     # time, one thread, wall clock (probes of 21:10-22:10): ResNet 3x3 64 on 56x56 2.3,
     # batch 8 1.74, 128 on 28x28 2.18, 256 on 14x14 (16 tiles) 1.11 (two threads 1.16),
     # batch 4 1.75, VGG 128 2.5, DeepLab dilation 2 1.97 (64 channels 1.78), C = K = 32
-    # 1.39, AlexNet conv1 1.62, DCGAN's 4x4 stride 2 (1.8x fewer multiplies) 1.11 (two
-    # threads 1.14), 5x5 stride 2 C=32 K=64 1.17 (1.03); but C = K = 16 0.72, 512 on
-    # 7x7 (4 tiles) 0.57 (both left out by the forward's conditions), one tile of C = K =
-    # 32 0.69 (its fixed costs), and 3x3 stride 2 (no fewer multiplies) 0.34. Hence the
-    # forward's conditions, >= 1.75x fewer multiplies and >= 128 outputs.
+    # 1.39, AlexNet conv1 1.62; but C = K = 16 0.72, 512 on 7x7 (4 tiles) 0.57 (both left
+    # out by the forward's conditions), one tile of C = K = 32 0.69 (its fixed costs), and
+    # 3x3 stride 2 (no fewer multiplies) 0.34. With under 3x fewer multiplies it wins
+    # alone but not in a backward pass: DCGAN's 4x4 stride 2 (1.8x) 1.11 (two threads
+    # 1.14), 5x5 stride 2 C=32 K=64 (2.8x) 1.17 (1.03), yet DCGAN's backward, whose
+    # grad-input is Winograd too, read 0.94-0.96 of PyTorch's speed at two threads
+    # against 1.03-1.05 with the direct engine's grad-weight (the two halves' buffers
+    # evict each other's from the L3, as on DeepLab, where 4x fewer multiplies pay for
+    # it). Hence the forward's conditions, >= 3x fewer multiplies and >= 128 outputs.
     _Rule("winograd", lambda p, g, dt, threads: dt == np.float32 and _winograd_pays(p, g),
           "winograd",
           "float32 layer whose stride phases make a 3x3 kernel with enough channels for the transforms (predicted "
           "<= 0.9 of the direct engine's time), >= 1 Winograd tile per 8192 weight pairs, >= 60% of the tiles' "
-          "outputs real (in the image, not reading padding only), and for grad-weight >= 1.75x fewer multiplies "
+          "outputs real (in the image, not reading padding only), and for grad-weight >= 3x fewer multiplies "
           "than the kernel's taps: F(4x4, 3x3) (grad-weight: F(3x3, 4x4)) does up to 4x fewer multiplies (measured "
           "1.3-2.6x faster than the direct engine with new weights at every call)"),
     # Mostly padding: DeepLab ASPP (dilation 12, padding 12 on 33x33, a padded plane 3x
