@@ -101,9 +101,9 @@ InputPlan plan_input(const ConvGeom& g, int lanes) {
 }
 
 // 3x3, dilation 1, stride 1 or 2 (MobileNet's depthwise layers): the forward reads x in
-// place (f32_dwconv.h), and so does grad-input (grad_output, writing gx in place; at
-// stride 1 for multiplier 1); at stride 2 grad-weight reads x and grad_output in place. Units of (image, channel, block of rows) as
-// the planes' path.
+// place (f32_dwconv.h), and so do grad-input (grad_output, writing gx in place; at
+// stride 1 for multiplier 1) and grad-weight (x and grad_output). Units of (image,
+// channel, block of rows) as the planes' path.
 bool in_place_3x3(const ConvGeom& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == g.sw && (g.sh == 1 || g.sh == 2) && g.dh == 1 && g.dw == 1;
 }
@@ -147,21 +147,23 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
 // gy's rows laid out at the planes' row width and zeros in the padding columns. One unit
 // per (channel, block of rows) sums the batch in a fixed order; blocks are then added in
 // a fixed order: deterministic, no atomics.
-// 3x3, dilation 1, stride 2: x and grad_output read in place, units of (image, channel,
-// block of rows) in memory order (one unit per channel summing the batch jumps a whole
-// image between its planes: measured 2x slower), their sums then added in a fixed order.
-void grad_weight_3x3s2_f32(const ConvGeom& g, const DwKernels& kern, const float* gy, const float* x, float* gw) {
+// 3x3, dilation 1, stride 1 or 2: x and grad_output read in place, units of (image,
+// channel, block of rows) in memory order (one unit per channel summing the batch jumps a
+// whole image between its planes: measured 2x slower at stride 2), their sums then added
+// in a fixed order.
+void grad_weight_3x3_f32(const ConvGeom& g, const DwKernels& kern, const float* gy, const float* x, float* gw) {
   const std::int64_t m = g.K / g.C;
   const Blocks bl =
-      row_blocks(g.OH, g.N * g.C, 2 * g.W * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
+      row_blocks(g.OH, g.N * g.C, g.sh * g.W * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
   const std::int64_t units = g.N * g.C * bl.count;
   std::vector<float> partial(static_cast<std::size_t>(units * m * 9));
   parallel_units(units, m * bl.rows * g.OW * 9, [&](std::int64_t unit) {
     const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t r0 = b * bl.rows, r1 = r0 + bl.rows_of(b, g.OH);
     for (std::int64_t j = 0; j < m; ++j)
-      kern.grad_weight_3x3s2(x + nc * g.H * g.W, g.H, g.W, g.pt, g.pl, gy + (n * g.K + c * m + j) * g.OH * g.OW, r0,
-                             r1, g.OW, partial.data() + (unit * m + j) * 9);
+      kern.grad_weight_3x3[g.sh - 1](x + nc * g.H * g.W, g.H, g.W, g.pt, g.pl,
+                                     gy + (n * g.K + c * m + j) * g.OH * g.OW, r0, r1, g.OW,
+                                     partial.data() + (unit * m + j) * 9);
   });
   for (std::int64_t k = 0; k < g.K; ++k) {
     const std::int64_t c = k / m, j = k % m;
@@ -177,7 +179,7 @@ void grad_weight_3x3s2_f32(const ConvGeom& g, const DwKernels& kern, const float
 
 void grad_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* gw) {
   const DwKernels& kern = f32_dwconv_kernels(active_isa());
-  if (in_place_3x3(g) && g.sh == 2) return grad_weight_3x3s2_f32(g, kern, gy, x, gw);
+  if (in_place_3x3(g)) return grad_weight_3x3_f32(g, kern, gy, x, gw);
   const std::int64_t m = g.K / g.C, taps = g.kh * g.kw;
   const InputPlan plan = plan_input(g, kern.lanes);
   const Blocks& bl = plan.blocks;

@@ -42,9 +42,9 @@ struct DwKernels {
   void (*conv_3x3[2])(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
                       const float* w, float bias, bool relu, std::int64_t oh0, std::int64_t oh1, std::int64_t OW,
                       float* y);
-  // Stride 2's grad-weight: sums[i*3 + j] += sum over oh in [oh0, oh1), ow < OW of
-  //   gy[oh*OW + ow] * x[2*oh-pt+i][2*ow-pl+j] (zero outside the image).
-  void (*grad_weight_3x3s2)(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
+  // Its grad-weight: sums[i*3 + j] += sum over oh in [oh0, oh1), ow < OW of
+  //   gy[oh*OW + ow] * x[S*oh-pt+i][S*ow-pl+j] (zero outside the image).
+  void (*grad_weight_3x3[2])(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
                             const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums);
   // Stride 2's grad-input: gx[ih*W + iw] for ih in [ih0, ih1), every iw < W, from m grad_output
   // planes gy + j*OH*OW (OH x OW) and weights w[j*9 + i*3 + jj], j < m:

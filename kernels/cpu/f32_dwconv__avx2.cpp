@@ -34,12 +34,14 @@ struct Avx2 : VecAvx2F32 {
     _mm256_maskstore_ps(out + s.dst, first, _mm256_permutevar8x32_ps(a, idx));
   }
   static void pin(Vec& v) { asm("" : "+v"(v)); }
-  static Vec load_range(const float* p, int lo, int hi) {  // masked-off lanes are not read (no fault)
+  using Mask = __m256i;  // all ones in the lanes to load
+  static Mask range_mask(int lo, int hi) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_maskload_ps(p, _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane),
-                                                     _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane)));
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane));
   }
-  static Vec load_lanes(const float* p, int n) { return load_range(p, 0, n); }
+  static Vec load_masked(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }  // masked-off lanes: not read
+  static Vec load_lanes(const float* p, int n) { return load_masked(p, range_mask(0, n)); }
   // shuffle_ps picks lanes 0, 2 (or 1, 3) of each 128-bit half of a, then of b; the
   // 64-bit permute puts a's pairs before b's.
   static Vec evens(Vec a, Vec b) {

@@ -20,9 +20,9 @@ struct Avx512 : VecAvx512F32 {
   }
   static void pin(Vec& v) { asm("" : "+v"(v)); }
   static float sum(Vec a) { return _mm512_reduce_add_ps(a); }
-  static Vec load_range(const float* p, int lo, int hi) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1)), p);
-  }
+  using Mask = __mmask16;
+  static Mask range_mask(int lo, int hi) { return static_cast<Mask>(((1u << hi) - 1) & ~((1u << lo) - 1)); }
+  static Vec load_masked(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   static Vec evens(Vec a, Vec b) {
     return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
   }

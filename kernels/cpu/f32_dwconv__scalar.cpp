@@ -30,12 +30,16 @@ struct Scalar {
     return a;
   }
   static void pin(Vec&) {}
-  static Vec load_range(const float* p, int lo, int hi) {
+  struct Mask {
+    int lo, hi;
+  };
+  static Mask range_mask(int lo, int hi) { return {lo, hi}; }
+  static Vec load_masked(const float* p, Mask m) {
     Vec r = set1(0.0f);
-    for (int l = lo; l < hi; ++l) r.v[l] = p[l];
+    for (int l = m.lo; l < m.hi; ++l) r.v[l] = p[l];
     return r;
   }
-  static Vec load_lanes(const float* p, int n) { return load_range(p, 0, n); }
+  static Vec load_lanes(const float* p, int n) { return load_masked(p, range_mask(0, n)); }
   static Vec evens(const Vec& a, const Vec& b) {
     Vec r;
     for (int l = 0; l < W / 2; ++l) r.v[l] = a.v[2 * l], r.v[W / 2 + l] = b.v[2 * l];
