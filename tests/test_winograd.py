@@ -250,12 +250,15 @@ def test_results_do_not_depend_on_thread_count(case):
             np.testing.assert_array_equal(a, b_)
 
 
-def test_super_blocks_taken_by_either_thread_give_the_same_bits():
-    """Enough tiles for several super-blocks per thread (200 tiles of 64 channels, about
-    56 to a block), which the threads take from a shared counter in any order."""
+@pytest.mark.parametrize("N, C, H", [(2, 64, 40), (1, 96, 42)], ids=("200 tiles of 64", "121 tiles of 96"))
+def test_super_blocks_taken_by_either_thread_give_the_same_bits(N, C, H):
+    """Enough tiles for several super-blocks per thread, which the threads take from a
+    shared counter in any order: 200 tiles of 64 channels, about 56 to a block; 121 of 96,
+    whose transformed weights (1.3 MB) exceed the L2, in blocks of at least 48 tiles that
+    the tile groups do not divide evenly."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 64, 40, 40)).astype(F32)
-    w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(F32)
+    x = rng.standard_normal((N, C, H, H)).astype(F32)
+    w = (rng.standard_normal((C, C, 3, 3)) / (3 * np.sqrt(C))).astype(F32)
     runs = []
     before = convkit.get_num_threads()
     try:
