@@ -3,11 +3,16 @@
 Runs the depthwise layers (groups == C) of the layer suite, float32, forward and backward
 (grad-input + grad-weight, counted as 2x the forward FLOPs), in NCHW (the suite's layout)
 and NHWC (torch: channels_last), the same number of threads for both libraries, in
-interleaved blocks (convkit x reps, torch x reps, ...; convkit.bench.timing.interleaved:
+interleaved blocks (convkit x n, torch x n, ...; convkit.bench.timing.interleaved:
 the other library's threads settle first, the first call of each block wakes this one's
-and is dropped), and prints the median over the blocks:
+and is dropped), and prints the median over the blocks. A block's calls fill about
+--block-ms (bench/timing.py's calibrate, at least 3 calls), as in bench/conv_vs_torch.py:
+blocks of a fixed 10 calls, under a millisecond for the 56x56x144 layer, measured its
+start-up more than the kernels at 2 threads (back to back on a quiet machine, convkit's
+NCHW forward 71 GFLOP/s and 1.33-1.40x torch in them, 130 GFLOP/s and 2.19-2.27x in
+blocks of 40 ms, as the suite's bench reads it):
 
-    python bench/depthwise_vs_torch.py [--suite suite.json] [--threads 2] [--blocks 9] [--reps 10]
+    python bench/depthwise_vs_torch.py [--suite suite.json] [--threads 2] [--blocks 9] [--block-ms 40]
                                        [--layouts NCHW,NHWC] [--clock wall|cpu]
 
 --clock cpu times the calling thread's CPU time (time.thread_time), which other users'
@@ -38,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import convkit
-from convkit.bench.timing import interleaved, steady_heap
+from convkit.bench.timing import calibrate, interleaved, steady_heap
 
 
 def default_suite() -> Path | None:
@@ -87,7 +92,7 @@ def main() -> None:
     ap.add_argument("--suite", type=Path, default=default_suite())
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--blocks", type=int, default=9)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--block-ms", type=float, default=40.0, help="each block's calls fill about this long")
     ap.add_argument("--layouts", default="NCHW,NHWC", help="comma-separated; torch runs NHWC as channels_last")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: the calling thread's CPU time, immune to other users' jobs (needs --threads 1)")
@@ -102,7 +107,7 @@ def main() -> None:
     convkit.set_num_threads(args.threads)
     print(f"convkit {convkit.__version__} ({convkit.get_isa()}), torch {torch.__version__}, "
           f"{args.threads} threads, clock {args.clock}, {heap}, median of {args.blocks} interleaved blocks of "
-          f"{args.reps} calls")
+          f"about {args.block_ms:g} ms")
     head = "| layer | layout | pass | convkit GFLOP/s | convkit GB/s | torch GFLOP/s | torch GB/s | ratio |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -112,8 +117,9 @@ def main() -> None:
             for pass_, factor, fo, ft, nb in (("fwd", 1, ours[0], theirs[0], nbytes[0]),
                                               ("bwd", 2, ours[1], theirs[1], nbytes[1])):
                 with torch.no_grad():
-                    timed = interleaved({"ours": fo, "theirs": ft}, dict.fromkeys(("ours", "theirs"), args.reps),
-                                        dict.fromkeys(("ours", "theirs"), args.blocks), now)
+                    fns = {"ours": fo, "theirs": ft}
+                    calls = calibrate(fns, args.block_ms / 1e3, now, floor=3)
+                    timed = interleaved(fns, calls, dict.fromkeys(fns, args.blocks), now)
                 t_ours, t_theirs = timed["ours"].median, timed["theirs"].median
                 print(f"| {L['name']} | {layout} | {pass_} | {factor * flops / t_ours / 1e9:.1f} | "
                       f"{nb / t_ours / 1e9:.1f} | {factor * flops / t_theirs / 1e9:.1f} | {nb / t_theirs / 1e9:.1f} | "
