@@ -45,7 +45,7 @@ struct DwKernels {
   // Its grad-weight: sums[i*3 + j] += sum over oh in [oh0, oh1), ow < OW of
   //   gy[oh*OW + ow] * x[S*oh-pt+i][S*ow-pl+j] (zero outside the image).
   void (*grad_weight_3x3[2])(const float* x, std::int64_t H, std::int64_t W, std::int64_t pt, std::int64_t pl,
-                            const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums);
+                             const float* gy, std::int64_t oh0, std::int64_t oh1, std::int64_t OW, float* sums);
   // Stride 2's grad-input: gx[ih*W + iw] for ih in [ih0, ih1), every iw < W, from m grad_output
   // planes gy + j*OH*OW (OH x OW) and weights w[j*9 + i*3 + jj], j < m:
   //   sum over j and taps (i, jj) with ih + pt - i = 2oh, iw + pl - jj = 2ow inside gy of

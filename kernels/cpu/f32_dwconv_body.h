@@ -354,6 +354,7 @@ void dwconv_nhwc_grad_weight(const float* in, std::int64_t pix_step, const std::
 // outside the image load as zeros (masked loads, which touch nothing outside the image),
 // rows outside it are skipped: no padding copy and no edge code. Lanes past OW are
 // computed from columns past the window and not stored.
+
 // A load of the n <= A::W columns from s of any row of W: the lanes inside [0, W), zeros
 // elsewhere. Worked out once for a column position and used on every row (working it
 // out at each load cost 4x the FMAs' time on 56-wide rows). A load wholly inside the
@@ -532,16 +533,16 @@ void dwconv_3x3s2_grad_input_rows(const float* gy, std::int64_t m, std::int64_t 
   Vec wv[9];
   if constexpr (One)
     for (int t = 0; t < 9; ++t) wv[t] = A::set1(w[t]);
-  // Stores the lanes of v holding gx columns c0 + lane inside [0, W).
+  // Stores the lanes of v holding gx columns c0 + lane inside [0, W) of a row.
   struct ColumnStore {
-    std::int64_t lo, n;
-    ColumnStore(std::int64_t c0, std::int64_t W)
-        : lo(c0 < 0 ? -c0 : 0), n((W - c0 < A::W ? W - c0 : A::W) - (c0 < 0 ? -c0 : 0)) {}
-    void operator()(float* at, Vec v) const {
+    std::int64_t c0, lo, n;
+    ColumnStore(std::int64_t c0_, std::int64_t W)
+        : c0(c0_), lo(c0_ < 0 ? -c0_ : 0), n((W - c0_ < A::W ? W - c0_ : A::W) - (c0_ < 0 ? -c0_ : 0)) {}
+    void operator()(float* row, Vec v) const {
       if (n == A::W)
-        A::storeu(at, v);
+        A::storeu(row + c0, v);
       else if (n > 0)
-        A::store_lanes(at + lo, v, static_cast<int>(lo), static_cast<int>(n));
+        A::store_lanes(row + c0 + lo, v, static_cast<int>(lo), static_cast<int>(n));
     }
   };
   for (std::int64_t q = pl / 2, c0 = 2 * (pl / 2) - pl; c0 < W; q += A::W, c0 += 2 * A::W) {
@@ -562,9 +563,8 @@ void dwconv_3x3s2_grad_input_rows(const float* gy, std::int64_t m, std::int64_t 
           odd = A::fma(wv[3 * i + 1], g, odd);
         }
       }
-      float* row = gx + ih * W + c0;
-      first(row, A::interleave_lo(even, odd));
-      second(row + A::W, A::interleave_hi(even, odd));
+      first(gx + ih * W, A::interleave_lo(even, odd));
+      second(gx + ih * W, A::interleave_hi(even, odd));
     }
   }
 }
