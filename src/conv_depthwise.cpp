@@ -113,12 +113,17 @@ void forward_3x3_f32(const ConvGeom& g, const DwKernels& kern, const float* x, c
   const std::int64_t m = g.K / g.C;
   const Blocks bl =
       row_blocks(g.OH, g.N * g.C, g.sh * g.W * static_cast<std::int64_t>(sizeof(float)), kPlaneBlockBytes);
+  const bool stream = stream_output(g.N * g.K * g.OH * g.OW);
   parallel_units(g.N * g.C * bl.count, m * bl.rows * g.OW * 9, [&](std::int64_t unit) {
     const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t r0 = b * bl.rows, r1 = r0 + bl.rows_of(b, g.OH);
     for (std::int64_t k = c * m; k < (c + 1) * m; ++k)
-      kern.conv_3x3[g.sh - 1](x + nc * g.H * g.W, g.H, g.W, g.pt, g.pl, w + k * 9, bias ? bias[k] : 0.0f, relu, r0,
-                              r1, g.OW, y + (n * g.K + k) * g.OH * g.OW);
+      write_unit(kern, stream, y + ((n * g.K + k) * g.OH + r0) * g.OW, (r1 - r0) * g.OW, [&](float* rows) {
+        // Output rows [r0, r1) as rows [0, r1 - r0) of `rows`, whose input window starts
+        // sh * r0 rows lower.
+        kern.conv_3x3[g.sh - 1](x + nc * g.H * g.W, g.H, g.W, g.pt - g.sh * r0, g.pl, w + k * 9,
+                                bias ? bias[k] : 0.0f, relu, 0, r1 - r0, g.OW, rows);
+      });
   });
 }
 
@@ -240,18 +245,22 @@ void grad_input_3x3_f32(const ConvGeom& g, const DwKernels& kern, const float* g
   const std::int64_t m = g.K / g.C;
   const Blocks bl = row_blocks(g.H, g.N * g.C, (m + 2) * g.W * static_cast<std::int64_t>(sizeof(float)),
                                kPlaneBlockBytes);
+  const bool stream = stream_output(g.N * g.C * g.H * g.W);
   parallel_units(g.N * g.C * bl.count, m * bl.rows * g.W * 9 / (g.sh * g.sw), [&](std::int64_t unit) {
     const std::int64_t nc = unit / bl.count, b = unit % bl.count, n = nc / g.C, c = nc % g.C;
     const std::int64_t ih0 = b * bl.rows, ih1 = ih0 + bl.rows_of(b, g.H);
-    if (g.sh == 2) {
-      kern.grad_input_3x3s2(gy + (n * g.K + c * m) * g.OH * g.OW, m, g.OH, g.OW, w + c * m * 9, g.pt, g.pl, ih0,
-                            ih1, g.W, gx + nc * g.H * g.W);
-      return;
-    }
-    float flipped[9];
-    for (int t = 0; t < 9; ++t) flipped[t] = w[c * 9 + 8 - t];
-    kern.conv_3x3[0](gy + nc * g.OH * g.OW, g.OH, g.OW, 2 - g.pt, 2 - g.pl, flipped, 0.0f, false, ih0, ih1, g.W,
-                     gx + nc * g.H * g.W);
+    // gx rows [ih0, ih1) as rows [0, ih1 - ih0) of `rows`, the padding shifted to match.
+    write_unit(kern, stream, gx + (nc * g.H + ih0) * g.W, (ih1 - ih0) * g.W, [&](float* rows) {
+      if (g.sh == 2) {
+        kern.grad_input_3x3s2(gy + (n * g.K + c * m) * g.OH * g.OW, m, g.OH, g.OW, w + c * m * 9, g.pt + ih0, g.pl,
+                              0, ih1 - ih0, g.W, rows);
+        return;
+      }
+      float flipped[9];
+      for (int t = 0; t < 9; ++t) flipped[t] = w[c * 9 + 8 - t];
+      kern.conv_3x3[0](gy + nc * g.OH * g.OW, g.OH, g.OW, 2 - g.pt - ih0, 2 - g.pl, flipped, 0.0f, false, 0,
+                       ih1 - ih0, g.W, rows);
+    });
   });
 }
 

@@ -160,6 +160,32 @@ def test_one_and_two_threads_bit_identical(case, isa, layout):
         assert np.array_equal(one, two)
 
 
+@pytest.mark.parametrize("stride", (1, 2))
+def test_outputs_over_8_mb_streamed_at_two_threads(stride, isa):
+    """The in-place 3x3 kernels' outputs over 8 MB go out through scratch and streaming
+    stores when more than one thread runs (src/conv_depthwise_units.h): the forward's y
+    (stride 1) and grad-input's gx, 2 x 160 planes of 95 x 95 (12 MB), whose rows start at
+    every offset from a vector boundary. Against the reference, and bit for bit against
+    one thread's plain stores."""
+    case = (2, 160, 95, 95, 1, (3, 3), stride, 1, 1)
+    x, w, b, gy = _arrays(case, np.float32, seed=2)
+    before = convkit.get_num_threads()
+    runs = []
+    try:
+        for threads in (2, 1):
+            convkit.set_num_threads(threads)
+            y = convkit.conv2d(x, w, b, stride, 1, groups=160, algo="direct")
+            gx = convkit.conv2d_backward(gy, x, w, stride, 1, groups=160, need_weight=False, need_bias=False,
+                                         algo="direct")[0]
+            runs.append((y, gx))
+    finally:
+        convkit.set_num_threads(before)
+    _close(runs[0][0], ref.conv2d(x, w, b, stride, 1, groups=160), np.float32)
+    _close(runs[0][1], ref.conv2d_grad_input(gy, w, x.shape[2:], stride, 1, 1, 160), np.float32)
+    for two, one in zip(*runs):
+        assert np.array_equal(two, one)
+
+
 def test_relu_propagates_nan(isa, layout):
     x = np.zeros((1, 2, 5, 37), np.float32)
     x[0, 1, 2, 20] = np.nan

@@ -54,6 +54,10 @@ struct DwKernels {
                            std::int64_t pt, std::int64_t pl, std::int64_t ih0, std::int64_t ih1, std::int64_t W,
                            float* gx);
 
+  // dst[0, n) <- src[0, n) with streaming (non-temporal) stores where the ISA has them,
+  // fenced before it returns.
+  void (*stream_copy)(float* dst, const float* src, std::int64_t n);
+
   // NHWC, p < npix, c < channels: out[p*out_step + c] <-
   //   relu?(bias[c] + sum_t w[t*ld + c] * in[p*pix_step + off[t] + c]).
   void (*conv_nhwc)(const float* in, std::int64_t pix_step, const std::int64_t* off, const float* w,

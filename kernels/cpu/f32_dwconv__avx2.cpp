@@ -42,6 +42,9 @@ struct Avx2 : VecAvx2F32 {
   }
   static Vec load_masked(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }  // masked-off lanes: not read
   static Vec load_lanes(const float* p, int n) { return load_masked(p, range_mask(0, n)); }
+  static bool stream_aligned(const float* p) { return reinterpret_cast<std::uintptr_t>(p) % 32 == 0; }
+  static void stream(float* p, Vec v) { _mm256_stream_ps(p, v); }
+  static void stream_fence() { _mm_sfence(); }
   // shuffle_ps picks lanes 0, 2 (or 1, 3) of each 128-bit half of a, then of b; the
   // 64-bit permute puts a's pairs before b's.
   static Vec evens(Vec a, Vec b) {

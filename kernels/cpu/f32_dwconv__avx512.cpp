@@ -39,6 +39,9 @@ struct Avx512 : VecAvx512F32 {
   static Vec shift1(Vec a, Vec b) {
     return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(b), _mm512_castps_si512(a), 1));
   }
+  static bool stream_aligned(const float* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; }
+  static void stream(float* p, Vec v) { _mm512_stream_ps(p, v); }
+  static void stream_fence() { _mm_sfence(); }
   static Vec load_lanes(const float* p, int n) {
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
   }

@@ -40,6 +40,10 @@ struct Scalar {
     return r;
   }
   static Vec load_lanes(const float* p, int n) { return load_masked(p, range_mask(0, n)); }
+  // No streaming stores in portable C++: plain ones.
+  static bool stream_aligned(const float*) { return true; }
+  static void stream(float* p, const Vec& v) { storeu(p, v); }
+  static void stream_fence() {}
   static Vec evens(const Vec& a, const Vec& b) {
     Vec r;
     for (int l = 0; l < W / 2; ++l) r.v[l] = a.v[2 * l], r.v[W / 2 + l] = b.v[2 * l];

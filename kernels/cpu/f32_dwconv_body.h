@@ -16,7 +16,8 @@
 //   interleave_hi(a, b) (a0 b0 a1 b1 ... from the first / second half of a and b: the
 //   inverse of evens / odds), shift1(a, b) (a's lanes 1.. then b's lane 0), pin(v) (keeps v
 //   in a register: an empty asm, so the compiler cannot fold its load into every
-//   instruction that uses it).
+//   instruction that uses it), stream_aligned(p), stream(p, v) (a non-temporal store to
+//   a stream_aligned p) and stream_fence() (orders those stores before later ones).
 //
 // Everything sits in an anonymous namespace: this header is compiled once per instruction
 // set, and no copy may leak into another file's code (or the linker could pick an AVX-512
@@ -577,6 +578,17 @@ void dwconv_3x3s2_grad_input(const float* gy, std::int64_t m, std::int64_t OH, s
   dwconv_3x3s2_grad_input_rows<A, false>(gy, m, OH, OW, w, pt, pl, ih0, ih1, W, gx);
 }
 
+// Streaming stores from the first vector-aligned element of dst on, plain ones before and
+// after: written around the caches, without reading each line in first.
+template <class A>
+void dwconv_stream_copy(float* dst, const float* src, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i < n && !A::stream_aligned(dst + i); ++i) dst[i] = src[i];
+  for (; i + A::W <= n; i += A::W) A::stream(dst + i, A::loadu(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+  A::stream_fence();
+}
+
 template <class A>
 constexpr DwKernels dwconv_kernels() {
   return DwKernels{A::W,
@@ -585,6 +597,7 @@ constexpr DwKernels dwconv_kernels() {
                    {&dwconv_3x3<A, 1>, &dwconv_3x3<A, 2>},
                    {&dwconv_3x3_grad_weight<A, 1>, &dwconv_3x3_grad_weight<A, 2>},
                    &dwconv_3x3s2_grad_input<A>,
+                   &dwconv_stream_copy<A>,
                    &dwconv_nhwc<A>,
                    &dwconv_nhwc_grad_weight<A>};
 }
