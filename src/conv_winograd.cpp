@@ -78,7 +78,6 @@ constexpr std::int64_t kLineFloats = 16;  // floats per 64-byte cache line
 // 6-7% more time (one thread, ResNet 3x3 64 at batch 1 and 8, VGG), of 256 up to 3%
 // but VGG's 6% (its 7 super-blocks of 113 tiles were summed in a row before).
 constexpr std::int64_t kSumTiles = 256;
-constexpr std::int64_t kL2Bytes = std::int64_t(1) << 20;
 
 // Cost of transforming one input tile's channel relative to one weight row's output
 // channel (36 loads and stores and 12 six-point transforms against 9 loads, 36 stores,
@@ -386,13 +385,15 @@ void input_pixels(const Problem& p, const Tile& tl, const float* xin, std::int64
   }
 }
 
-// Prefetches the n pixels' channels (the next tile's, while this one is transformed)
-// when the channels-last copy they are in has `bytes` past the L2: the transforms' loads
-// from L3 or memory waited on the cache. One thread: grad-weight of ResNet 3x3 64 at
-// batch 8 5.6 -> 4.9 ms, VGG 128 7.4 -> 6.8 ms, the forward of the first 5.3-5.9 ->
-// 5.0-5.5 ms; on ResNet 3x3 64 at batch 1 (0.9 MB) the forward lost 3%.
-void prefetch(const float* const* px, int n, std::int64_t channels, std::int64_t bytes) {
-  if (bytes <= kL2Bytes) return;
+// The transforms prefetch the next tile's pixels while this one is transformed when the
+// channels-last copy they are in has `bytes` past the L2: their loads from L3 or memory
+// waited on the cache. One thread: grad-weight of ResNet 3x3 64 at batch 8 5.6 -> 4.9
+// ms, VGG 128 7.4 -> 6.8 ms, the forward of the first 5.3-5.9 -> 5.0-5.5 ms; on ResNet
+// 3x3 64 at batch 1 (0.9 MB) the forward lost 3%.
+bool worth_prefetching(std::int64_t bytes) { return bytes > kL2Bytes; }
+
+// Prefetches the n pixels' channels.
+void prefetch(const float* const* px, int n, std::int64_t channels) {
   for (int i = 0; i < n; ++i)
     for (std::int64_t c = 0; c < channels; c += kLineFloats) __builtin_prefetch(px[i] + c);
 }
@@ -505,6 +506,7 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
   // 2. Channels-last input in phase space (see phase_channels_last).
   const float* xin =
       in_place ? x : phase_channels_last(ks, p.input(), x, Cp, ws.at<float>(split_at), ws.at<float>(x_at));
+  const bool prefetch_x = worth_prefetching(p.N * Hi * Wi * Cp * 4);
   // NCHW output of a vector's channels or more goes through a channels-last copy,
   // transposed at the end (4.): written directly, each output vector became W scalar
   // stores into W channel planes, with output phases (a strided grad-input) into every
@@ -537,9 +539,9 @@ void run(const Problem& p, const float* x, const float* w, bool rotated, const f
       if (have != sb) {
         const float* src[36];
         for (std::int64_t s = 0; s < nt; ++s) {
-          if (s + 1 < nt) {
+          if (prefetch_x && s + 1 < nt) {
             input_pixels(p, tiles[t0 + s + 1], xin, Cp, zeros, src);
-            prefetch(src, 36, Cp, p.N * Hi * Wi * Cp * 4);
+            prefetch(src, 36, Cp);
           }
           input_pixels(p, tiles[t0 + s], xin, Cp, zeros, src);
           wk.input(src, Cp, V + s * Cp, Vq);
@@ -708,7 +710,8 @@ void winograd_grad_weight(const ConvGeom& g, Layout layout, const float* gy, con
   float* phase = direct ? gw : ws.at<float>(phase_at);
   const float* xin = x_in_place ? x : phase_channels_last(ks, xa, x, Cp, ws.at<float>(split_at), ws.at<float>(x_at));
   const float* gyin = gy_in_place ? gy : phase_channels_last(ks, ya, gy, Kp, nullptr, ws.at<float>(gy_at));
-  const std::int64_t x_bytes = g.N * xa.Hi() * xa.Wi() * Cp * 4, gy_bytes = g.N * g.OH * g.OW * Kp * 4;
+  const bool prefetch_x = worth_prefetching(g.N * xa.Hi() * xa.Wi() * Cp * 4),
+             prefetch_gy = worth_prefetching(g.N * g.OH * g.OW * Kp * 4);
 
   // A tile's 4x4 pixels of grad_output, channels-last (a zero run outside it).
   auto output_pixels = [&](const Tile& tl, const float** gsrc) {
@@ -727,11 +730,13 @@ void winograd_grad_weight(const ConvGeom& g, Layout layout, const float* gy, con
       const std::int64_t end = std::min(nt, (chunk + 1) * kChunk);
       const float *src[36], *gsrc[16], *shifted[16];
       for (std::int64_t s = chunk * kChunk; s < end; ++s) {
-        if (s + 1 < end) {
+        if (prefetch_x && s + 1 < end) {
           input_pixels(p, tiles[t0 + s + 1], xin, Cp, zeros, src);
+          prefetch(src, 36, Cp);
+        }
+        if (prefetch_gy && s + 1 < end) {
           output_pixels(tiles[t0 + s + 1], gsrc);
-          prefetch(src, 36, Cp, x_bytes);
-          prefetch(gsrc, 16, Kp, gy_bytes);
+          prefetch(gsrc, 16, Kp);
         }
         input_pixels(p, tiles[t0 + s], xin, Cp, zeros, src);
         output_pixels(tiles[t0 + s], gsrc);
